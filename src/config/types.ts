@@ -1,0 +1,248 @@
+// Typed, validated configuration. Produced once by `loadConfig` (src/config/load.ts) from KDL;
+// everything downstream reads only these objects, never KDL nodes.
+// Durations are normalised to milliseconds, sizes to bytes.
+
+/** Where a config node came from, for FILE:LINE:COL messages. */
+export interface SourceLoc {
+  file: string;
+  line: number; // 1-based
+  col: number; // 1-based
+}
+
+export type FailureMode = "open" | "closed";
+
+export interface SystemConfig {
+  workerThreads: number; // 0 = CPU count
+  maxConnections: number;
+  gracefulShutdownTimeoutMs: number; // graceful-shutdown-timeout-secs
+  traceIdFormat: "tinyflake" | "uuid";
+  autoReload: boolean;
+  routeCacheSize: number;
+  pidFile?: string;
+  /** Server-side timeouts (our extension, documented in config.md-compatible names). */
+  headerTimeoutMs: number; // slow-headers cut (Bun enforces ~12 s itself)
+  idleTimeoutMs: number; // idle keep-alive connections / body idle
+}
+
+export interface TlsServerConfig {
+  certFile: string;
+  keyFile: string;
+  caFile?: string;
+}
+
+export interface ListenerConfig {
+  id: string;
+  address: string; // "IP:PORT"
+  host: string;
+  port: number;
+  protocol: "http" | "https";
+  requestTimeoutMs: number; // request-timeout-secs (default 60)
+  keepaliveTimeoutMs: number; // keepalive-timeout-secs (default 75)
+  defaultRoute?: string;
+  tls?: TlsServerConfig;
+  loc: SourceLoc;
+}
+
+export type MatchCondition =
+  | { kind: "path"; value: string }
+  | { kind: "path-prefix"; value: string }
+  | { kind: "path-regex"; value: string; regex: RegExp }
+  | { kind: "host"; value: string }
+  | { kind: "header"; name: string; value?: string }
+  | { kind: "method"; values: string[] } // upper-case; OR
+  | { kind: "query-param"; name: string; value?: string };
+
+export type HeaderOpConfig =
+  | { op: "rename"; from: string; to: string }
+  | { op: "set"; name: string; value: string }
+  | { op: "add"; name: string; value: string }
+  | { op: "remove"; name: string };
+
+export interface RetryPolicyConfig {
+  maxAttempts: number; // total attempts, >= 1
+  timeoutMs?: number; // overall budget for all attempts
+  backoffBaseMs: number; // default 100
+  backoffMaxMs: number; // default 2000
+  retryableStatusCodes: number[]; // retried only for idempotent methods
+}
+
+export interface RouteConfig {
+  id: string;
+  priority: number;
+  matches: MatchCondition[];
+  upstream?: string;
+  filters: string[]; // filter ids, in order
+  requestHeaderOps: HeaderOpConfig[];
+  responseHeaderOps: HeaderOpConfig[];
+  timeoutMs?: number; // policies.timeout-secs
+  maxBodySize?: number; // policies.max-body-size (bytes)
+  failureMode?: FailureMode; // policies.failure-mode
+  retryPolicy: RetryPolicyConfig; // default maxAttempts 1
+  websocket: boolean;
+  builtinHandler?: "status" | "health" | "metrics" | "not-found" | "config" | "upstreams";
+  loc: SourceLoc;
+}
+
+export type LbPolicy =
+  | "round_robin"
+  | "weighted"
+  | "least_connections"
+  | "random"
+  | "ip_hash"
+  | "consistent_hash";
+
+export interface TargetConfig {
+  address: string; // "host:port"
+  host: string;
+  port: number;
+  weight: number;
+}
+
+export interface UpstreamHealthCheckConfig {
+  type: "http" | "tcp";
+  path: string; // http only, default "/health"
+  expectedStatus: number; // default 200
+  host?: string;
+  intervalMs: number; // interval-secs, default 10 s
+  timeoutMs: number; // timeout-secs, default 5 s
+  healthyThreshold: number; // default 2
+  unhealthyThreshold: number; // default 3
+}
+
+export interface UpstreamConfig {
+  id: string;
+  targets: TargetConfig[];
+  loadBalancing: LbPolicy;
+  healthCheck?: UpstreamHealthCheckConfig;
+  /** Passive ejection: consecutive failures before a target is marked down (0 = off). */
+  passiveFailureThreshold: number;
+  passiveEjectMs: number;
+  connectTimeoutMs: number; // timeouts.connect / connect-secs (default 10 s)
+  requestTimeoutMs: number; // timeouts.request / request-secs (default 60 s)
+  readTimeoutMs: number; // timeouts.read / read-secs: body idle (default 30 s)
+  writeTimeoutMs: number; // default 30 s
+  pool: { maxConnections: number; maxIdle: number; idleTimeoutMs: number; maxLifetimeMs: number };
+  tls?: { sni?: string; caCert?: string; clientCert?: string; clientKey?: string; insecureSkipVerify: boolean };
+  loc: SourceLoc;
+}
+
+export type AgentEventName =
+  | "request_headers"
+  | "request_body"
+  | "response_headers"
+  | "response_body"
+  | "request_complete"
+  | "websocket_frame"
+  | "guardrail";
+
+export type BodyMode = { kind: "buffer" } | { kind: "stream" } | { kind: "hybrid"; thresholdBytes: number };
+
+export interface AgentTransportConfig {
+  kind: "uds" | "grpc";
+  /** UDS: socket path. gRPC: "http://host:port" or "https://host:port". */
+  address: string;
+  tls?: { caCert?: string; clientCert?: string; clientKey?: string; insecure: boolean };
+  /** UDS framing: v2 (binary type byte + handshake), v1 (legacy SDK runners), auto-detect. */
+  protocol: "v2" | "v1" | "auto";
+}
+
+export interface AgentConfig {
+  id: string;
+  type: string; // "auth" | "waf" | "rate-limit" | custom
+  transport: AgentTransportConfig;
+  events: AgentEventName[];
+  timeoutMs: number; // default 1000
+  connectTimeoutMs: number; // default 5000
+  failureMode: FailureMode; // resolved default: closed for auth/waf, open otherwise
+  failureModeExplicit: boolean;
+  retry: { attempts: number; backoffMs: number }; // default 0 / 10
+  healthCheck: {
+    enabled: boolean;
+    intervalMs: number; // default 10000
+    timeoutMs: number; // default 100
+    healthyThreshold: number; // default 2
+    unhealthyThreshold: number; // default 3
+  };
+  circuitBreaker: {
+    failureThreshold: number; // 5
+    successThreshold: number; // 2
+    timeoutMs: number; // timeout-seconds, 30 s
+    halfOpenMaxRequests: number; // 1
+  };
+  maxRequestBodyBytes: number; // 1 MiB
+  maxResponseBodyBytes: number; // 1 MiB
+  requestBodyMode: BodyMode;
+  responseBodyMode: BodyMode;
+  chunkTimeoutMs: number; // 5000
+  maxConcurrentCalls: number; // 100
+  connections: number; // UDS pool size, default 4
+  config?: unknown; // free-form JSON from `config {}`
+  loc: SourceLoc;
+}
+
+export type FilterConfig =
+  | { id: string; type: "agent"; agent: string; failureMode?: FailureMode; loc: SourceLoc }
+  | {
+      id: string;
+      type: "headers";
+      phase: "request" | "response" | "both";
+      ops: HeaderOpConfig[];
+      loc: SourceLoc;
+    }
+  | {
+      id: string;
+      type: "timeout";
+      requestTimeoutMs?: number;
+      upstreamTimeoutMs?: number;
+      connectTimeoutMs?: number;
+      loc: SourceLoc;
+    };
+
+export interface LimitsConfig {
+  maxHeaderSize: number; // 8192 (total head bytes)
+  maxHeaderCount: number; // 100
+  maxBodySize: number; // 10 MiB
+  maxUriLength: number; // 8192 (our extension: 414 above it)
+}
+
+export interface ObservabilityConfig {
+  metrics?: { enabled: boolean; address: string; host: string; port: number; path: string };
+  logging: {
+    level: "debug" | "info" | "warn" | "error";
+    accessLog?: { enabled: boolean; file?: string; format: "json" | "combined" };
+    errorLog?: { enabled: boolean; file?: string; level: "debug" | "info" | "warn" | "error" };
+    auditLog?: { enabled: boolean; file?: string };
+  };
+}
+
+export interface SentinelConfig {
+  /** Absolute path of the main config file. */
+  file: string;
+  /** Every file read (main + includes), for auto-reload watching. */
+  files: string[];
+  schemaVersion: string;
+  system: SystemConfig;
+  listeners: ListenerConfig[];
+  routes: RouteConfig[];
+  upstreams: Map<string, UpstreamConfig>;
+  filters: Map<string, FilterConfig>;
+  agents: Map<string, AgentConfig>;
+  limits: LimitsConfig;
+  observability: ObservabilityConfig;
+}
+
+export interface ConfigDiagnostic {
+  severity: "error" | "warning";
+  loc: SourceLoc;
+  message: string;
+}
+
+export interface LoadResult {
+  config?: SentinelConfig; // present only when there are no errors
+  diagnostics: ConfigDiagnostic[];
+}
+
+export function formatDiagnostic(d: ConfigDiagnostic): string {
+  const prefix = d.severity === "warning" ? "warning: " : "";
+  return `${d.loc.file}:${d.loc.line}:${d.loc.col}: ${prefix}${d.message}`;
+}
