@@ -1,0 +1,245 @@
+// One shared deadline queue for every agent call (hot path): no setTimeout per call.
+//
+// Design: entries are grouped by their *duration* (an agent's timeout-ms, chunk-timeout-ms, the
+// health-check timeout…). Within one group, deadline = now + duration grows with insertion order
+// because the clock is monotonic, so each group is a FIFO doubly linked list that is already
+// sorted: schedule and cancel are O(1), with no garbage left behind by cancelled entries. The
+// earliest deadline overall is the minimum over the group heads (a handful of distinct
+// durations in practice). A single runtime timer is armed for that earliest deadline; it is
+// re-armed only when a new entry would expire earlier than the armed time, or when it fires.
+// A call that completes normally never touches the runtime timer. When the timer fires early
+// (ms rounding) nothing is expired and it is re-armed for the remainder, so expiry happens no
+// earlier than the deadline and, normally, within ~1–2 ms after it.
+
+export interface TimerClock {
+  /** Monotonic milliseconds. */
+  now(): number;
+  setTimer(fn: () => void, ms: number): unknown;
+  clearTimer(handle: unknown): void;
+}
+
+export const realClock: TimerClock = {
+  now: () => performance.now(),
+  setTimer(fn, ms) {
+    const t = setTimeout(fn, ms);
+    // The deadline timer alone must not keep the process alive (sockets/servers do that).
+    (t as { unref?: () => void }).unref?.();
+    return t;
+  },
+  clearTimer(handle) {
+    clearTimeout(handle as ReturnType<typeof setTimeout>);
+  },
+};
+
+export interface DeadlineHandle {
+  /** Absolute expiry time on the queue's clock. */
+  readonly deadline: number;
+  /** Idempotent; a no-op after expiry. */
+  cancel(): void;
+}
+
+interface Entry extends DeadlineHandle {
+  prev: Entry | null;
+  next: Entry | null;
+  bucket: Bucket | null; // null once expired or cancelled
+  fn: (() => void) | null;
+}
+
+interface Bucket {
+  duration: number;
+  head: Entry | null;
+  tail: Entry | null;
+}
+
+export class DeadlineQueue {
+  private readonly buckets = new Map<number, Bucket>();
+  private count = 0;
+  private timer: unknown = null;
+  private armedAt = Infinity;
+
+  constructor(private readonly clock: TimerClock = realClock) {}
+
+  /** Pending (not yet expired, not cancelled) entries. */
+  get size(): number {
+    return this.count;
+  }
+
+  now(): number {
+    return this.clock.now();
+  }
+
+  /** Run `fn` once, `delayMs` from now, unless cancelled first. */
+  schedule(delayMs: number, fn: () => void): DeadlineHandle {
+    const duration = delayMs > 0 ? Math.min(delayMs, 2 ** 31 - 1) : 0; // NaN/negative → now
+    const deadline = this.clock.now() + duration;
+    let bucket = this.buckets.get(duration);
+    if (bucket === undefined) {
+      bucket = { duration, head: null, tail: null };
+      this.buckets.set(duration, bucket);
+    }
+    const queue = this;
+    const entry: Entry = {
+      deadline,
+      prev: bucket.tail,
+      next: null,
+      bucket,
+      fn,
+      cancel: () => {
+        if (entry.bucket !== null) queue.unlink(entry);
+      },
+    };
+    if (bucket.tail !== null) bucket.tail.next = entry;
+    else bucket.head = entry;
+    bucket.tail = entry;
+    this.count++;
+    if (deadline < this.armedAt) this.arm(deadline);
+    return entry;
+  }
+
+  private unlink(e: Entry): void {
+    const b = e.bucket!;
+    if (e.prev !== null) e.prev.next = e.next;
+    else b.head = e.next;
+    if (e.next !== null) e.next.prev = e.prev;
+    else b.tail = e.prev;
+    e.prev = e.next = null;
+    e.bucket = null;
+    e.fn = null;
+    this.count--;
+    if (b.head === null) this.buckets.delete(b.duration);
+    // The armed timer is deliberately left alone, even when the queue becomes empty: when it
+    // fires it re-arms for whatever is earliest then (or for nothing). Clearing it here would
+    // make a lightly loaded agent (one call at a time) arm and clear a runtime timer per call.
+    // The timer is unref'd, so an idle armed timer never keeps the process alive.
+  }
+
+  private arm(at: number): void {
+    if (this.timer !== null) this.clock.clearTimer(this.timer);
+    this.armedAt = at;
+    const delay = Math.max(0, Math.ceil(at - this.clock.now()));
+    this.timer = this.clock.setTimer(() => this.fire(), delay);
+  }
+
+  private fire(): void {
+    this.timer = null;
+    this.armedAt = Infinity;
+    const now = this.clock.now();
+    const due: Entry[] = [];
+    for (const b of this.buckets.values()) {
+      let e = b.head;
+      while (e !== null && e.deadline <= now) {
+        due.push(e);
+        e = e.next;
+      }
+    }
+    // Collect first, then run: callbacks may schedule or cancel entries.
+    due.sort((a, b) => a.deadline - b.deadline);
+    for (const e of due) {
+      if (e.bucket === null) continue; // cancelled by an earlier callback
+      const fn = e.fn!;
+      this.unlink(e);
+      try {
+        fn();
+      } catch {
+        // A deadline callback must never break the queue.
+      }
+    }
+    let earliest = Infinity;
+    for (const b of this.buckets.values()) if (b.head !== null && b.head.deadline < earliest) earliest = b.head.deadline;
+    if (earliest < this.armedAt) this.arm(earliest);
+  }
+}
+
+/** The process-wide queue every agent uses. */
+export const sharedDeadlines = new DeadlineQueue();
+
+/** Reason attached to a signal aborted by its deadline. */
+export class DeadlineExceeded extends Error {
+  constructor(readonly timeoutMs: number) {
+    super(`deadline of ${timeoutMs} ms exceeded`);
+    this.name = "DeadlineExceeded";
+  }
+}
+
+export interface CallDeadline {
+  readonly signal: AbortSignal;
+  /** Absolute deadline on the queue's clock. */
+  readonly deadline: number;
+  /** True when the deadline (not the parent signal) aborted the signal. */
+  timedOut(): boolean;
+  /** Resolves (never rejects) when the signal aborts, for racing against a transport call. */
+  readonly aborted: Promise<void>;
+  /** Cancel the deadline and detach from the parent signal. Idempotent. */
+  dispose(): void;
+}
+
+/**
+ * An AbortSignal that aborts at `timeoutMs` from now (reason: DeadlineExceeded) or when `parent`
+ * aborts (reason: the parent's reason), whichever comes first.
+ */
+export function callDeadline(timeoutMs: number, parent?: AbortSignal, queue: DeadlineQueue = sharedDeadlines): CallDeadline {
+  const ac = new AbortController();
+  let timedOut = false;
+  let resolveAborted!: () => void;
+  const aborted = new Promise<void>((r) => (resolveAborted = r));
+  let handle: DeadlineHandle | null = null;
+  let onParentAbort: (() => void) | null = null;
+
+  const detach = () => {
+    handle?.cancel();
+    handle = null;
+    if (onParentAbort !== null) {
+      parent!.removeEventListener("abort", onParentAbort);
+      onParentAbort = null;
+    }
+  };
+
+  if (parent?.aborted) {
+    ac.abort(parent.reason);
+    resolveAborted();
+  } else {
+    handle = queue.schedule(timeoutMs, () => {
+      handle = null;
+      if (ac.signal.aborted) return;
+      timedOut = true;
+      detach();
+      ac.abort(new DeadlineExceeded(timeoutMs));
+      resolveAborted();
+    });
+    if (parent !== undefined) {
+      onParentAbort = () => {
+        if (ac.signal.aborted) return;
+        detach();
+        ac.abort(parent.reason);
+        resolveAborted();
+      };
+      parent.addEventListener("abort", onParentAbort, { once: true });
+    }
+  }
+  const deadline = handle !== null ? handle.deadline : queue.now();
+  return {
+    signal: ac.signal,
+    deadline,
+    aborted,
+    timedOut: () => timedOut,
+    dispose: detach,
+  };
+}
+
+/**
+ * Wait `ms` on the queue, or until `signal` aborts (resolves false then). Used for retry backoff.
+ */
+export function sleep(ms: number, signal?: AbortSignal, queue: DeadlineQueue = sharedDeadlines): Promise<boolean> {
+  if (signal?.aborted) return Promise.resolve(false);
+  return new Promise<boolean>((resolve) => {
+    const onAbort = () => {
+      h.cancel();
+      resolve(false);
+    };
+    const h = queue.schedule(ms, () => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve(true);
+    });
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+}
