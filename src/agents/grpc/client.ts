@@ -1,0 +1,559 @@
+// gRPC agent transport (proxy side): one multiplexed ProcessStream per agent endpoint.
+// Spec: /work/shared/spec/agent-protocol.md §6 (stream rules 1–8), §7.4, D22, D23.
+//
+// Lifecycle of one stream:
+//   open ProcessStream -> write the handshake -> read exactly one handshake answer within
+//   connectTimeoutMs (no event is written before it; anything else first is a protocol error;
+//   success:false closes the stream and counts as a failed connect) -> ready: events are written
+//   to a push queue and answers are matched by AgentResponse.correlation_id.
+// Stream end or error: every pending call rejects ("closed", or "protocol" for status codes that
+// mean a message was refused), connectivity listeners hear `false`, and a reconnect is scheduled
+// with exponential backoff (100 ms doubling, capped at 2 s, with jitter), forever until close().
+//
+// Hot path (call -> answer): no timer, one Map entry, one abort listener that is the pending
+// object itself (handleEvent), no encode-to-measure (the size check is an upper-bound estimate).
+import { readFileSync } from "node:fs";
+import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
+import { createGrpcTransport as createConnectGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import { AgentServiceV2, type AgentResponse, type AgentToProxy, type ProxyToAgent } from "../../gen/zentinel/agent/v2/agent_v2_pb.js";
+import { log as defaultLog } from "../../observability/log.ts";
+import {
+  TransportError,
+  type AgentCapabilities,
+  type AgentEvent,
+  type AgentReply,
+  type AgentTransport,
+  type TransportErrorKind,
+  type TransportOptions,
+} from "../types.ts";
+import {
+  MAX_GRPC_MESSAGE_BYTES,
+  capabilitiesFromProto,
+  estimateEventSize,
+  eventToProto,
+  handshakeToProto,
+  pingToProto,
+  replyFromProto,
+} from "./map.ts";
+import { PushQueue } from "./queue.ts";
+
+export const PROXY_ID = "sentinel";
+const BACKOFF_MIN_MS = 100;
+const BACKOFF_MAX_MS = 2_000;
+/** A stream must stay up this long before a later failure reconnects at the minimum backoff. */
+const STABLE_MS = 1_000;
+/** How long an expected-but-unwanted answer (notify, aborted call) is waited for. */
+const QUIET_TTL_MS = 10_000;
+const DROP_LOG_INTERVAL_MS = 5_000;
+
+type Logger = NonNullable<TransportOptions["log"]>;
+
+/** One in-flight call. It is its own abort listener, so a call allocates no extra closure. */
+class Pending {
+  constructor(
+    readonly owner: GrpcAgentTransport,
+    readonly id: string,
+    readonly resolve: (r: AgentReply) => void,
+    readonly reject: (e: TransportError) => void,
+    readonly signal: AbortSignal,
+  ) {}
+  handleEvent(): void {
+    this.owner.abortPending(this);
+  }
+}
+
+class StreamState {
+  readonly queue = new PushQueue<ProxyToAgent>();
+  readonly ac = new AbortController();
+  ready = false;
+  ended = false;
+  readyAt = 0;
+  handshakeTimer: ReturnType<typeof setTimeout> | undefined;
+  done: Promise<void> = Promise.resolve();
+}
+
+interface QuietEntry {
+  n: number;
+  t: number;
+}
+
+function parseEndpoint(endpoint: string): { baseUrl: string; secure: boolean } {
+  let e = endpoint.trim();
+  if (e.startsWith("grpc://")) e = "http://" + e.slice(7);
+  else if (e.startsWith("grpcs://")) e = "https://" + e.slice(8);
+  else if (!/^https?:\/\//i.test(e)) e = "http://" + e;
+  const u = new URL(e);
+  return { baseUrl: `${u.protocol}//${u.host}`, secure: u.protocol === "https:" };
+}
+
+/** PEM text, or a path to a PEM file. */
+function pem(value: string | undefined): string | undefined {
+  if (value === undefined || value === "") return undefined;
+  return value.includes("-----BEGIN") ? value : readFileSync(value, "utf8");
+}
+
+function errorKind(err: unknown): TransportErrorKind {
+  if (err instanceof ConnectError) {
+    switch (err.code) {
+      case Code.ResourceExhausted:
+      case Code.InvalidArgument:
+      case Code.Unimplemented:
+      case Code.Internal:
+      case Code.DataLoss:
+        return "protocol";
+      default:
+        return "closed";
+    }
+  }
+  return "closed";
+}
+
+export class GrpcAgentTransport implements AgentTransport {
+  readonly endpoint: string;
+  capabilities?: AgentCapabilities;
+
+  private readonly opts: TransportOptions;
+  private readonly log: Logger;
+  private client: Client<typeof AgentServiceV2> | null = null;
+  private sessionManager: Http2SessionManager | null = null;
+  private setupError: Error | null = null;
+
+  private stream: StreamState | null = null;
+  private readonly pending = new Map<string, Pending>();
+  /** Answers we expect and drop: notify() events and calls aborted before their answer came. */
+  private readonly quiet = new Map<string, QuietEntry>();
+  private quietTimer: ReturnType<typeof setInterval> | undefined;
+  /** notify() events held back until the call pending for the same id settles. */
+  private readonly deferred = new Map<string, AgentEvent[]>();
+  private readonly pings = new Map<number, { resolve: () => void; reject: (e: TransportError) => void; timer: ReturnType<typeof setTimeout> }>();
+  private pingSeq = 0;
+
+  private started = false;
+  private closing = false;
+  private closePromise: Promise<void> | null = null;
+  private drainWaiter: (() => void) | null = null;
+  private backoffMs = BACKOFF_MIN_MS;
+  private reconnectTimer: ReturnType<typeof setTimeout> | undefined;
+  private readonly listeners: ((connected: boolean) => void)[] = [];
+  private droppedAnswers = 0;
+  private lastDropLog = 0;
+
+  constructor(opts: TransportOptions) {
+    this.opts = opts;
+    this.endpoint = opts.endpoint;
+    this.log = opts.log ?? defaultLog;
+    try {
+      const { baseUrl, secure } = parseEndpoint(opts.endpoint);
+      const nodeOptions = secure
+        ? {
+            ca: pem(opts.tls?.caCert),
+            cert: pem(opts.tls?.clientCert),
+            key: pem(opts.tls?.clientKey),
+            rejectUnauthorized: !(opts.tls?.insecure ?? false),
+          }
+        : {};
+      this.sessionManager = new Http2SessionManager(
+        baseUrl,
+        { pingIntervalMs: 15_000, pingTimeoutMs: 5_000, idleConnectionTimeoutMs: 60_000 },
+        nodeOptions,
+      );
+      const transport = createConnectGrpcTransport({
+        baseUrl,
+        sessionManager: this.sessionManager,
+        acceptCompression: [],
+        readMaxBytes: 16 * 1024 * 1024,
+        writeMaxBytes: 4 * 1024 * 1024,
+      });
+      this.client = createClient(AgentServiceV2, transport);
+    } catch (err) {
+      this.setupError = err instanceof Error ? err : new Error(String(err));
+      this.log("error", "grpc agent transport setup failed", { endpoint: this.endpoint, error: this.setupError.message });
+    }
+  }
+
+  // ------------------------------------------------------------------------- public API
+
+  start(): void {
+    if (this.started || this.closing) return;
+    this.started = true;
+    this.openStream();
+  }
+
+  isConnected(): boolean {
+    const s = this.stream;
+    return s !== null && s.ready;
+  }
+
+  onConnectivity(listener: (connected: boolean) => void): void {
+    this.listeners.push(listener);
+  }
+
+  call(event: AgentEvent, signal: AbortSignal): Promise<AgentReply> {
+    const s = this.stream;
+    if (s === null || !s.ready) {
+      return Promise.reject(
+        this.closing
+          ? new TransportError("closed", `agent ${this.endpoint}: transport closed`, true)
+          : new TransportError("connect", `agent ${this.endpoint}: no ready gRPC stream`, true),
+      );
+    }
+    if (event.type === "configure") {
+      return Promise.reject(
+        new TransportError("protocol", "configure is not sent as an event over gRPC (the config goes in the handshake)", true),
+      );
+    }
+    const id = event.correlationId;
+    if (this.pending.has(id) || (this.quiet.size > 0 && this.quiet.has(id))) {
+      return Promise.reject(new TransportError("overload", `correlation id ${id} already has an event in flight`, true));
+    }
+    if (signal.aborted) return Promise.reject(new TransportError("timeout", abortMessage(signal), true));
+    if (estimateEventSize(event) > MAX_GRPC_MESSAGE_BYTES) {
+      return Promise.reject(
+        new TransportError("protocol", `${event.type} event exceeds the gRPC message limit (${MAX_GRPC_MESSAGE_BYTES} bytes); chunk it`, true),
+      );
+    }
+    const msg = eventToProto(event);
+    return new Promise<AgentReply>((resolve, reject) => {
+      const p = new Pending(this, id, resolve, reject, signal);
+      this.pending.set(id, p);
+      signal.addEventListener("abort", p, { once: true });
+      s.queue.push(msg);
+    });
+  }
+
+  notify(event: AgentEvent): void {
+    try {
+      const s = this.stream;
+      if (s === null || !s.ready) {
+        this.log("debug", "grpc agent notify dropped: not connected", { endpoint: this.endpoint, type: event.type });
+        return;
+      }
+      if (estimateEventSize(event) > MAX_GRPC_MESSAGE_BYTES) {
+        this.log("warn", "grpc agent notify dropped: event too large", { endpoint: this.endpoint, type: event.type });
+        return;
+      }
+      if (event.type === "configure") {
+        // TS agents answer configure with an empty-id Allow; Rust agents do not answer.
+        this.addQuiet("");
+        s.queue.push(eventToProto(event));
+        return;
+      }
+      const id = event.correlationId;
+      if (this.pending.has(id)) {
+        // An answer for this id is outstanding: sending now would make the two answers
+        // indistinguishable. Send once that call settles.
+        const list = this.deferred.get(id);
+        if (list) list.push(event);
+        else this.deferred.set(id, [event]);
+        return;
+      }
+      this.addQuiet(id);
+      s.queue.push(eventToProto(event));
+    } catch (err) {
+      this.log("warn", "grpc agent notify failed", { endpoint: this.endpoint, error: String(err) });
+    }
+  }
+
+  ping(timeoutMs: number): Promise<void> {
+    const s = this.stream;
+    if (s === null || !s.ready) {
+      return Promise.reject(new TransportError("connect", `agent ${this.endpoint}: no ready gRPC stream`, true));
+    }
+    const seq = ++this.pingSeq;
+    return new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        if (this.pings.delete(seq)) reject(new TransportError("timeout", `agent ${this.endpoint}: no pong within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.pings.set(seq, { resolve, reject, timer });
+      s.queue.push(pingToProto(seq));
+    });
+  }
+
+  close(graceMs = 0): Promise<void> {
+    this.closePromise ??= this.doClose(graceMs);
+    return this.closePromise;
+  }
+
+  // ------------------------------------------------------------------------- internals
+
+  /** Abort listener of a pending call (the caller's timeout or client disconnect). */
+  abortPending(p: Pending): void {
+    if (this.pending.get(p.id) !== p) return;
+    this.pending.delete(p.id);
+    // The agent may still answer: drop that late answer instead of giving it to a later call
+    // with the same correlation id.
+    this.addQuiet(p.id);
+    p.reject(new TransportError("timeout", abortMessage(p.signal)));
+    this.afterSettle(p.id);
+  }
+
+  private afterSettle(id: string): void {
+    if (this.deferred.size > 0) {
+      const list = this.deferred.get(id);
+      if (list) {
+        this.deferred.delete(id);
+        for (const ev of list) this.notify(ev);
+      }
+    }
+    if (this.drainWaiter !== null && this.pending.size === 0) this.drainWaiter();
+  }
+
+  private addQuiet(id: string): void {
+    const q = this.quiet.get(id);
+    const t = performance.now();
+    if (q) {
+      q.n++;
+      q.t = t;
+    } else {
+      this.quiet.set(id, { n: 1, t });
+    }
+    if (this.quietTimer === undefined) {
+      this.quietTimer = setInterval(() => this.sweepQuiet(), QUIET_TTL_MS / 2);
+      (this.quietTimer as { unref?: () => void }).unref?.();
+    }
+  }
+
+  private takeQuiet(id: string): boolean {
+    const q = this.quiet.get(id);
+    if (q === undefined) return false;
+    if (--q.n <= 0) this.quiet.delete(id);
+    return true;
+  }
+
+  private sweepQuiet(): void {
+    const limit = performance.now() - QUIET_TTL_MS;
+    for (const [id, q] of this.quiet) if (q.t < limit) this.quiet.delete(id);
+    if (this.quiet.size === 0 && this.quietTimer !== undefined) {
+      clearInterval(this.quietTimer);
+      this.quietTimer = undefined;
+    }
+  }
+
+  private onResponse(r: AgentResponse): void {
+    const id = r.correlationId;
+    const p = this.pending.get(id);
+    if (p === undefined) {
+      if (this.quiet.size > 0 && this.takeQuiet(id)) return;
+      this.dropAnswer(id);
+      return;
+    }
+    this.pending.delete(id);
+    p.signal.removeEventListener("abort", p);
+    let reply: AgentReply;
+    try {
+      reply = replyFromProto(r);
+    } catch (err) {
+      p.reject(new TransportError("protocol", `undecodable agent answer: ${String(err)}`));
+      this.afterSettle(id);
+      return;
+    }
+    p.resolve(reply);
+    if (this.deferred.size > 0 || this.drainWaiter !== null) this.afterSettle(id);
+  }
+
+  private dropAnswer(id: string): void {
+    this.droppedAnswers++;
+    const now = performance.now();
+    if (now - this.lastDropLog >= DROP_LOG_INTERVAL_MS) {
+      this.lastDropLog = now;
+      this.log("warn", "grpc agent answer with unknown correlation id dropped", {
+        endpoint: this.endpoint,
+        correlationId: id,
+        droppedSinceLastLog: this.droppedAnswers,
+      });
+      this.droppedAnswers = 0;
+    }
+  }
+
+  private emit(connected: boolean): void {
+    for (const l of this.listeners) {
+      try {
+        l(connected);
+      } catch {
+        // a listener's failure is not the transport's
+      }
+    }
+  }
+
+  private openStream(): void {
+    if (this.closing) return;
+    if (this.client === null) {
+      this.scheduleReconnect(false);
+      return;
+    }
+    const s = new StreamState();
+    this.stream = s;
+    s.queue.push(handshakeToProto(PROXY_ID, this.opts.proxyVersion, this.opts.config));
+    s.handshakeTimer = setTimeout(() => {
+      this.endStream(s, "connect", `no handshake answer within ${this.opts.connectTimeoutMs} ms`);
+    }, this.opts.connectTimeoutMs);
+    let responses: AsyncIterable<AgentToProxy>;
+    try {
+      responses = this.client.processStream(s.queue, { signal: s.ac.signal });
+    } catch (err) {
+      this.endStream(s, "connect", String(err));
+      return;
+    }
+    s.done = this.readLoop(s, responses);
+  }
+
+  private async readLoop(s: StreamState, responses: AsyncIterable<AgentToProxy>): Promise<void> {
+    let kind: TransportErrorKind = "closed";
+    let reason = "agent ended the stream";
+    try {
+      for await (const msg of responses) {
+        if (s.ended) break;
+        const m = msg.message;
+        if (m.case === "response" && s.ready) {
+          this.onResponse(m.value);
+          continue;
+        }
+        if (!s.ready) {
+          if (m.case !== "handshake") {
+            kind = "protocol";
+            reason = `first message from the agent was ${m.case ?? "empty"}, not a handshake`;
+            break;
+          }
+          const hs = m.value;
+          if (!hs.success) {
+            kind = "connect";
+            reason = `agent rejected the handshake: ${hs.error ?? "(no error given)"}`;
+            break;
+          }
+          clearTimeout(s.handshakeTimer);
+          s.ready = true;
+          s.readyAt = performance.now();
+          this.capabilities = capabilitiesFromProto(hs);
+          this.log("info", "grpc agent connected", {
+            endpoint: this.endpoint,
+            agentId: this.capabilities.agentId,
+            agentName: this.capabilities.name,
+            agentVersion: this.capabilities.version,
+          });
+          this.emit(true);
+          continue;
+        }
+        switch (m.case) {
+          case "pong": {
+            const seq = Number(m.value.sequence);
+            const w = this.pings.get(seq);
+            if (w) {
+              this.pings.delete(seq);
+              clearTimeout(w.timer);
+              w.resolve();
+            }
+            break;
+          }
+          case "handshake":
+            this.log("warn", "grpc agent sent a second handshake answer; ignored", { endpoint: this.endpoint });
+            break;
+          case "log":
+            this.log("debug", "grpc agent log", { endpoint: this.endpoint, message: m.value.message, level: m.value.level });
+            break;
+          default:
+            // health, metrics, config_update, flow_control: no effect (spec §8.4)
+            break;
+        }
+      }
+    } catch (err) {
+      if (s.ready || !s.ended) {
+        kind = s.ready ? errorKind(err) : "connect";
+        reason = err instanceof Error ? err.message : String(err);
+      }
+    }
+    this.endStream(s, kind, reason);
+  }
+
+  private endStream(s: StreamState, kind: TransportErrorKind, reason: string): void {
+    if (s.ended) return;
+    s.ended = true;
+    clearTimeout(s.handshakeTimer);
+    s.queue.clear();
+    s.ac.abort();
+    if (this.stream === s) this.stream = null;
+    const wasReady = s.ready;
+    s.ready = false;
+
+    const errKind: TransportErrorKind = kind === "connect" ? "closed" : kind;
+    if (this.pending.size > 0) {
+      const list = [...this.pending.values()];
+      this.pending.clear();
+      for (const p of list) {
+        p.signal.removeEventListener("abort", p);
+        p.reject(new TransportError(errKind, `agent ${this.endpoint}: ${reason}`));
+      }
+    }
+    for (const [, w] of this.pings) {
+      clearTimeout(w.timer);
+      w.reject(new TransportError(errKind, `agent ${this.endpoint}: ${reason}`));
+    }
+    this.pings.clear();
+    this.quiet.clear();
+    this.deferred.clear();
+    if (this.drainWaiter !== null) this.drainWaiter();
+
+    if (wasReady) {
+      this.log(this.closing ? "info" : "warn", "grpc agent stream closed", { endpoint: this.endpoint, kind, reason });
+      this.emit(false);
+    } else if (!this.closing) {
+      this.log(kind === "protocol" ? "warn" : "debug", "grpc agent connect failed", { endpoint: this.endpoint, kind, reason });
+    }
+    if (!this.closing) this.scheduleReconnect(wasReady && performance.now() - s.readyAt >= STABLE_MS);
+  }
+
+  private scheduleReconnect(wasStable: boolean): void {
+    if (this.closing || this.reconnectTimer !== undefined) return;
+    if (wasStable) this.backoffMs = BACKOFF_MIN_MS;
+    const base = this.backoffMs;
+    this.backoffMs = Math.min(BACKOFF_MAX_MS, this.backoffMs * 2);
+    const delay = Math.round(base * (0.8 + Math.random() * 0.4));
+    this.reconnectTimer = setTimeout(() => {
+      this.reconnectTimer = undefined;
+      this.openStream();
+    }, delay);
+  }
+
+  private async doClose(graceMs: number): Promise<void> {
+    this.closing = true;
+    if (this.reconnectTimer !== undefined) {
+      clearTimeout(this.reconnectTimer);
+      this.reconnectTimer = undefined;
+    }
+    const s = this.stream;
+    if (s !== null && this.pending.size > 0 && graceMs > 0) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, graceMs);
+        this.drainWaiter = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      this.drainWaiter = null;
+    }
+    if (s !== null && !s.ended) {
+      // Nothing is outstanding any more (or the grace ran out): half-close, give the agent a
+      // moment to finish the stream, then cancel whatever is left.
+      if (this.pending.size === 0) {
+        s.queue.end();
+        await Promise.race([s.done, new Promise((r) => setTimeout(r, 200))]);
+      }
+      this.endStream(s, "closed", "transport closed");
+    }
+    if (this.quietTimer !== undefined) {
+      clearInterval(this.quietTimer);
+      this.quietTimer = undefined;
+    }
+    this.sessionManager?.abort();
+  }
+}
+
+function abortMessage(signal: AbortSignal): string {
+  const r: unknown = signal.reason;
+  if (r instanceof Error) return r.message || r.name;
+  return r === undefined ? "aborted" : String(r);
+}
+
+/** Transport for a gRPC agent at `http://host:port` or `https://host:port` (bare host:port = http). */
+export function createGrpcTransport(opts: TransportOptions): AgentTransport {
+  return new GrpcAgentTransport(opts);
+}
