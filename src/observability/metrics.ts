@@ -39,3 +39,59 @@ export const agentCircuitState = new client.Gauge({
   labelNames: ["agent"],
   registers: [registry],
 });
+
+// --- requests and upstreams -----------------------------------------------------------------
+export const requestsTotal = new client.Counter({
+  name: "sentinel_requests_total",
+  help: "Requests by route, method and status class",
+  labelNames: ["route", "method", "status_class"],
+  registers: [registry],
+});
+export const requestDuration = new client.Histogram({
+  name: "sentinel_request_duration_seconds",
+  help: "Request duration from first byte to the end of the response, by route",
+  labelNames: ["route"],
+  buckets: histogramBuckets,
+  registers: [registry],
+});
+export const inFlightRequests = new client.Gauge({
+  name: "sentinel_requests_in_flight",
+  help: "Requests being processed",
+  registers: [registry],
+});
+export const upstreamDuration = new client.Histogram({
+  name: "sentinel_upstream_request_duration_seconds",
+  help: "Time to upstream response headers, by upstream and target",
+  labelNames: ["upstream", "target"],
+  buckets: histogramBuckets,
+  registers: [registry],
+});
+export const upstreamErrors = new client.Counter({
+  name: "sentinel_upstream_errors_total",
+  help: "Failed upstream attempts by upstream, target and kind (connect, timeout, status_5xx)",
+  labelNames: ["upstream", "target", "kind"],
+  registers: [registry],
+});
+export const upstreamTargetHealth = new client.Gauge({
+  name: "sentinel_upstream_target_healthy",
+  help: "1 when the upstream target is in rotation (healthy and not ejected)",
+  labelNames: ["upstream", "target"],
+  registers: [registry],
+});
+export const rejectedRequests = new client.Counter({
+  name: "sentinel_rejected_requests_total",
+  help: "Requests refused before routing, by reason",
+  labelNames: ["reason"],
+  registers: [registry],
+});
+export const configReloads = new client.Counter({
+  name: "sentinel_config_reloads_total",
+  help: "Configuration reloads by result",
+  labelNames: ["result"],
+  registers: [registry],
+});
+export const configLastReloadSuccess = new client.Gauge({
+  name: "sentinel_config_last_reload_success_timestamp_seconds",
+  help: "Unix time of the last successful configuration load",
+  registers: [registry],
+});

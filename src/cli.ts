@@ -1,0 +1,100 @@
+#!/usr/bin/env bun
+// Entry point: `sentinel -c FILE`, `sentinel validate -c FILE` (alias -t/--test), --version, --help.
+import { loadConfig } from "./config/load.ts";
+import { formatDiagnostic } from "./config/types.ts";
+import { startProxy } from "./proxy/server.ts";
+import { log } from "./observability/log.ts";
+import { VERSION } from "./version.ts";
+
+const HELP = `sentinel ${VERSION}: security-first reverse proxy with external agents
+
+Usage:
+  sentinel -c FILE               run the proxy with the KDL config FILE (also --config FILE)
+  sentinel validate -c FILE      check FILE and exit 0 if valid, 1 otherwise (alias: -t, --test)
+  sentinel --version             print the version
+  sentinel --help                print this help
+
+Signals: SIGTERM/SIGINT drain and stop; SIGHUP reloads the configuration.
+The environment variable SENTINEL_CONFIG may name the config file instead of -c.`;
+
+interface Args {
+  mode: "run" | "validate" | "version" | "help";
+  config?: string;
+  error?: string;
+}
+
+export function parseArgs(argv: string[]): Args {
+  const args: Args = { mode: "run" };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === "validate" || a === "test" || a === "-t" || a === "--test") args.mode = "validate";
+    else if (a === "--version" || a === "-V" || a === "version") args.mode = "version";
+    else if (a === "--help" || a === "-h" || a === "help") args.mode = "help";
+    else if (a === "-c" || a === "--config") {
+      const v = argv[++i];
+      if (v === undefined) return { ...args, error: `${a} needs a file argument` };
+      args.config = v;
+    } else if (a.startsWith("--config=")) args.config = a.slice("--config=".length);
+    else return { ...args, error: `unknown argument '${a}' (see --help)` };
+  }
+  args.config ??= process.env.SENTINEL_CONFIG || undefined;
+  return args;
+}
+
+function printDiagnostics(diags: ReturnType<typeof loadConfig>["diagnostics"]): void {
+  for (const d of diags) process.stderr.write(formatDiagnostic(d) + "\n");
+}
+
+async function main(): Promise<number> {
+  const args = parseArgs(process.argv.slice(2));
+  if (args.error) {
+    process.stderr.write(`sentinel: ${args.error}\n`);
+    return 2;
+  }
+  if (args.mode === "help") {
+    process.stdout.write(HELP + "\n");
+    return 0;
+  }
+  if (args.mode === "version") {
+    process.stdout.write(`sentinel ${VERSION}\n`);
+    return 0;
+  }
+  if (!args.config) {
+    process.stderr.write("sentinel: no configuration file given (use -c FILE; see --help)\n");
+    return 2;
+  }
+  const result = loadConfig(args.config);
+  printDiagnostics(result.diagnostics);
+  if (args.mode === "validate") {
+    if (!result.config) {
+      process.stderr.write(`sentinel: ${args.config}: configuration is invalid\n`);
+      return 1;
+    }
+    process.stdout.write(`sentinel: ${args.config}: configuration is valid\n`);
+    return 0;
+  }
+  if (!result.config) {
+    process.stderr.write(`sentinel: ${args.config}: configuration is invalid; not starting\n`);
+    return 1;
+  }
+  let proxy;
+  try {
+    proxy = await startProxy(result.config);
+  } catch (err) {
+    process.stderr.write(`sentinel: failed to start: ${(err as Error)?.message ?? err}\n`);
+    return 1;
+  }
+  const stop = (signal: string) => {
+    log("info", "signal received", { signal });
+    void proxy.shutdown().then(() => process.exit(0));
+  };
+  process.on("SIGTERM", () => stop("SIGTERM"));
+  process.on("SIGINT", () => stop("SIGINT"));
+  process.on("SIGHUP", () => void proxy.reload());
+  process.on("unhandledRejection", (err) => log("error", "unhandled rejection", { error: String((err as Error)?.stack ?? err) }));
+  process.on("uncaughtException", (err) => log("error", "uncaught exception", { error: String(err?.stack ?? err) }));
+  return -1; // keep running
+}
+
+const code = await main();
+if (code >= 0) process.exit(code);

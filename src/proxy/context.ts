@@ -1,0 +1,47 @@
+// The one per-request context object that every phase of the pipeline reads and writes.
+import type { Server } from "bun";
+import type { ListenerConfig } from "../config/types.ts";
+import type { HeaderOp } from "../agents/types.ts";
+import type { Runtime, RoutePlan } from "./runtime.ts";
+import type { Target } from "../upstreams/pool.ts";
+
+export interface AgentTrace {
+  agent: string;
+  decision: string; // allow | block | redirect | challenge | error:<kind> | skipped:<kind>
+  latencyMs: number;
+  ruleIds?: string[];
+  tags?: string[];
+}
+
+export interface RequestContext {
+  readonly rt: Runtime;
+  readonly req: Request;
+  readonly server: Server<unknown>;
+  readonly listener: ListenerConfig;
+  readonly startedAt: number; // performance.now()
+  readonly traceId: string;
+  /** Unique per request; the id agents see (never client-controlled). */
+  readonly correlationId: string;
+  clientIp: string;
+  clientPort: number;
+  method: string;
+  host: string; // routing host (lower-case, no port)
+  hostHeader: string; // as received
+  path: string; // normalised, forwarded as is
+  query: string; // "" or "?…", forwarded unchanged
+  plan?: RoutePlan;
+  /** Headers to send upstream (sanitised; policies and agent mutations applied). */
+  upstreamHeaders?: Headers;
+  /** Response header operations from agents' request phase (applied at response time). */
+  deferredResponseOps: HeaderOp[];
+  target?: Target;
+  attempts: number;
+  status: number;
+  bytesIn: number;
+  bytesOut: number;
+  agentTrace: AgentTrace[];
+  error?: string;
+  /** Aborted on client disconnect. */
+  readonly signal: AbortSignal;
+  finished: boolean;
+}

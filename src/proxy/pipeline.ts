@@ -1,0 +1,347 @@
+// The request lifecycle as named phases (cf. Pingora's ProxyHttp):
+//
+//   receive → route → requestFilter (policies, agents on headers, agents on body)
+//     → upstreamRequest (choose target, forward, retries) → responseFilter (agents on
+//     response headers/body, policies) → logging (access log, metrics, request_complete)
+//
+// Each phase takes the one per-request context and either returns nothing (continue) or the
+// Response that ends the request. Every exit goes through `finish` exactly once.
+import type { Server } from "bun";
+import type { ListenerConfig, RouteConfig } from "../config/types.ts";
+import type { RequestContext } from "./context.ts";
+import { errorResponse } from "./errors.ts";
+import { stripHopByHop } from "./headers.ts";
+import { acceptTraceId, newTraceId } from "./ids.ts";
+import { normalizePath } from "../routing/normalize.ts";
+import type { MatchInput } from "../routing/router.ts";
+import type { Runtime } from "./runtime.ts";
+import { forward, releaseTarget } from "../upstreams/forward.ts";
+import { meteredStream, BodyLimitError } from "../upstreams/body.ts";
+import {
+  applyDeferredResponseOps,
+  requestBodyPhase,
+  requestCompletePhase,
+  requestHeadersPhase,
+  responseBodyPhase,
+  responseHeadersPhase,
+} from "./agent-phases.ts";
+import { applyPolicyOps } from "./policies.ts";
+import { handleBuiltin } from "./builtin.ts";
+import { proxyWebSocket, isWebSocketUpgrade } from "./websocket.ts";
+import { logRequest } from "./logging.ts";
+import { rejectedRequests } from "../observability/metrics.ts";
+
+export interface ProxyState {
+  current: Runtime;
+  draining: boolean;
+  inFlight: number;
+}
+
+const BODYLESS_METHODS = new Set(["GET", "HEAD"]);
+const REFUSED_METHODS = new Set(["CONNECT", "TRACE"]);
+
+function parseHost(raw: string): string | undefined {
+  // One Host value, reg-name or IP literal, optional port; no userinfo, path or spaces.
+  if (raw.length === 0 || raw.length > 255) return raw.length === 0 ? "" : undefined;
+  let host = raw;
+  if (host.startsWith("[")) {
+    const end = host.indexOf("]");
+    if (end < 0) return undefined;
+    const rest = host.slice(end + 1);
+    if (rest && !/^:\d{1,5}$/.test(rest)) return undefined;
+    return host.slice(0, end + 1).toLowerCase();
+  }
+  const colon = host.indexOf(":");
+  if (colon >= 0) {
+    if (!/^\d{1,5}$/.test(host.slice(colon + 1))) return undefined;
+    host = host.slice(0, colon);
+  }
+  if (!/^[A-Za-z0-9._~!$&'()*+;=%-]*$/.test(host)) return undefined;
+  host = host.toLowerCase();
+  return host.endsWith(".") ? host.slice(0, -1) : host;
+}
+
+/** Phase 1 — receive: validate the request line and head, normalise, identify. */
+function receive(req: Request, server: Server<unknown>, listener: ListenerConfig, rt: Runtime): RequestContext | Response {
+  const limits = rt.config.limits;
+  const incoming = req.headers;
+  const traceId = acceptTraceId(incoming.get("x-trace-id") ?? incoming.get("x-correlation-id") ?? incoming.get("x-request-id")) ?? newTraceId(rt.config.system.traceIdFormat);
+  const reject = (status: number) => errorResponse(status, traceId, status === 400 ? { connection: "close" } : undefined);
+
+  if (REFUSED_METHODS.has(req.method)) return reject(405);
+
+  const url = req.url;
+  let start = 0;
+  if (url.charCodeAt(0) !== 0x2f) {
+    const scheme = url.indexOf("://");
+    start = scheme < 0 ? -1 : url.indexOf("/", scheme + 3);
+  }
+  let rawPath = "/";
+  let query = "";
+  if (start >= 0) {
+    const q = url.indexOf("?", start);
+    rawPath = q < 0 ? url.slice(start) : url.slice(start, q);
+    query = q < 0 ? "" : url.slice(q);
+  }
+  if (rawPath.length + query.length > limits.maxUriLength) return reject(414);
+
+  let count = 0;
+  let size = 0;
+  for (const [name, value] of incoming) {
+    count++;
+    size += name.length + value.length + 4;
+  }
+  if (count > limits.maxHeaderCount || size > limits.maxHeaderSize) return reject(431);
+
+  const hostHeader = incoming.get("host") ?? "";
+  const host = parseHost(hostHeader);
+  if (host === undefined) return reject(400);
+
+  const normalized = normalizePath(rawPath);
+  if (!normalized.ok) return reject(400);
+
+  const addr = server.requestIP(req);
+  return {
+    rt,
+    req,
+    server,
+    listener,
+    startedAt: performance.now(),
+    traceId,
+    correlationId: newTraceId("tinyflake"),
+    clientIp: addr?.address ?? "",
+    clientPort: addr?.port ?? 0,
+    method: req.method,
+    host,
+    hostHeader,
+    path: normalized.path,
+    query,
+    deferredResponseOps: [],
+    attempts: 0,
+    status: 0,
+    bytesIn: 0,
+    bytesOut: 0,
+    agentTrace: [],
+    signal: req.signal,
+    finished: false,
+  };
+}
+
+/** Phase 2 — route: match on the normalised path; the default route or 404 otherwise. */
+function route(ctx: RequestContext): RouteConfig | undefined {
+  const rt = ctx.rt;
+  const m: MatchInput = {
+    method: ctx.method,
+    host: ctx.host,
+    path: ctx.path,
+    pathLower: ctx.path.toLowerCase(),
+    headers: ctx.req.headers,
+    query: rt.router.needsQuery ? new URLSearchParams(ctx.query) : null,
+  };
+  const r = rt.router.match(m);
+  if (r) return r;
+  const fallback = ctx.listener.defaultRoute;
+  return fallback ? rt.router.byId.get(fallback) : undefined;
+}
+
+/** The headers the upstream will see, before agents and policies: hop-by-hop removed. */
+function upstreamHeaders(ctx: RequestContext): Headers {
+  const h = new Headers(ctx.req.headers);
+  stripHopByHop(h);
+  h.delete("expect");
+  return h;
+}
+
+/** Headers only the proxy sets: added last so that neither clients nor agents can forge them. */
+function addForwardingHeaders(ctx: RequestContext, h: Headers): void {
+  const prior = h.get("x-forwarded-for");
+  h.set("x-forwarded-for", prior ? `${prior}, ${ctx.clientIp}` : ctx.clientIp);
+  h.set("x-forwarded-proto", ctx.listener.protocol);
+  if (ctx.hostHeader) h.set("x-forwarded-host", ctx.hostHeader);
+  h.set("x-correlation-id", ctx.traceId);
+  h.set("x-trace-id", ctx.traceId);
+  h.delete("forwarded");
+  h.delete("x-real-ip");
+}
+
+/** Phase 3 — request filter: request-header agents, policies, request body limits and agents. */
+async function requestFilter(ctx: RequestContext): Promise<{ response?: Response; body: ReadableStream<Uint8Array> | Uint8Array | null }> {
+  const plan = ctx.plan!;
+  const headers = (ctx.upstreamHeaders = upstreamHeaders(ctx));
+
+  const denied = await requestHeadersPhase(ctx);
+  if (denied) return { response: denied, body: null };
+  applyPolicyOps(headers, plan.requestHeaderOps);
+  addForwardingHeaders(ctx, headers);
+
+  // Body framing: Bun already rejected CL+TE, bad CL and bad chunking (reliability catalog §0.1).
+  const cl = ctx.req.headers.get("content-length");
+  let declared: number | undefined;
+  if (cl !== null) {
+    const parts = cl.split(",").map((s) => s.trim());
+    if (parts.some((p) => p !== parts[0])) return { response: errorResponse(400, ctx.traceId, { connection: "close" }), body: null };
+    declared = Number(parts[0]);
+    headers.set("content-length", parts[0]!);
+  }
+  const hasBody = !BODYLESS_METHODS.has(ctx.method) && ctx.req.body !== null && (declared === undefined ? ctx.req.headers.has("transfer-encoding") : declared > 0);
+  if (!hasBody) {
+    headers.delete("content-length");
+    return { body: null };
+  }
+  if (declared !== undefined && declared > plan.maxBodySize) {
+    ctx.error = "request body over max-body-size";
+    return { response: errorResponse(413, ctx.traceId, { connection: "close" }), body: null };
+  }
+  const meter = { bytes: 0 };
+  const stream = meteredStream(ctx.req.body!, {
+    limit: plan.maxBodySize,
+    idleMs: ctx.rt.config.system.idleTimeoutMs,
+    meter,
+    onEnd: () => {
+      ctx.bytesIn = meter.bytes;
+    },
+  });
+  if (plan.requestBodyAgents.length === 0) return { body: stream };
+  try {
+    const inspected = await requestBodyPhase(ctx, stream);
+    if (inspected.body instanceof Uint8Array && !inspected.response) headers.set("content-length", String(inspected.body.byteLength));
+    return inspected;
+  } catch (err) {
+    if (err instanceof BodyLimitError) return { response: errorResponse(413, ctx.traceId, { connection: "close" }), body: null };
+    ctx.error = `request body: ${(err as Error).message}`;
+    return { response: errorResponse(ctx.signal.aborted ? 499 : 408, ctx.traceId, { connection: "close" }), body: null };
+  }
+}
+
+/** Phase 5 — response filter: sanitise, agents on response headers and body, policies. */
+async function responseFilter(ctx: RequestContext, upstream: Response): Promise<Response> {
+  const plan = ctx.plan!;
+  const headers = new Headers(upstream.headers);
+  stripHopByHop(headers);
+  headers.delete("content-length");
+  applyDeferredResponseOps(ctx, headers);
+  applyPolicyOps(headers, plan.responseHeaderOps);
+  headers.set("x-correlation-id", ctx.traceId);
+
+  const denied = await responseHeadersPhase(ctx, upstream.status, headers);
+  if (denied) {
+    upstream.body?.cancel().catch(() => {});
+    return denied;
+  }
+  const bodyless = ctx.method === "HEAD" || upstream.status === 204 || upstream.status === 304 || upstream.body === null;
+  if (bodyless) {
+    upstream.body?.cancel().catch(() => {});
+    return new Response(null, { status: upstream.status, statusText: upstream.statusText, headers });
+  }
+  let body: ReadableStream<Uint8Array> | Uint8Array = upstream.body!;
+  if (plan.responseBodyAgents.length > 0) {
+    const inspected = await responseBodyPhase(ctx, body as ReadableStream<Uint8Array>);
+    if (inspected.response) return inspected.response;
+    body = inspected.body;
+  }
+  return new Response(body, { status: upstream.status, statusText: upstream.statusText, headers });
+}
+
+/** Phase 6 — logging: exactly once per request, when the response is complete. */
+function finish(ctx: RequestContext, state: ProxyState): void {
+  if (ctx.finished) return;
+  ctx.finished = true;
+  state.inFlight--;
+  if (ctx.target) releaseTarget(ctx.target);
+  const durationMs = performance.now() - ctx.startedAt;
+  logRequest(ctx, durationMs);
+  requestCompletePhase(ctx, durationMs);
+}
+
+/** Wrap the response body so that `finish` runs when it has been fully sent (or abandoned). */
+function finishOnBodyEnd(ctx: RequestContext, state: ProxyState, res: Response): Response {
+  ctx.status = res.status;
+  if (res.body === null) {
+    finish(ctx, state);
+    return res;
+  }
+  const meter = { bytes: 0 };
+  const idleMs = ctx.plan?.readTimeoutMs ?? 30_000;
+  const body = meteredStream(res.body, {
+    limit: Number.MAX_SAFE_INTEGER,
+    idleMs,
+    meter,
+    onEnd: (err) => {
+      ctx.bytesOut = meter.bytes;
+      if (err && !ctx.error) ctx.error = `response body: ${(err as Error)?.message ?? err}`;
+      finish(ctx, state);
+    },
+  });
+  return new Response(body, { status: res.status, statusText: res.statusText, headers: res.headers });
+}
+
+/** Entry point for every HTTP request on a proxy listener. */
+export async function handleRequest(req: Request, server: Server<unknown>, listener: ListenerConfig, state: ProxyState): Promise<Response | undefined> {
+  const rt = state.current;
+  const received = receive(req, server, listener, rt);
+  if (received instanceof Response) {
+    rejectedRequests.labels(String(received.status)).inc();
+    return received;
+  }
+  const ctx = received;
+  state.inFlight++;
+  try {
+    const r = route(ctx);
+    if (!r) {
+      ctx.status = 404;
+      finish(ctx, state);
+      return errorResponse(404, ctx.traceId);
+    }
+    ctx.plan = rt.plans.get(r.id)!;
+    if (r.builtinHandler) return finishOnBodyEnd(ctx, state, await handleBuiltin(ctx, state, r.builtinHandler));
+
+    if (isWebSocketUpgrade(req)) {
+      if (!r.websocket) return end(ctx, state, errorResponse(400, ctx.traceId));
+      const filtered = await requestFilter(ctx);
+      if (filtered.response) return end(ctx, state, filtered.response);
+      return proxyWebSocket(ctx, () => finish(ctx, state));
+    }
+
+    const filtered = await requestFilter(ctx);
+    if (filtered.response) return end(ctx, state, filtered.response);
+
+    // Phase 4 — upstream request: choose a target and forward (with safe retries).
+    const pool = ctx.plan.pool;
+    if (!pool) {
+      ctx.error = `route ${r.id} has no upstream`;
+      return end(ctx, state, errorResponse(503, ctx.traceId));
+    }
+    const result = await forward({
+      pool,
+      method: ctx.method,
+      pathAndQuery: ctx.path + ctx.query,
+      headers: ctx.upstreamHeaders!,
+      body: filtered.body,
+      clientIp: ctx.clientIp,
+      hashKey: ctx.path,
+      signal: ctx.signal,
+      timeoutMs: ctx.plan.upstreamTimeoutMs,
+      retry: r.retryPolicy,
+      onAttempt: (t) => {
+        ctx.attempts++;
+        ctx.target = t;
+      },
+    });
+    if (!result.ok) {
+      ctx.error = result.reason;
+      if (result.target && ctx.target === result.target) ctx.target = undefined; // already released
+      return end(ctx, state, errorResponse(result.status, ctx.traceId, result.status === 413 ? { connection: "close" } : undefined));
+    }
+    return finishOnBodyEnd(ctx, state, await responseFilter(ctx, result.response));
+  } catch (err) {
+    ctx.error = `internal: ${(err as Error)?.message ?? err}`;
+    return end(ctx, state, errorResponse(500, ctx.traceId));
+  }
+}
+
+function end(ctx: RequestContext, state: ProxyState, res: Response): Response {
+  ctx.status = res.status;
+  finish(ctx, state);
+  return res;
+}
+

@@ -1,0 +1,89 @@
+// Path normalisation for routing (RFC 3986 §6.2.2): the router matches on the normalised path
+// and the upstream receives exactly that path, so what was authorised is what is served.
+//
+// Policy (documented in SECURITY.md):
+// - percent-encoded unreserved characters are decoded (%61 → a, %2E → .), other escapes are kept
+//   with upper-case hex;
+// - encoded '/', '\', NUL, control characters and overlong UTF-8 lead bytes (%C0, %C1) are
+//   rejected (400): an upstream that decodes them would see a different path than we routed;
+// - dot segments are resolved and repeated slashes merged;
+// - raw control characters, spaces, '\' and '#' are rejected.
+
+export type NormalizeResult = { ok: true; path: string } | { ok: false; reason: string };
+
+const HEX = "0123456789ABCDEF";
+
+function hexVal(c: number): number {
+  if (c >= 48 && c <= 57) return c - 48;
+  if (c >= 65 && c <= 70) return c - 55;
+  if (c >= 97 && c <= 102) return c - 87;
+  return -1;
+}
+
+function isUnreserved(b: number): boolean {
+  return (
+    (b >= 0x61 && b <= 0x7a) || (b >= 0x41 && b <= 0x5a) || (b >= 0x30 && b <= 0x39) || b === 0x2d || b === 0x2e || b === 0x5f || b === 0x7e
+  );
+}
+
+/** Fast check: nothing to do for the common case of a clean path. */
+function isClean(path: string): boolean {
+  let prev = 0;
+  for (let i = 0; i < path.length; i++) {
+    const c = path.charCodeAt(i);
+    if (c === 0x25 || c <= 0x20 || c >= 0x7f || c === 0x5c || c === 0x23) return false; // % ctl sp \ #
+    if (c === 0x2f && prev === 0x2f) return false; // //
+    if (c === 0x2e && prev === 0x2f) return false; // /. (possible dot segment)
+    prev = c;
+  }
+  return path.charCodeAt(0) === 0x2f;
+}
+
+export function normalizePath(path: string): NormalizeResult {
+  if (path.length === 0) return { ok: true, path: "/" };
+  if (isClean(path)) return { ok: true, path };
+
+  // 1. percent-decoding of unreserved characters, validation of everything else
+  let decoded = "";
+  for (let i = 0; i < path.length; i++) {
+    const c = path.charCodeAt(i);
+    if (c === 0x25) {
+      const hi = hexVal(path.charCodeAt(i + 1));
+      const lo = hexVal(path.charCodeAt(i + 2));
+      if (hi < 0 || lo < 0) return { ok: false, reason: "malformed percent-encoding in path" };
+      const b = hi * 16 + lo;
+      i += 2;
+      if (b === 0x2f || b === 0x5c) return { ok: false, reason: "encoded slash or backslash in path" };
+      if (b < 0x20 || b === 0x7f) return { ok: false, reason: "encoded control character in path" };
+      if (b === 0xc0 || b === 0xc1) return { ok: false, reason: "overlong UTF-8 sequence in path" };
+      if (isUnreserved(b)) decoded += String.fromCharCode(b);
+      else decoded += "%" + HEX[hi] + HEX[lo];
+      continue;
+    }
+    if (c <= 0x20 || c === 0x7f) return { ok: false, reason: "control character or space in path" };
+    if (c === 0x5c) return { ok: false, reason: "backslash in path" };
+    if (c === 0x23) return { ok: false, reason: "fragment in request target" };
+    decoded += path[i];
+  }
+  if (decoded.charCodeAt(0) !== 0x2f) decoded = "/" + decoded;
+
+  // 2. merge slashes and resolve dot segments
+  const segments = decoded.split("/");
+  const out: string[] = [];
+  for (let i = 1; i < segments.length; i++) {
+    const seg = segments[i]!;
+    const last = i === segments.length - 1;
+    if (seg === "" && !last) continue; // repeated slash
+    if (seg === ".") {
+      if (last) out.push("");
+      continue;
+    }
+    if (seg === "..") {
+      out.pop();
+      if (last) out.push("");
+      continue;
+    }
+    out.push(seg);
+  }
+  return { ok: true, path: "/" + out.join("/") };
+}

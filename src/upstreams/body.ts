@@ -1,0 +1,107 @@
+// Body streams with a byte limit, an idle timeout and a byte counter, preserving backpressure
+// (pull-based: nothing is read from the source until the consumer asks for it).
+import { unwatchIdle, watchIdle } from "./idle.ts";
+
+export class BodyLimitError extends Error {
+  constructor(readonly limit: number) {
+    super(`body exceeds ${limit} bytes`);
+    this.name = "BodyLimitError";
+  }
+}
+
+export class BodyIdleError extends Error {
+  constructor(readonly limitMs: number) {
+    super(`body idle for more than ${limitMs} ms`);
+    this.name = "BodyIdleError";
+  }
+}
+
+export interface Meter {
+  bytes: number;
+}
+
+export function meteredStream(
+  source: ReadableStream<Uint8Array>,
+  opts: { limit: number; idleMs: number; meter: Meter; onEnd?: (err?: unknown) => void },
+): ReadableStream<Uint8Array> {
+  const reader = source.getReader();
+  let finished = false;
+  const finish = (err?: unknown) => {
+    if (finished) return;
+    finished = true;
+    unwatchIdle(watch);
+    opts.onEnd?.(err);
+  };
+  let controllerRef: ReadableStreamDefaultController<Uint8Array> | undefined;
+  const watch = watchIdle(opts.idleMs, () => {
+    const err = new BodyIdleError(opts.idleMs);
+    reader.cancel(err).catch(() => {});
+    try {
+      controllerRef?.error(err);
+    } catch {
+      /* already closed */
+    }
+    finish(err);
+  });
+  return new ReadableStream<Uint8Array>(
+    {
+      start(controller) {
+        controllerRef = controller;
+      },
+      async pull(controller) {
+        try {
+          const { done, value } = await reader.read();
+          if (finished) return;
+          watch.last = performance.now();
+          if (done) {
+            controller.close();
+            finish();
+            return;
+          }
+          opts.meter.bytes += value.byteLength;
+          if (opts.meter.bytes > opts.limit) {
+            const err = new BodyLimitError(opts.limit);
+            reader.cancel(err).catch(() => {});
+            controller.error(err);
+            finish(err);
+            return;
+          }
+          controller.enqueue(value);
+        } catch (err) {
+          if (finished) return;
+          try {
+            controller.error(err);
+          } catch {
+            /* closed */
+          }
+          finish(err);
+        }
+      },
+      cancel(reason) {
+        reader.cancel(reason).catch(() => {});
+        finish(reason ?? new Error("cancelled"));
+      },
+    },
+    { highWaterMark: 0 },
+  );
+}
+
+/** Read a whole body into memory, up to `limit` bytes (throws BodyLimitError past it). */
+export async function readBounded(stream: ReadableStream<Uint8Array>, limit: number, idleMs: number): Promise<Uint8Array> {
+  const meter: Meter = { bytes: 0 };
+  const parts: Uint8Array[] = [];
+  const reader = meteredStream(stream, { limit, idleMs, meter }).getReader();
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    parts.push(value);
+  }
+  if (parts.length === 1) return parts[0]!;
+  const out = new Uint8Array(meter.bytes);
+  let off = 0;
+  for (const p of parts) {
+    out.set(p, off);
+    off += p.byteLength;
+  }
+  return out;
+}

@@ -1,0 +1,154 @@
+// The one upstream-call module: always decompress:false, redirect:manual, duplex:half, our own
+// deadlines on AbortController, client disconnect propagated, retries only where safe.
+import type { Pool, Target } from "./pool.ts";
+import { BodyLimitError } from "./body.ts";
+
+export type ForwardResult =
+  | { ok: true; response: Response; target: Target; abort: AbortController }
+  | { ok: false; status: 502 | 503 | 504 | 413 | 499; reason: string; target?: Target; connectFailed?: boolean };
+
+export interface ForwardInput {
+  pool: Pool;
+  method: string;
+  pathAndQuery: string;
+  headers: Headers;
+  body: ReadableStream<Uint8Array> | Uint8Array | null;
+  clientIp: string;
+  hashKey: string;
+  signal: AbortSignal; // client disconnect
+  timeoutMs: number; // until response headers, per attempt
+  retry: { maxAttempts: number; timeoutMs?: number; backoffBaseMs: number; backoffMaxMs: number; retryableStatusCodes: number[] };
+  onAttempt?: (target: Target) => void;
+}
+
+const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"]);
+
+class HeadersTimeout extends Error {
+  constructor() {
+    super("upstream did not answer in time");
+    this.name = "HeadersTimeout";
+  }
+}
+
+function isConnectError(err: unknown): boolean {
+  const code = (err as { code?: string })?.code ?? "";
+  return code === "ConnectionRefused" || code === "ECONNREFUSED" || code === "FailedToOpenSocket" || code === "ENOTFOUND" || code === "EHOSTUNREACH";
+}
+
+function tlsOptions(pool: Pool): Record<string, unknown> | undefined {
+  const tls = pool.config.tls;
+  if (!tls) return undefined;
+  const o: Record<string, unknown> = { rejectUnauthorized: !tls.insecureSkipVerify };
+  if (tls.sni) o.serverName = tls.sni;
+  if (tls.caCert) o.ca = Bun.file(tls.caCert);
+  if (tls.clientCert) o.cert = Bun.file(tls.clientCert);
+  if (tls.clientKey) o.key = Bun.file(tls.clientKey);
+  return o;
+}
+
+async function attempt(input: ForwardInput, target: Target, body: ForwardInput["body"]): Promise<ForwardResult> {
+  const abort = new AbortController();
+  const onClientAbort = () => abort.abort(new DOMException("client went away", "AbortError"));
+  if (input.signal.aborted) return { ok: false, status: 499, reason: "client went away", target };
+  input.signal.addEventListener("abort", onClientAbort, { once: true });
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    abort.abort(new HeadersTimeout());
+  }, input.timeoutMs);
+  target.active++;
+  input.onAttempt?.(target);
+  try {
+    const init: RequestInit & Record<string, unknown> = {
+      method: input.method,
+      headers: input.headers,
+      body,
+      redirect: "manual",
+      decompress: false,
+      signal: abort.signal,
+      keepalive: true,
+    };
+    if (body instanceof ReadableStream) init.duplex = "half";
+    const tls = tlsOptions(input.pool);
+    if (tls) init.tls = tls;
+    const response = await fetch(target.baseUrl + input.pathAndQuery, init);
+    clearTimeout(timer);
+    if (response.status === 101) {
+      // Unsolicited protocol switch: never relayed outside the WebSocket path.
+      response.body?.cancel().catch(() => {});
+      abort.abort();
+      return { ok: false, status: 502, reason: "unsolicited 101 from upstream", target };
+    }
+    return { ok: true, response, target, abort };
+  } catch (err) {
+    clearTimeout(timer);
+    target.active--;
+    input.signal.removeEventListener("abort", onClientAbort);
+    if (input.signal.aborted) return { ok: false, status: 499, reason: "client went away", target };
+    if (timedOut) return { ok: false, status: 504, reason: `upstream ${target.address} timed out after ${input.timeoutMs} ms`, target };
+    if (err instanceof BodyLimitError || (err as Error)?.name === "BodyLimitError") return { ok: false, status: 413, reason: "request body too large", target };
+    const detail = (err as { code?: string })?.code ?? (err as Error)?.name ?? "error";
+    return { ok: false, status: 502, reason: `upstream ${target.address}: ${detail}`, target, connectFailed: isConnectError(err) };
+  }
+}
+
+/** Release per-attempt bookkeeping when the response body is finished (or abandoned). */
+export function releaseTarget(target: Target): void {
+  if (target.active > 0) target.active--;
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve();
+    const t = setTimeout(resolve, ms);
+    signal.addEventListener("abort", () => {
+      clearTimeout(t);
+      resolve();
+    }, { once: true });
+  });
+}
+
+/**
+ * Forward with retries: another attempt only for idempotent requests without a streamed body,
+ * or for connection failures before anything was sent. Each attempt tries a different target
+ * when there is one.
+ */
+export async function forward(input: ForwardInput): Promise<ForwardResult & { attempts: number }> {
+  const started = performance.now();
+  const policy = input.retry;
+  const replayable = input.body === null || input.body instanceof Uint8Array;
+  const idempotent = IDEMPOTENT.has(input.method);
+  const tried: Target[] = [];
+  let last: ForwardResult | undefined;
+  for (let n = 0; n < Math.max(1, policy.maxAttempts); n++) {
+    if (n > 0) {
+      const backoff = Math.min(policy.backoffBaseMs * 2 ** (n - 1), policy.backoffMaxMs);
+      if (policy.timeoutMs !== undefined && performance.now() - started + backoff >= policy.timeoutMs) break;
+      await sleep(backoff, input.signal);
+      if (input.signal.aborted) break;
+    }
+    const target = input.pool.select({ clientIp: input.clientIp, hashKey: input.hashKey, exclude: tried.length < input.pool.targets.length ? tried : undefined });
+    if (!target) {
+      last = { ok: false, status: 503, reason: `no healthy target in upstream ${input.pool.id}` };
+      break;
+    }
+    tried.push(target);
+    const result = await attempt(input, target, input.body);
+    last = result;
+    if (result.ok) {
+      input.pool.report(target, result.response.status < 500);
+      const retryable = idempotent && replayable && policy.retryableStatusCodes.includes(result.response.status);
+      if (!retryable || n + 1 >= policy.maxAttempts) return { ...result, attempts: n + 1 };
+      result.response.body?.cancel().catch(() => {});
+      releaseTarget(target);
+      continue;
+    }
+    if (result.status === 499 || result.status === 413) return { ...result, attempts: n + 1 };
+    input.pool.report(target, false);
+    // Connection failures (nothing was sent) are safe to retry when the body can be replayed;
+    // other failures only for idempotent requests.
+    const safe = replayable && (result.connectFailed === true || idempotent);
+    if (!safe) return { ...result, attempts: n + 1 };
+  }
+  return { ...(last ?? { ok: false, status: 502, reason: "no attempt made" }), attempts: tried.length };
+}
