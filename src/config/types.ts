@@ -239,6 +239,8 @@ export interface ConfigDiagnostic {
 
 export interface LoadResult {
   config?: SentinelConfig; // present only when there are no errors
+  /** Best-effort understanding of the file(s) even when there are errors (for tools and tests). */
+  partial?: SentinelConfig;
   diagnostics: ConfigDiagnostic[];
 }
 
