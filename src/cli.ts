@@ -96,5 +96,7 @@ async function main(): Promise<number> {
   return -1; // keep running
 }
 
-const code = await main();
-if (code >= 0) process.exit(code);
+// No top-level await: the bytecode build wraps the entry as CommonJS.
+void main().then((code) => {
+  if (code >= 0) process.exit(code);
+});

@@ -54,10 +54,17 @@ export const requestDuration = new client.Histogram({
   buckets: histogramBuckets,
   registers: [registry],
 });
+let inFlightSupplier: () => number = () => 0;
+export function setInFlightSupplier(fn: () => number): void {
+  inFlightSupplier = fn;
+}
 export const inFlightRequests = new client.Gauge({
   name: "sentinel_requests_in_flight",
-  help: "Requests being processed",
+  help: "Requests being processed (including open WebSockets)",
   registers: [registry],
+  collect() {
+    this.set(inFlightSupplier());
+  },
 });
 export const upstreamDuration = new client.Histogram({
   name: "sentinel_upstream_request_duration_seconds",

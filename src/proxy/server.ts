@@ -5,7 +5,7 @@ import type { ListenerConfig, SentinelConfig } from "../config/types.ts";
 import { formatDiagnostic } from "../config/types.ts";
 import { loadConfig } from "../config/load.ts";
 import { log, setLogLevel } from "../observability/log.ts";
-import { configLastReloadSuccess, configReloads, inFlightRequests, registry, upstreamTargetHealth } from "../observability/metrics.ts";
+import { configLastReloadSuccess, configReloads, setInFlightSupplier, registry, upstreamTargetHealth } from "../observability/metrics.ts";
 import { createSink } from "../observability/access-log.ts";
 import { collectProcessMetrics } from "../observability/process.ts";
 import { errorResponse } from "./errors.ts";
@@ -100,7 +100,7 @@ export async function startProxy(config: SentinelConfig): Promise<RunningProxy> 
   configReloads.labels("success").inc(0);
   configReloads.labels("failure").inc(0);
   configLastReloadSuccess.set(Date.now() / 1000);
-  inFlightRequests.collect = () => inFlightRequests.set(state.inFlight);
+  setInFlightSupplier(() => state.inFlight);
   const gaugeTimer = setInterval(() => updateTargetHealthGauge(state), 1000);
   const stopProcessMetrics = collectProcessMetrics();
   log("info", "sentinel started", {
