@@ -95,11 +95,11 @@ function pem(value: string | undefined): string | undefined {
 function errorKind(err: unknown): TransportErrorKind {
   if (err instanceof ConnectError) {
     switch (err.code) {
+      // The agent refused what we sent (message too large, not decodable, no such service).
+      // Internal is not here: a killed connection surfaces as "[internal] missing status".
       case Code.ResourceExhausted:
       case Code.InvalidArgument:
       case Code.Unimplemented:
-      case Code.Internal:
-      case Code.DataLoss:
         return "protocol";
       default:
         return "closed";
@@ -136,7 +136,7 @@ export class GrpcAgentTransport implements AgentTransport {
   private reconnectTimer: ReturnType<typeof setTimeout> | undefined;
   private readonly listeners: ((connected: boolean) => void)[] = [];
   private droppedAnswers = 0;
-  private lastDropLog = 0;
+  private lastDropLog = -Infinity;
 
   constructor(opts: TransportOptions) {
     this.opts = opts;
