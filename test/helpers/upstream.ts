@@ -1,5 +1,6 @@
 // A real upstream HTTP server that records what it receives (the oracle for "the upstream saw
 // nothing") and answers per path:
+// Behaviour is chosen by the LAST path segment (so /any/prefix/slow works):
 //   /slow?ms=N          answers after N ms (headers), /drip?ms=N&chunks=K streams K chunks N ms apart
 //   /status/NNN         answers with that status
 //   /bytes?n=N          streams N bytes (deterministic pattern)
@@ -58,7 +59,7 @@ export function startUpstream(name = "u1", opts: { port?: number; hostname?: str
     async fetch(req, server) {
       const url = new URL(req.url);
       const raw = req.url.slice(req.url.indexOf("/", 8));
-      if (url.pathname === "/health") return new Response(up.healthy ? "ok" : "down", { status: up.healthy ? 200 : 503 });
+      if (url.pathname === "/health" || url.pathname.endsWith("/health")) return new Response(up.healthy ? "ok" : "down", { status: up.healthy ? 200 : 503 });
       const rec: Recorded = {
         method: req.method,
         path: raw,
@@ -73,13 +74,17 @@ export function startUpstream(name = "u1", opts: { port?: number; hostname?: str
         return new Response("upgrade failed", { status: 400 });
       }
       const q = url.searchParams;
-      if (url.pathname === "/slow") {
+      // Dispatch on the last path segment, so that any route prefix can reach every behaviour.
+      const segs = url.pathname.split("/");
+      const leaf = "/" + segs[segs.length - 1];
+      const statusAt = segs.lastIndexOf("status");
+      if (leaf === "/slow") {
         await Bun.sleep(Number(q.get("ms") ?? 1000));
         return new Response(`slow ${name}`);
       }
-      if (url.pathname.startsWith("/status/")) return new Response(`status ${name}`, { status: Number(url.pathname.slice(8)) });
-      if (url.pathname === "/bytes") return new Response(pattern(Number(q.get("n") ?? 0)), { headers: { "content-type": "application/octet-stream" } });
-      if (url.pathname === "/drip") {
+      if (statusAt >= 0 && statusAt === segs.length - 2) return new Response(`status ${name}`, { status: Number(segs[statusAt + 1]) });
+      if (leaf === "/bytes") return new Response(pattern(Number(q.get("n") ?? 0)), { headers: { "content-type": "application/octet-stream" } });
+      if (leaf === "/drip") {
         const chunks = Number(q.get("chunks") ?? 5);
         const ms = Number(q.get("ms") ?? 100);
         let i = 0;
@@ -93,8 +98,8 @@ export function startUpstream(name = "u1", opts: { port?: number; hostname?: str
           }),
         );
       }
-      if (url.pathname === "/echo") return new Response(req.body, { headers: { "content-type": req.headers.get("content-type") ?? "application/octet-stream" } });
-      if (url.pathname === "/sha") {
+      if (leaf === "/echo") return new Response(req.body, { headers: { "content-type": req.headers.get("content-type") ?? "application/octet-stream" } });
+      if (leaf === "/sha") {
         const h = createHash("sha256");
         let n = 0;
         if (req.body) for await (const c of req.body) {
