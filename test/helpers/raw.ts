@@ -7,10 +7,10 @@ export interface RawResult {
   closed: boolean;
 }
 
-export function rawRequest(url: string, bytes: string | Uint8Array, opts: { timeoutMs?: number; waitClose?: boolean } = {}): Promise<RawResult> {
+export function rawRequest(url: string, bytes: string | Uint8Array, opts: { timeoutMs?: number; waitClose?: boolean; localAddress?: string } = {}): Promise<RawResult> {
   const u = new URL(url);
   return new Promise((resolve) => {
-    const sock = connect({ host: u.hostname, port: Number(u.port) });
+    const sock = connect({ host: u.hostname, port: Number(u.port), localAddress: opts.localAddress });
     let text = "";
     let closed = false;
     const done = () => {

@@ -44,7 +44,7 @@ export function pattern(n: number, chunk = 64 * 1024): ReadableStream<Uint8Array
   }, { highWaterMark: 0 });
 }
 
-export function startUpstream(name = "u1", opts: { port?: number; hostname?: string } = {}): Upstream {
+export function startUpstream(name = "u1", opts: { port?: number; hostname?: string; delayMs?: number } = {}): Upstream {
   const up: Upstream = {
     name,
     requests: [],
@@ -68,6 +68,7 @@ export function startUpstream(name = "u1", opts: { port?: number; hostname?: str
         bodyBytes: 0,
       };
       up.requests.push(rec);
+      if (opts.delayMs) await Bun.sleep(opts.delayMs);
       if (req.headers.get("upgrade")?.toLowerCase() === "websocket") {
         const proto = req.headers.get("sec-websocket-protocol")?.split(",")[0]?.trim();
         if (server.upgrade(req, { data: { name }, headers: proto ? { "sec-websocket-protocol": proto } : undefined })) return undefined as unknown as Response;
