@@ -4,21 +4,24 @@
 // gRPC needs). Works under Bun and Node.
 //
 //   ProcessStream  handshake -> onConfigure(config_json) when it is a non-empty object; answers
-//                  success:false + error if that throws (and then ends the stream). Events are
-//                  dispatched to the handler concurrently; every answer carries the event's
-//                  correlation id; ping -> pong. Events that arrive before the handshake are
-//                  processed anyway (lenient). configure -> onConfigure, no answer (as Rust agents);
-//                  cancel -> ignored; websocket_frame / guardrail -> Allow (not in the model).
+//                  success:false + error if that throws (and then ends the stream). Messages
+//                  behind the handshake wait until it is answered. Events are dispatched to the
+//                  handler concurrently; every answer carries the event's correlation id;
+//                  ping -> pong. Events that arrive without a handshake are processed anyway
+//                  (lenient). configure -> onConfigure, no answer (as Rust agents; the gRPC
+//                  ConfigureEvent has no correlation id); cancel -> ignored;
+//                  websocket_frame / guardrail -> Allow (not in the model).
 //   ProcessEvent   unary: the same dispatch for one message.
 //   ControlStream  accepted and left idle until the proxy ends it.
 //
-// A handler that throws gets a Block 500 answer (fail closed, with reason code AGENT_ERROR) rather
-// than the SDKs' silent Allow (spec §5 "Agent errors").
-//
-// Reply helpers: written locally here (sdk/reply.ts did not exist when this was written).
+// Failure policy, the same as sdk/uds-server.ts: a handler that throws gets NO answer (logged),
+// so the proxy's timeout and its configured failure mode decide, rather than a silent Allow (what
+// the TS SDK does) or a Block that would override a fail-open policy. request_complete is
+// answered Allow even if its hook throws. On ProcessEvent (unary) a throwing handler gets an
+// INTERNAL error status.
 import * as http2 from "node:http2";
 import type { AddressInfo } from "node:net";
-import type { HandlerContext } from "@connectrpc/connect";
+import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import {
   AgentServiceV2,
@@ -35,34 +38,28 @@ import {
   responseEnvelope,
 } from "../src/agents/grpc/map.ts";
 import { PushQueue } from "../src/agents/grpc/queue.ts";
-import { allowReply, type AgentEvent, type AgentReply } from "../src/agents/types.ts";
+import { log as defaultLog } from "../src/observability/log.ts";
+import { allowReply, type AgentEvent } from "../src/agents/types.ts";
+import { completeReply } from "./reply.ts";
 import type { AgentHandler, ReplyInit, RunningServer } from "./types.ts";
 
-const DEFAULT_EVENTS = [1, 2, 3, 4, 5];
+type Log = (level: "debug" | "info" | "warn" | "error", msg: string, fields?: Record<string, unknown>) => void;
 
-/** Fill a handler's partial reply with allow / empty defaults. */
-function completeReply(correlationId: string, init: ReplyInit | void | undefined): AgentReply {
-  const base = allowReply(correlationId);
-  if (!init) return base;
-  return {
-    correlationId,
-    decision: init.decision ?? base.decision,
-    requestHeaders: init.requestHeaders ?? base.requestHeaders,
-    responseHeaders: init.responseHeaders ?? base.responseHeaders,
-    routingMetadata: init.routingMetadata ?? base.routingMetadata,
-    audit: init.audit ? { ...base.audit, ...init.audit } : base.audit,
-    needsMore: init.needsMore ?? false,
-    requestBodyMutation: init.requestBodyMutation ?? null,
-    responseBodyMutation: init.responseBodyMutation ?? null,
-  };
+export interface ServeGrpcOptions {
+  log?: Log;
 }
 
-function errorReply(correlationId: string, err: unknown): AgentReply {
-  const r = allowReply(correlationId);
-  r.decision = { kind: "block", status: 500, body: "Agent error", headers: null };
-  r.audit.reasonCodes = ["AGENT_ERROR"];
-  r.audit.custom = { error: err instanceof Error ? err.message : String(err) };
-  return r;
+/** EventType numbers announced in the handshake: explicit, or derived from the hooks defined. */
+function supportedEvents(h: AgentHandler): number[] {
+  if (h.supportedEvents) return h.supportedEvents;
+  const out: number[] = [];
+  if (h.onRequestHeaders) out.push(1);
+  if (h.onRequestBodyChunk) out.push(2);
+  if (h.onResponseHeaders) out.push(3);
+  if (h.onResponseBodyChunk) out.push(4);
+  if (h.onRequestComplete) out.push(5);
+  if (h.onConfigure) out.push(8);
+  return out.length > 0 ? out : [1];
 }
 
 async function runHandler(handler: AgentHandler, event: AgentEvent): Promise<ReplyInit | void> {
@@ -86,16 +83,25 @@ async function runHandler(handler: AgentHandler, event: AgentEvent): Promise<Rep
   }
 }
 
-/** Handle one event; resolves to the answer envelope. */
-async function dispatchEvent(handler: AgentHandler, event: AgentEvent): Promise<AgentToProxy> {
+/** Handle one event; resolves to the answer envelope, or null when there must be no answer. */
+async function dispatchEvent(handler: AgentHandler, event: AgentEvent, log: Log): Promise<AgentToProxy | null> {
   const started = performance.now();
-  let reply: AgentReply;
+  let init: ReplyInit | void = undefined;
   try {
-    reply = completeReply(event.correlationId, await runHandler(handler, event));
+    init = await runHandler(handler, event);
   } catch (err) {
-    reply = errorReply(event.correlationId, err);
+    if (event.type === "request_complete") {
+      log("error", "agent onRequestComplete threw", { correlation_id: event.correlationId, error: String(err) });
+    } else if (event.type === "configure") {
+      log("warn", "agent rejected a configure event", { error: String(err) });
+      return null;
+    } else {
+      log("error", "agent handler threw; event left unanswered", { event: event.type, correlation_id: event.correlationId, error: String(err) });
+      return null;
+    }
   }
-  return responseEnvelope(replyToProto(reply, performance.now() - started));
+  if (event.type === "configure") return null;
+  return responseEnvelope(replyToProto(completeReply(event.correlationId, init), performance.now() - started));
 }
 
 function pong(msg: Extract<ProxyToAgent["message"], { case: "ping" }>["value"]): AgentToProxy {
@@ -117,8 +123,8 @@ function isNonEmptyObject(v: unknown): v is Record<string, unknown> {
   return typeof v === "object" && v !== null && !Array.isArray(v) && Object.keys(v).length > 0;
 }
 
-async function handshake(handler: AgentHandler, configJson: string): Promise<AgentToProxy> {
-  const events = handler.supportedEvents ?? DEFAULT_EVENTS;
+async function handshake(handler: AgentHandler, configJson: string, log: Log): Promise<AgentToProxy> {
+  const events = supportedEvents(handler);
   try {
     let config: unknown = undefined;
     if (configJson.trim() !== "") {
@@ -131,7 +137,9 @@ async function handshake(handler: AgentHandler, configJson: string): Promise<Age
     if (isNonEmptyObject(config) && handler.onConfigure) await handler.onConfigure(config);
     return handshakeResponseToProto(handler.info, events, true);
   } catch (err) {
-    return handshakeResponseToProto(handler.info, events, false, `Configuration rejected: ${err instanceof Error ? err.message : String(err)}`);
+    const message = err instanceof Error ? err.message : String(err);
+    log("warn", "agent rejected the proxy's configuration", { error: message });
+    return handshakeResponseToProto(handler.info, events, false, `Configuration rejected: ${message}`);
   }
 }
 
@@ -140,7 +148,7 @@ function allowFor(msg: ProxyToAgent): AgentToProxy {
 }
 
 /** One ProcessStream: read messages, answer concurrently, end after the reader ends and answers drain. */
-function processStream(handler: AgentHandler, requests: AsyncIterable<ProxyToAgent>, ctx: HandlerContext): AsyncIterable<AgentToProxy> {
+function processStream(handler: AgentHandler, requests: AsyncIterable<ProxyToAgent>, ctx: HandlerContext, log: Log): AsyncIterable<AgentToProxy> {
   const out = new PushQueue<AgentToProxy>();
   let inFlight = 0;
   let inputDone = false;
@@ -161,7 +169,7 @@ function processStream(handler: AgentHandler, requests: AsyncIterable<ProxyToAge
         const m = msg.message;
         switch (m.case) {
           case "handshake": {
-            const answer = await handshake(handler, m.value.configJson);
+            const answer = await handshake(handler, m.value.configJson, log);
             out.push(answer);
             if (answer.message.case === "handshake" && !answer.message.value.success) {
               inputDone = true;
@@ -175,16 +183,11 @@ function processStream(handler: AgentHandler, requests: AsyncIterable<ProxyToAge
             break;
           case "cancel":
             break;
-          case "configure": {
-            const ev = eventFromProto(msg);
-            if (ev) track(dispatchEvent(handler, ev).then(() => null));
-            break;
-          }
           case undefined:
             break;
           default: {
             const ev = eventFromProto(msg);
-            track(ev ? dispatchEvent(handler, ev) : Promise.resolve(allowFor(msg)));
+            track(ev ? dispatchEvent(handler, ev, log) : Promise.resolve(allowFor(msg)));
           }
         }
       }
@@ -198,16 +201,22 @@ function processStream(handler: AgentHandler, requests: AsyncIterable<ProxyToAge
   return out;
 }
 
-async function processEvent(handler: AgentHandler, msg: ProxyToAgent): Promise<AgentToProxy> {
+async function processEvent(handler: AgentHandler, msg: ProxyToAgent, log: Log): Promise<AgentToProxy> {
   const m = msg.message;
   switch (m.case) {
     case "handshake":
-      return handshake(handler, m.value.configJson);
+      return handshake(handler, m.value.configJson, log);
     case "ping":
       return pong(m.value);
     default: {
       const ev = eventFromProto(msg);
-      return ev ? dispatchEvent(handler, ev) : allowFor(msg);
+      if (!ev) return allowFor(msg);
+      const answer = await dispatchEvent(handler, ev, log);
+      if (answer === null) {
+        if (ev.type === "configure") return allowFor(msg);
+        throw new ConnectError("agent handler failed", Code.Internal);
+      }
+      return answer;
     }
   }
 }
@@ -233,14 +242,15 @@ function parseAddress(address: string): { host: string; port: number } {
  * Serve `handler` on `address` ("127.0.0.1:0" picks a free port; the bound port is returned).
  * close() stops listening and tears down every open connection.
  */
-export async function serveGrpc(address: string, handler: AgentHandler): Promise<RunningServer> {
+export async function serveGrpc(address: string, handler: AgentHandler, options: ServeGrpcOptions = {}): Promise<RunningServer> {
+  const log = options.log ?? defaultLog;
   const { host, port } = parseAddress(address);
   const adapter = connectNodeAdapter({
     readMaxBytes: 16 * 1024 * 1024,
     routes: (router) =>
       router.service(AgentServiceV2, {
-        processStream: (requests, ctx) => processStream(handler, requests, ctx),
-        processEvent: (req) => processEvent(handler, req),
+        processStream: (requests, ctx) => processStream(handler, requests, ctx, log),
+        processEvent: (req) => processEvent(handler, req, log),
         controlStream: (requests, ctx) => controlStream(requests, ctx),
       }),
   });

@@ -128,7 +128,7 @@ describe("gRPC transport vs chaos agent", () => {
     const got = c.received();
     expect(got[0]).toMatchObject({ rpc: "stream", type: "handshake", proxyId: "sentinel", proxyVersion: "0.1.0-test", supportedVersions: [2, 1], configJson: '{"level":3}' });
     expect(got.slice(1).map((l) => l.correlationId)).toEqual(["e0", "e1", "e2"]);
-    expect((got[1] as { event: { metadata: { correlationId: string } } }).event.metadata.correlationId).toBe("e0");
+    expect((got[1] as unknown as { event: { metadata: { correlationId: string } } }).event.metadata.correlationId).toBe("e0");
   });
 
   test("block:<status>", async () => {

@@ -15,7 +15,7 @@ afterEach(async () => {
 });
 
 async function serve(handler: AgentHandler, address = "127.0.0.1:0"): Promise<RunningServer> {
-  const s = await serveGrpc(address, handler);
+  const s = await serveGrpc(address, handler, { log: () => {} });
   cleanup.push(() => s.close());
   return s;
 }
@@ -339,7 +339,7 @@ describe("gRPC transport <-> serveGrpc", () => {
         return { requestHeaders: [{ op: "set", name: "x-gen", value: String(generation) }] };
       },
     };
-    const first = await serveGrpc(`127.0.0.1:${port}`, handler);
+    const first = await serveGrpc(`127.0.0.1:${port}`, handler, { log: () => {} });
     const { t } = transport(port);
     const seen: boolean[] = [];
     t.onConnectivity((c) => seen.push(c));
@@ -389,19 +389,32 @@ describe("gRPC transport <-> serveGrpc", () => {
     expect((await rejection(p)).kind).toBe("closed");
   });
 
-  test("handler exceptions become Block 500 (fail closed), the stream survives", async () => {
-    const srv = await serve({
-      info,
-      onRequestHeaders(e) {
-        if (e.uri === "/boom") throw new Error("kaboom");
-        return {};
+  test("a throwing handler leaves the event unanswered (the proxy's timeout decides); the stream survives", async () => {
+    const srvLogs: LogLine[] = [];
+    const srv = await serveGrpc(
+      "127.0.0.1:0",
+      {
+        info,
+        onRequestHeaders(e) {
+          if (e.uri === "/boom") throw new Error("kaboom");
+          return {};
+        },
       },
-    });
+      { log: (level, msg, fields) => srvLogs.push({ level, msg, fields }) },
+    );
+    cleanup.push(() => srv.close());
     const { t } = transport(srv.port);
     await connected(t);
-    const r = await t.call(reqHeaders("boom", {}, "/boom"), never());
-    expect(r.decision).toMatchObject({ kind: "block", status: 500 });
-    expect(r.audit.reasonCodes).toEqual(["AGENT_ERROR"]);
+    const err = await rejection(t.call(reqHeaders("boom", {}, "/boom"), AbortSignal.timeout(200)));
+    expect(err.kind).toBe("timeout");
+    expect(srvLogs.some((l) => l.msg.includes("event left unanswered") && String(l.fields?.error).includes("kaboom"))).toBe(true);
     expect((await t.call(reqHeaders("fine"), never())).decision).toEqual({ kind: "allow" });
+  });
+
+  test("supported events are derived from the hooks when not given", async () => {
+    const srv = await serve({ info: { agentId: "a", name: "a", version: "1" }, onRequestHeaders: () => ({}), onResponseHeaders: () => ({}) });
+    const { t } = transport(srv.port);
+    await connected(t);
+    expect(t.capabilities?.supportedEvents).toEqual([1, 3]);
   });
 });

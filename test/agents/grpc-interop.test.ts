@@ -140,7 +140,7 @@ describe.skipIf(!nodeBin)("gRPC interop with @grpc/grpc-js on Node", () => {
       onRequestBodyChunk: (e: Extract<AgentEvent, { type: "request_body_chunk" | "response_body_chunk" }>) => ({
         audit: { tags: [], ruleIds: [], confidence: null, reasonCodes: [], custom: { len: e.data.byteLength } },
       }),
-    });
+    }, { log: () => {} });
     cleanup.push(() => srv.close());
     // Spawned asynchronously: a blocking spawn would stall this process and with it our server.
     const proc = Bun.spawn([nodeBin!, helper, "--probe", `127.0.0.1:${srv.port}`], { cwd: root, stdout: "pipe", stderr: "pipe" });
