@@ -135,6 +135,12 @@ export function suggest(name: string, candidates: Iterable<string>): string {
     }
   }
   if (best === undefined) return "";
+  if (bestD > 2 && lname.length >= 4) {
+    // "least-conn" → "least_connections": an abbreviation of a known name
+    const norm = (x: string) => x.toLowerCase().replace(/-/g, "_");
+    const pre = [...candidates].filter((c) => norm(c).startsWith(norm(name))).sort((x, y) => x.length - y.length)[0];
+    if (pre) return ` (did you mean '${pre}'?)`;
+  }
   const limit = Math.max(2, Math.floor(name.length / 3));
   if (bestD <= limit && bestD < name.length) return ` (did you mean '${best}'?)`;
   return "";
