@@ -1,0 +1,107 @@
+// Start agent processes (our SDK test agent, the chaos agents) and read what they received.
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import type { Subprocess } from "bun";
+import { ROOT, tempDir } from "./proxy.ts";
+
+export type Transport = "uds" | "grpc";
+
+export interface AgentProcess {
+  transport: Transport;
+  /** UDS socket path, or http://127.0.0.1:PORT for gRPC. */
+  endpoint: string;
+  port: number;
+  logFile: string;
+  proc: Subprocess;
+  events(type?: string): Array<Record<string, unknown>>;
+  kill(signal?: NodeJS.Signals): Promise<void>;
+  /** Start again on the same socket path / port. */
+  restart(mode?: string): Promise<void>;
+}
+
+const SCRIPTS = {
+  sdk: join(ROOT, "test/helpers/sdk-agent.ts"),
+  "chaos-uds": join(ROOT, "test/helpers/chaos-uds-agent.ts"),
+  "chaos-grpc": join(ROOT, "test/helpers/chaos-grpc-agent.ts"),
+};
+
+async function readyLine(proc: Subprocess<"ignore", "pipe", "inherit">, timeoutMs = 10_000): Promise<string> {
+  const reader = proc.stdout.getReader();
+  const dec = new TextDecoder();
+  let buf = "";
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const r = await Promise.race([reader.read(), Bun.sleep(deadline - Date.now()).then(() => undefined)]);
+    if (!r || r.done) break;
+    buf += dec.decode(r.value);
+    const line = buf.split("\n").find((l) => /^(READY|LISTENING|ready)/.test(l));
+    if (line) {
+      reader.releaseLock();
+      // keep draining stdout so the child never blocks on a full pipe
+      void proc.stdout.pipeTo(new WritableStream()).catch(() => {});
+      return line;
+    }
+  }
+  throw new Error(`agent did not become ready: ${buf}`);
+}
+
+/**
+ * kind "sdk": our SDK agent (transport chosen by `transport`); "chaos": the raw chaos agent of
+ * that transport with `mode`.
+ */
+export async function startAgent(kind: "sdk" | "chaos", transport: Transport, mode = "allow", dir = tempDir("sentinel-agent-")): Promise<AgentProcess> {
+  const logFile = join(dir, "events.jsonl");
+  const socket = join(dir, "agent.sock");
+  let port = 0;
+  const spawn = async (m: string) => {
+    const script = kind === "sdk" ? SCRIPTS.sdk : transport === "uds" ? SCRIPTS["chaos-uds"] : SCRIPTS["chaos-grpc"];
+    const args =
+      kind === "sdk"
+        ? transport === "uds"
+          ? ["--socket", socket, "--log", logFile]
+          : ["--grpc", `127.0.0.1:${port}`, "--log", logFile]
+        : transport === "uds"
+          ? ["--socket", socket, "--mode", m, "--log", logFile]
+          : ["--listen", `127.0.0.1:${port}`, "--mode", m, "--log", logFile];
+    const proc = Bun.spawn([process.execPath, script, ...args], { stdin: "ignore", stdout: "pipe", stderr: "inherit", cwd: ROOT });
+    const line = await readyLine(proc as Subprocess<"ignore", "pipe", "inherit">);
+    const m2 = /(\d+)\s*$/.exec(line);
+    if (transport === "grpc" && m2) port = Number(m2[1]);
+    return proc;
+  };
+  const agent: AgentProcess = {
+    transport,
+    endpoint: "",
+    port: 0,
+    logFile,
+    proc: await spawn(mode),
+    events(type) {
+      if (!existsSync(logFile)) return [];
+      // The three agents log slightly different shapes; normalise to {type: snake_case, id}.
+      const lines = readFileSync(logFile, "utf8")
+        .split("\n")
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as Record<string, unknown>)
+        .map((l) => ({ ...l, type: String(l.type).replace(/[A-Z]/g, (c) => "_" + c.toLowerCase()), id: l.id ?? l.correlationId }));
+      return type ? lines.filter((l) => l.type === type) : lines;
+    },
+    async kill(signal = "SIGKILL") {
+      if (agent.proc.exitCode === null && agent.proc.signalCode === null) {
+        agent.proc.kill(signal);
+        await agent.proc.exited;
+      }
+    },
+    async restart(m = mode) {
+      await agent.kill();
+      agent.proc = await spawn(m);
+    },
+  };
+  agent.port = port;
+  agent.endpoint = transport === "uds" ? socket : `http://127.0.0.1:${port}`;
+  return agent;
+}
+
+/** KDL for an agent block pointing at this process. */
+export function agentTransportKdl(a: AgentProcess): string {
+  return a.transport === "uds" ? `unix-socket "${a.endpoint}"` : `grpc "${a.endpoint}"`;
+}
