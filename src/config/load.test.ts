@@ -3,7 +3,7 @@ import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { nodePos, parseKdl } from "./kdl.ts";
-import { compileRustRegex, kdlToJson, loadConfig, parseHostPort, parseSize, suggest } from "./load.ts";
+import { compileRustRegex, hasNestedQuantifier, kdlToJson, loadConfig, parseHostPort, parseSize, suggest } from "./load.ts";
 import { formatDiagnostic, type AgentConfig, type LoadResult, type MatchCondition, type RouteConfig, type SentinelConfig } from "./types.ts";
 
 const REPO = resolve(import.meta.dir, "../..");
@@ -147,6 +147,11 @@ describe("helpers", () => {
     expect(compileRustRegex("a(?=b)")).toEqual({ error: "look-around assertions are not part of Rust regex syntax" });
     expect(compileRustRegex("(a)\\1")).toEqual({ error: "backreferences are not part of Rust regex syntax" });
     expect(compileRustRegex("(?x)a")).toHaveProperty("error");
+  });
+
+  test("hasNestedQuantifier flags patterns that backtrack catastrophically in JS", () => {
+    for (const bad of ["(a+)+$", "^/(\\w*)*x", "(x|y+){2,}", "((ab)*c)+"]) expect(hasNestedQuantifier(bad)).toBe(true);
+    for (const ok of ["^/u/\\d+$", "(js|css|woff2?)$", "/assets/.*\\.[a-f0-9]{8,}\\.(js|css)$", "\\(a+\\)+", "[(a+)]+", "(ab)+"]) expect(hasNestedQuantifier(ok)).toBe(false);
   });
 
   test("suggest", () => {
@@ -528,6 +533,14 @@ describe("routes", () => {
       { kind: "query-param", name: "mode", value: "full" },
     ]);
     expect(r.warnings).toEqual([]);
+  });
+
+  test("path-regex with nested quantifiers loads with a ReDoS warning", () => {
+    const r = load(`${BASE}${UP}routes { route "r" { matches { path-regex "^/(a+)+$"; }; upstream "u"; }; }\n`);
+    expect(r.errors).toEqual([]);
+    expect(r.warnings).toEqual([
+      'main.kdl:6:32: route \'r\' matches: path-regex "^/(a+)+$" nests quantifiers; JavaScript regexes backtrack (Rust\'s do not), so a crafted path can make matching very slow. Simplify the pattern',
+    ]);
   });
 
   test("priority: integers and names; defaults; everything a route holds", () => {

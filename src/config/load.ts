@@ -256,6 +256,38 @@ export function compileRustRegex(src: string): { regex: RegExp } | { error: stri
   }
 }
 
+/**
+ * Heuristic for catastrophic backtracking: a group that contains a quantifier and is itself
+ * quantified, e.g. `(a+)+`, `(\\w*)*`, `(x|y+){2,}`.
+ */
+export function hasNestedQuantifier(src: string): boolean {
+  const stack: boolean[] = []; // per open group: contains a quantifier?
+  let inClass = false;
+  for (let i = 0; i < src.length; i++) {
+    const ch = src[i]!;
+    if (ch === "\\") {
+      i++;
+      continue;
+    }
+    if (inClass) {
+      if (ch === "]") inClass = false;
+      continue;
+    }
+    if (ch === "[") inClass = true;
+    else if (ch === "(") stack.push(false);
+    else if (ch === ")") {
+      const inner = stack.pop() ?? false;
+      const next = src[i + 1];
+      const quantified = next === "+" || next === "*" || (next === "{" && /^\{\d*,\d*\}|^\{\d{2,}\}/.test(src.slice(i + 1)));
+      if (inner && quantified) return true;
+      if (inner && stack.length) stack[stack.length - 1] = true;
+    } else if ((ch === "+" || ch === "*" || ch === "{") && stack.length) {
+      stack[stack.length - 1] = true;
+    }
+  }
+  return false;
+}
+
 // ───────────────────────────── node reading helpers ─────────────────────────────
 
 type Handler = (n: KdlNode) => void;
@@ -1208,7 +1240,15 @@ class Converter {
           if (v === undefined) return;
           const res = compileRustRegex(v);
           if ("error" in res) this.d.error(c, `${mw}: invalid path-regex ${JSON.stringify(v)}: ${res.error}`);
-          else route.matches.push({ kind: "path-regex", value: v, regex: res.regex });
+          else {
+            if (hasNestedQuantifier(v)) {
+              this.d.warn(
+                c,
+                `${mw}: path-regex ${JSON.stringify(v)} nests quantifiers; JavaScript regexes backtrack (Rust's do not), so a crafted path can make matching very slow. Simplify the pattern`,
+              );
+            }
+            route.matches.push({ kind: "path-regex", value: v, regex: res.regex });
+          }
         },
         host: (c) => {
           const v = r.str(c, mw);
