@@ -693,11 +693,6 @@ const AGENT_EVENTS: Record<string, AgentEventName> = {
 const FILTER_TYPES_CORE = ["agent", "headers", "timeout"];
 const FILTER_TYPES_EXT = ["rate-limit", "compress", "cors", "log", "geo", "redirect", "url-rewrite"];
 
-interface Pending<T> {
-  value: T;
-  node: KdlNode;
-}
-
 class Converter {
   readonly d: Diags;
   readonly r: Reader;
@@ -709,7 +704,6 @@ class Converter {
   private agentNodes = new Map<string, KdlNode>();
   /** Filter-level settings that can only be checked once agents are known. */
   private agentFilterChecks: Array<{ filter: KdlNode; agent: string; timeoutNode?: KdlNode; timeoutMs?: number; inspectBody?: KdlNode }> = [];
-  private agentsWithoutTransport = new Set<string>();
   private metricsNode: KdlNode | undefined;
 
   constructor(d: Diags, file: string, files: string[]) {
@@ -1682,7 +1676,7 @@ class Converter {
           this.d.error(c, `${w}: 'server' is not a target; write target "HOST:PORT"`);
         },
       },
-      { repeatable: ["target", "targets", "server"], aliases: { address: "target-address" } },
+      { repeatable: ["target", "targets", "server"] },
     );
     if (targetCount === 0) {
       this.d.error(serverNode ?? n, `Upstream '${id}' requires at least one target, e.g. target "127.0.0.1:3000"`);
@@ -2166,7 +2160,6 @@ class Converter {
       if (!n.children.some((c) => c.name === "http" || c.name === "transport")) {
         this.d.error(n, `Agent '${id}' requires a transport (unix-socket, grpc, or http)`);
       }
-      this.agentsWithoutTransport.add(id);
     } else {
       const first = transports[0]!;
       const same = transports.every((x) => x.t.kind === first.t.kind && x.t.address === first.t.address);
