@@ -318,8 +318,9 @@ route "open" { matches { path-prefix "/open" }; upstream "u"; filters "open" }`,
       expect(events()).toBe(base + 3);
       expect(hits(up, "/cb/")).toBe(0);
 
-      // The agent recovers, but the breaker stays open until timeout-seconds.
-      await agent.restart("allow");
+      // The agent recovers (answering after 60 ms, so that concurrent probes overlap), but the
+      // breaker stays open until timeout-seconds. half-open-max-requests bounds concurrent probes.
+      await agent.restart("delay:60");
       await Bun.sleep(1100);
       const probes = await Promise.all(Array.from({ length: 10 }, () => timed(`${proxy.url}/cb/probe`)));
       const passed = probes.filter((r) => r.status === 200).length;
