@@ -47,6 +47,11 @@ type Log = (level: "debug" | "info" | "warn" | "error", msg: string, fields?: Re
 
 export interface ServeGrpcOptions {
   log?: Log;
+  /**
+   * Serve TLS (PEM text). With `ca`, clients must present a certificate signed by it (mTLS).
+   * Without this option the server speaks h2c (plaintext HTTP/2), like the SDK agents.
+   */
+  tls?: { cert: string; key: string; ca?: string };
 }
 
 /** EventType numbers announced in the handshake: explicit, or derived from the hooks defined. */
@@ -254,7 +259,19 @@ export async function serveGrpc(address: string, handler: AgentHandler, options:
         controlStream: (requests, ctx) => controlStream(requests, ctx),
       }),
   });
-  const server = http2.createServer({}, adapter);
+  const server: http2.Http2Server | http2.Http2SecureServer = options.tls
+    ? http2.createSecureServer(
+        {
+          cert: options.tls.cert,
+          key: options.tls.key,
+          ca: options.tls.ca,
+          requestCert: options.tls.ca !== undefined,
+          rejectUnauthorized: options.tls.ca !== undefined,
+          allowHTTP1: false,
+        },
+        adapter,
+      )
+    : http2.createServer({}, adapter);
   const sessions = new Set<http2.ServerHttp2Session>();
   server.on("session", (s: http2.ServerHttp2Session) => {
     sessions.add(s);
