@@ -175,6 +175,8 @@ export async function serveUds(path: string, handler: AgentHandler, options: Ser
     const c = s.data;
     if (c.state === "closed") return;
     if (c.state === "configuring") {
+      // The proxy should wait for the handshake answer; hold a few early frames, refuse a flood.
+      if (c.held.length >= 1024) return close(s, "warn", "too many frames before the handshake answer");
       c.held.push([type, payload]);
       return;
     }

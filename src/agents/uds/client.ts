@@ -207,6 +207,11 @@ class UdsTransport implements AgentTransport {
     conn.probing = this.detected === null;
     conn.framesReceived = 0;
     conn.framesSent = 0;
+    // A Unix connect normally completes or fails at once; guard against a full accept backlog.
+    conn.timer = setTimeout(() => {
+      conn.timer = null;
+      if (conn.state === "connecting") this.onConnectError(conn, new Error("connect timeout"));
+    }, this.opts.connectTimeoutMs);
     Bun.connect<Conn>({ unix: this.path, data: conn, socket: this.handlers }).catch((err: Error) => {
       // connectError normally handled it already; this catches synchronous setup failures.
       if (conn.state === "connecting") this.onConnectError(conn, err);
@@ -216,6 +221,7 @@ class UdsTransport implements AgentTransport {
   private onConnectError(conn: Conn, err: Error): void {
     if (conn.state !== "connecting") return;
     conn.state = "idle";
+    this.clearTimer(conn);
     this.log("debug", "agent connect failed", { endpoint: this.endpoint, conn: conn.index, error: err.message });
     this.scheduleReconnect(conn);
   }
@@ -241,6 +247,7 @@ class UdsTransport implements AgentTransport {
       conn.mode = this.detected;
       conn.probing = false;
     }
+    this.clearTimer(conn);
     conn.socket = s;
     conn.writer = new WriteQueue(s, () => {
       if (conn.socket === s) this.failConn(conn, new TransportError("closed", "write to agent failed"));
@@ -285,11 +292,15 @@ class UdsTransport implements AgentTransport {
     });
   }
 
-  private markReady(conn: Conn): void {
-    if (conn.timer) {
+  private clearTimer(conn: Conn): void {
+    if (conn.timer !== null) {
       clearTimeout(conn.timer);
       conn.timer = null;
     }
+  }
+
+  private markReady(conn: Conn): void {
+    this.clearTimer(conn);
     conn.state = "ready";
     conn.backoff = BACKOFF_START_MS;
     if (++this.readyCount === 1) this.emit(true);
@@ -316,10 +327,7 @@ class UdsTransport implements AgentTransport {
     const wasReady = conn.state === "ready";
     conn.socket = null;
     conn.state = this.closing ? "closed" : "idle";
-    if (conn.timer) {
-      clearTimeout(conn.timer);
-      conn.timer = null;
-    }
+    this.clearTimer(conn);
     if (conn.writer) conn.writer.kill();
     conn.writer = null;
     if (s) s.terminate();
@@ -831,10 +839,7 @@ class UdsTransport implements AgentTransport {
     if (this.closing) return;
     this.closing = true;
     for (const c of this.conns) {
-      if (c.timer) {
-        clearTimeout(c.timer);
-        c.timer = null;
-      }
+      this.clearTimer(c);
       if (c.state !== "ready") this.failConn(c, new TransportError("closed", "transport closed", true));
     }
     if (graceMs > 0 && this.outstanding() > 0) {
