@@ -2214,7 +2214,9 @@ class Converter {
     const abs = this.resolvePath(c, p);
     const dir = dirname(abs);
     if (!existsSync(dir) || !statSync(dir).isDirectory()) {
-      this.d.error(c, `${w}: unix socket path parent directory doesn't exist: '${dir}'`);
+      // A warning, not an error: the agent's supervisor may create the directory after the proxy
+      // starts (systemd RuntimeDirectory), and the proxy must start while agents are down.
+      this.d.warn(c, `${w}: unix socket path parent directory doesn't exist (yet): '${dir}'`);
     }
     return { kind: "uds", address: abs, protocol: "auto" };
   }
