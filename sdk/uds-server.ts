@@ -16,7 +16,7 @@
 // - An event that does not decode (bad JSON, missing required fields) closes the connection:
 //   the proxy fails every call on it at once instead of trusting a guessed Allow.
 // - guardrail_inspect (0x16) is not supported and gets no answer, like the Rust agent server.
-import { chmodSync, lstatSync, unlinkSync } from "node:fs";
+import { chmodSync, linkSync, lstatSync, renameSync, unlinkSync } from "node:fs";
 import { log as defaultLog } from "../src/observability/log.ts";
 import type { AgentEvent } from "../src/agents/types.ts";
 import { encodeFrame, encodeFrameString, FrameDecoder, FrameType } from "../src/agents/uds/frame.ts";
@@ -281,6 +281,13 @@ export async function serveUds(path: string, handler: AgentHandler, options: Ser
   } catch {
     /* best effort */
   }
+  // Remember which file is ours, so close() never deletes a socket a newer server bound since.
+  let ino: number | bigint | null = null;
+  try {
+    ino = lstatSync(path).ino;
+  } catch {
+    /* ignore */
+  }
 
   let closed = false;
   return {
@@ -289,11 +296,27 @@ export async function serveUds(path: string, handler: AgentHandler, options: Ser
     async close() {
       if (closed) return;
       closed = true;
+      // Bun's stop() unlinks `path` whatever file is there now. If a newer server replaced our
+      // socket (rolling restart), keep its file alive through a temporary hard link.
+      let foreign: string | null = null;
+      try {
+        const st = lstatSync(path);
+        if (st.ino !== ino) {
+          foreign = `${path}.${process.pid}.keep`;
+          linkSync(path, foreign);
+        }
+      } catch {
+        foreign = null;
+      }
       listener.stop(true);
       try {
-        removeStaleSocket(path);
+        if (foreign) renameSync(foreign, path);
+        else {
+          const st = lstatSync(path);
+          if (st.isSocket() && st.ino === ino) unlinkSync(path);
+        }
       } catch {
-        /* ignore */
+        /* already gone */
       }
     },
   };

@@ -324,14 +324,17 @@ describe("client ↔ serveUds", () => {
     expect((await p2).kind).toBe("closed");
   });
 
-  test("serveUds replaces a stale socket file and removes it on close", async () => {
+  test("serveUds replaces a stale socket file and removes only its own file on close", async () => {
     const path = sockPath();
     const a = await serveUds(path, { info }, { log: quiet });
-    // simulate a crash: stop without unlinking
-    const b = await serveUds(path, { info }, { log: quiet }); // replaces the file
+    // a second server replaces the (now stale from its point of view) socket file
+    const b = await serveUds(path, { info }, { log: quiet });
+    await a.close(); // must not delete b's socket
+    expect(existsSync(path)).toBe(true);
+    const t = transport(path);
+    await waitFor(() => t.isConnected());
     await b.close();
     expect(existsSync(path)).toBe(false);
-    await a.close();
   });
 
   test("large bodies (1 MiB) go through the write queue intact; a full queue refuses with overload", async () => {

@@ -860,9 +860,10 @@ class UdsTransport implements AgentTransport {
   }
 }
 
+/** An AgentTransport that also tells which framing it uses ("v2"/"v1", null while detecting). */
+export type UdsAgentTransport = AgentTransport & { readonly framing: "v2" | "v1" | null };
+
 /** A UDS transport to one agent (see the file header). Never throws; call start() to connect. */
-export function createUdsTransport(opts: TransportOptions): AgentTransport {
+export function createUdsTransport(opts: TransportOptions): UdsAgentTransport {
   return new UdsTransport(opts);
 }
-
-export type UdsAgentTransport = AgentTransport & { readonly framing: "v2" | "v1" | null };
