@@ -421,6 +421,7 @@ export class GrpcAgentTransport implements AgentTransport {
             break;
           }
           clearTimeout(s.handshakeTimer);
+          if (this.closing) break; // close() raced the handshake: never report ready
           s.ready = true;
           s.readyAt = performance.now();
           this.capabilities = capabilitiesFromProto(hs);
