@@ -541,6 +541,54 @@ describe("Agent over a real UDS agent", () => {
   });
 });
 
+describe("state-change logs", () => {
+  test("connected/disconnected, healthy/unhealthy and circuit open/half-open/closed are logged as structured lines", async () => {
+    const lines: Array<Record<string, unknown>> = [];
+    const orig = process.stderr.write.bind(process.stderr);
+    const srv = await controlled();
+    srv.mode = { kind: "hang" };
+    setLogLevel("info");
+    (process.stderr as { write: unknown }).write = (chunk: string | Uint8Array, ...rest: unknown[]) => {
+      const text = typeof chunk === "string" ? chunk : new TextDecoder().decode(chunk);
+      for (const l of text.split("\n")) {
+        try {
+          if (l.startsWith("{")) lines.push(JSON.parse(l));
+        } catch {
+          /* not ours */
+        }
+      }
+      void rest;
+      return true;
+    };
+    let id = "";
+    try {
+      const a = await agentOn(srv.path, { timeoutMs: 20, circuitBreaker: { failureThreshold: 1, successThreshold: 1, timeoutMs: 60, halfOpenMaxRequests: 1 } });
+      id = a.id;
+      await a.call(ev()); // timeout → open
+      await waitFor(() => a.circuitState() === "half_open", 1000, "half-open");
+      srv.mode = { kind: "allow" };
+      await a.call(ev()); // → closed
+      await srv.stop(); // → disconnected, unhealthy
+      await waitFor(() => !a.isHealthy(), 1000, "unhealthy");
+      await Bun.sleep(10);
+    } finally {
+      (process.stderr as { write: unknown }).write = orig;
+      setLogLevel("error");
+    }
+    const mine = lines.filter((l) => l.agent === id).map((l) => `${l.level} ${l.msg}`);
+    expect(mine).toContain("info agent connected");
+    expect(mine).toContain("info agent healthy");
+    expect(mine).toContain("warn agent circuit open");
+    expect(mine).toContain("info agent circuit half-open");
+    expect(mine).toContain("info agent circuit closed");
+    expect(mine).toContain("warn agent disconnected");
+    expect(mine).toContain("warn agent unhealthy");
+    const open = lines.find((l) => l.agent === id && l.msg === "agent circuit open")!;
+    expect(open).toMatchObject({ from: "closed", to: "open", reopenInMs: 60 });
+    expect(typeof open.time).toBe("string");
+  });
+});
+
 describe("AgentRegistry with real agents", () => {
   test("hot reload: unchanged agent reused (still connected), changed replaced, removed closed", async () => {
     const s1 = await controlled();
