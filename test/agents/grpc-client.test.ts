@@ -293,6 +293,28 @@ describe("gRPC transport <-> serveGrpc", () => {
     expect(logs.filter((l) => l.msg.includes("unknown correlation id"))).toEqual([]);
   });
 
+  test("notify for an id with a call in flight waits for that call; its answer is dropped quietly", async () => {
+    const order: string[] = [];
+    const srv = await serve({
+      info,
+      async onRequestHeaders() {
+        await Bun.sleep(100);
+        order.push("headers");
+        return { requestHeaders: [{ op: "set", name: "x-from", value: "headers" }] };
+      },
+      onRequestComplete: () => void order.push("complete"),
+    });
+    const { t, logs } = transport(srv.port);
+    await connected(t);
+    const call = t.call(reqHeaders("n1"), never());
+    t.notify({ type: "request_complete", correlationId: "n1", status: 200, durationMs: 1, requestBodySize: 0, responseBodySize: 0, upstreamAttempts: 1, error: null });
+    expect((await call).requestHeaders).toEqual([{ op: "set", name: "x-from", value: "headers" }]);
+    await waitFor(() => order.length === 2, 2000, "request_complete");
+    expect(order).toEqual(["headers", "complete"]);
+    await Bun.sleep(30);
+    expect(logs.filter((l) => l.msg.includes("unknown correlation id"))).toEqual([]);
+  });
+
   test("ping / pong", async () => {
     const srv = await serve({ info });
     const { t } = transport(srv.port);
