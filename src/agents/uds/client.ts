@@ -250,7 +250,7 @@ class UdsTransport implements AgentTransport {
     this.clearTimer(conn);
     conn.socket = s;
     conn.writer = new WriteQueue(s, () => {
-      if (conn.socket === s) this.failConn(conn, new TransportError("closed", "write to agent failed"));
+      if (conn.socket === s) this.dropConn(conn, new TransportError("closed", "write to agent failed"));
     });
     conn.decoder = new FrameDecoder({ framing: conn.mode });
     conn.state = "handshaking";
