@@ -18,7 +18,6 @@
 // - guardrail_inspect (0x16) is not supported and gets no answer, like the Rust agent server.
 import { chmodSync, linkSync, lstatSync, renameSync, unlinkSync } from "node:fs";
 import { log as defaultLog } from "../src/observability/log.ts";
-import type { AgentEvent } from "../src/agents/types.ts";
 import { encodeFrame, encodeFrameString, FrameDecoder, FrameType } from "../src/agents/uds/frame.ts";
 import {
   eventTypeName,
@@ -321,5 +320,3 @@ export async function serveUds(path: string, handler: AgentHandler, options: Ser
     },
   };
 }
-
-export type { AgentEvent };
