@@ -18,7 +18,10 @@ async function spawnExample(name: string, args: string[], env: Record<string, st
     stderr: "ignore",
     env: { ...process.env, ...env, SENTINEL_LOG_LEVEL: "error" },
   });
-  cleanups.push(() => void proc.kill());
+  cleanups.push(async () => {
+    proc.kill();
+    await proc.exited; // lets the agent remove its socket file
+  });
   const want = args.filter((a) => a === "--socket" || a === "--grpc").length || 1;
   const reader = proc.stdout.getReader();
   let out = "";
