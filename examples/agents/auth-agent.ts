@@ -100,6 +100,12 @@ async function main(): Promise<void> {
   const grpc = arg("grpc");
   const socket = arg("socket") ?? (grpc ? undefined : "/tmp/sentinel-auth.sock");
   const servers: RunningServer[] = [];
+  const stop = async () => {
+    await Promise.all(servers.map((s) => s.close()));
+    process.exit(0);
+  };
+  process.on("SIGINT", stop);
+  process.on("SIGTERM", stop);
   if (keys.size === 0) process.stderr.write("auth-agent: no AUTH_KEYS yet; every request is denied until a config with keys arrives\n");
   if (socket) {
     const s = await serveUds(socket, authHandler);
@@ -112,12 +118,6 @@ async function main(): Promise<void> {
     servers.push(s);
     process.stdout.write(`READY ${s.address}\n`);
   }
-  const stop = async () => {
-    await Promise.all(servers.map((s) => s.close()));
-    process.exit(0);
-  };
-  process.on("SIGINT", stop);
-  process.on("SIGTERM", stop);
 }
 
 if (import.meta.main) await main();

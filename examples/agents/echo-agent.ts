@@ -30,6 +30,12 @@ async function main(): Promise<void> {
   const grpc = arg("grpc");
   const socket = arg("socket") ?? (grpc ? undefined : "/tmp/sentinel-echo.sock");
   const servers: RunningServer[] = [];
+  const stop = async () => {
+    await Promise.all(servers.map((s) => s.close()));
+    process.exit(0);
+  };
+  process.on("SIGINT", stop);
+  process.on("SIGTERM", stop);
   if (socket) {
     const s = await serveUds(socket, echoHandler);
     servers.push(s);
@@ -41,12 +47,6 @@ async function main(): Promise<void> {
     servers.push(s);
     process.stdout.write(`READY ${s.address}\n`);
   }
-  const stop = async () => {
-    await Promise.all(servers.map((s) => s.close()));
-    process.exit(0);
-  };
-  process.on("SIGINT", stop);
-  process.on("SIGTERM", stop);
 }
 
 if (import.meta.main) await main();
