@@ -53,7 +53,7 @@ async function main(): Promise<number> {
   await startChild("waf-agent", [bun, "examples/agents/waf-agent.ts", "--grpc", "127.0.0.1:50051"], /READY|gRPC on/);
   await startChild("sentinel", [join(root, "dist/sentinel"), "-c", "examples/demo.kdl"], /sentinel started/);
 
-  const tries = [
+  const tries: Array<{ what: string; cmd: string; expect: number; headers: Record<string, string>; path: string }> = [
     { what: "allowed (valid API key)", cmd: `curl -i -H 'x-api-key: demo-key' http://127.0.0.1:8080/api/hello`, expect: 200, headers: { "x-api-key": "demo-key" }, path: "/api/hello" },
     { what: "refused by the auth agent (no key)", cmd: `curl -i http://127.0.0.1:8080/api/hello`, expect: 401, headers: {}, path: "/api/hello" },
     { what: "blocked by the WAF agent (SQL injection)", cmd: `curl -i -H 'x-api-key: demo-key' "http://127.0.0.1:8080/api/search?q=1'%20OR%201=1"`, expect: 403, headers: { "x-api-key": "demo-key" }, path: "/api/search?q=1'%20OR%201=1" },

@@ -4,10 +4,11 @@ import type { AgentEvent, AgentReply, Decision, HeaderOp, AuditMetadata } from "
 
 export type { AgentEvent, AgentReply, Decision, HeaderOp, AuditMetadata };
 
-type EventOf<T extends AgentEvent["type"]> = Extract<AgentEvent, { type: T }>;
+// Distributes over the union; the body-chunk member has a union `type`, which Extract misses.
+type EventOf<T extends AgentEvent["type"]> = AgentEvent extends infer E ? (E extends { type: infer U } ? (T extends U ? E : never) : never) : never;
 
 /** A handler may return a partial reply; missing fields default to allow / empty. */
-export type ReplyInit = Partial<Omit<AgentReply, "correlationId">>;
+export type ReplyInit = Partial<Omit<AgentReply, "correlationId" | "audit">> & { audit?: Partial<AuditMetadata> };
 
 export interface AgentHandler {
   info: { agentId: string; name: string; version: string };

@@ -69,6 +69,10 @@ describe("streaming with bounded memory", () => {
   const SIZE = 200 * 1024 * 1024;
   test("200 MB upload and 200 MB download stream through; peak RSS stays within 50 MB of idle", async () => {
     const pid = proxy.proc.pid;
+    // Warm up (JIT, socket buffers, allocator arenas) with 8 MB each way, then measure idle.
+    await (await fetch(`${proxy.url}/big/sha`, { method: "POST", body: pattern(8 << 20), duplex: "half" } as RequestInit)).text();
+    for await (const _ of (await fetch(`${proxy.url}/big/bytes?n=${8 << 20}`)).body!);
+    await Bun.sleep(200);
     const idle = proxy.rss();
     await Bun.write(`/proc/${pid}/clear_refs`, "5"); // reset VmHWM to the current RSS
     const up1 = await fetch(`${proxy.url}/big/sha`, {

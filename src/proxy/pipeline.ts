@@ -192,6 +192,13 @@ async function requestFilter(ctx: RequestContext): Promise<{ response?: Response
     ctx.error = "request body over max-body-size";
     return { response: errorResponse(413, ctx.traceId, { connection: "close" }), body: null };
   }
+  if (declared !== undefined && plan.requestBodyAgents.length === 0) {
+    // Fast path: Bun's parser already holds the body to its declared length (checked against
+    // max-body-size above), and Bun's idle timeout cuts a stalled client; handing the native
+    // stream to fetch keeps the zero-copy pipe and its backpressure.
+    ctx.bytesIn = declared;
+    return { body: ctx.req.body! };
+  }
   const meter = { bytes: 0 };
   const stream = meteredStream(ctx.req.body!, {
     limit: plan.maxBodySize,
