@@ -1,0 +1,162 @@
+// More core behaviour through the compiled binary: TLS listener, retries, limits, client
+// disconnect propagation, upstream keep-alive reuse.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { join } from "node:path";
+import { startProxy, tempDir, waitFor, type ProxyProcess } from "./helpers/proxy.ts";
+import { startUpstream, type Upstream } from "./helpers/upstream.ts";
+import { rawRequest } from "./helpers/raw.ts";
+
+let up: Upstream;
+let proxy: ProxyProcess;
+let flakyCalls = 0;
+let connections = 0;
+const aborted: string[] = [];
+let countingServer: ReturnType<typeof Bun.serve>;
+
+beforeAll(async () => {
+  up = startUpstream("u");
+  // An upstream that fails twice with 503, then answers; and counts TCP connections.
+  countingServer = Bun.serve({
+    hostname: "127.0.0.1",
+    port: 0,
+    async fetch(req) {
+      const path = new URL(req.url).pathname;
+      if (path.endsWith("/flaky")) return ++flakyCalls % 3 === 0 ? new Response("finally") : new Response("busy", { status: 503 });
+      if (path.endsWith("/hang")) {
+        await new Promise<void>((resolve) => req.signal.addEventListener("abort", () => resolve()));
+        aborted.push(path);
+        return new Response("never");
+      }
+      return new Response("counted");
+    },
+  });
+  const dir = tempDir();
+  const cert = join(dir, "cert.pem");
+  const key = join(dir, "key.pem");
+  const gen = Bun.spawnSync(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=localhost"], { stderr: "ignore" });
+  if (gen.exitCode !== 0) throw new Error("openssl failed");
+  proxy = await startProxy(
+    `
+system { }
+listeners {
+  listener "plain" { address "127.0.0.1:0" }
+  listener "tls" { address "127.0.0.1:0"; protocol "https"; tls { cert-file "${cert}"; key-file "${key}" } }
+}
+upstreams {
+  upstream "u" { target "${up.address}" }
+  upstream "c" { target "127.0.0.1:${countingServer.port}" }
+}
+routes {
+  route "retry" { matches { path-prefix "/retry" }; upstream "c"; retry-policy { max-attempts 3; backoff-base-ms 10; backoff-max-ms 50; retryable-status-codes 503 } }
+  route "noretry" { matches { path-prefix "/noretry" }; upstream "c" }
+  route "small" { matches { path-prefix "/small" }; upstream "u"; policies { max-body-size "1KB" } }
+  route "c" { matches { path-prefix "/c" }; upstream "c" }
+  route "all" { priority "low"; upstream "u" }
+}
+limits { max-header-count 20; max-header-size 4096 }
+`,
+    { dir },
+  );
+});
+
+afterAll(async () => {
+  await proxy?.stop("SIGKILL");
+  await up?.stop();
+  countingServer?.stop(true);
+});
+
+test("https listener with cert-file/key-file serves TLS", async () => {
+  const res = await fetch(`${proxy.urls[1]!}/hello`, { tls: { rejectUnauthorized: false } } as RequestInit);
+  expect(proxy.urls[1]!.startsWith("https://")).toBe(true);
+  expect(res.status).toBe(200);
+  expect(await res.text()).toBe("ok u");
+  expect(up.requests.at(-1)!.headers["x-forwarded-proto"]).toBe("https");
+});
+
+describe("retry-policy", () => {
+  test("an idempotent request is retried on a retryable status, with backoff", async () => {
+    flakyCalls = 0;
+    const res = await fetch(`${proxy.url}/retry/flaky`);
+    expect(res.status).toBe(200);
+    expect(await res.text()).toBe("finally");
+    expect(flakyCalls).toBe(3);
+  });
+  test("a non-idempotent request is not retried on a status", async () => {
+    flakyCalls = 0;
+    const res = await fetch(`${proxy.url}/retry/flaky`, { method: "POST", body: "x" });
+    expect(res.status).toBe(503);
+    expect(flakyCalls).toBe(1);
+  });
+  test("without a retry-policy there is exactly one attempt", async () => {
+    flakyCalls = 0;
+    expect((await fetch(`${proxy.url}/noretry/flaky`)).status).toBe(503);
+    expect(flakyCalls).toBe(1);
+  });
+});
+
+describe("limits", () => {
+  test("413 for a declared body over max-body-size, before anything reaches the upstream", async () => {
+    const before = up.requests.length;
+    const res = await fetch(`${proxy.url}/small/x`, { method: "POST", body: "x".repeat(2048) });
+    expect(res.status).toBe(413);
+    expect(up.requests.length).toBe(before);
+  });
+  test("413 for a chunked body that crosses max-body-size", async () => {
+    const body = new ReadableStream({
+      start(c) {
+        for (let i = 0; i < 4; i++) c.enqueue(new Uint8Array(512));
+        c.close();
+      },
+    });
+    const res = await fetch(`${proxy.url}/small/echo`, { method: "POST", body, duplex: "half" } as RequestInit);
+    expect(res.status).toBe(413);
+  });
+  test("414 for a URI over the limit", async () => {
+    const res = await rawRequest(proxy.url, `GET /${"a".repeat(9000)} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n`);
+    expect(res.status).toBe(414);
+  });
+  test("431 for too many headers or too large a header section", async () => {
+    const many = Array.from({ length: 30 }, (_, i) => `X-H${i}: v`).join("\r\n");
+    expect((await rawRequest(proxy.url, `GET /x HTTP/1.1\r\nHost: t\r\n${many}\r\nConnection: close\r\n\r\n`)).status).toBe(431);
+    expect((await rawRequest(proxy.url, `GET /x HTTP/1.1\r\nHost: t\r\nX-Big: ${"b".repeat(5000)}\r\nConnection: close\r\n\r\n`)).status).toBe(431);
+  });
+});
+
+test("a client disconnect aborts the upstream call", async () => {
+  const ctrl = new AbortController();
+  const pending = fetch(`${proxy.url}/c/hang`, { signal: ctrl.signal }).catch(() => "aborted");
+  await Bun.sleep(150);
+  ctrl.abort();
+  expect(await pending).toBe("aborted");
+  await waitFor(() => aborted.length > 0, 3000, "upstream to see the abort");
+});
+
+test("upstream keep-alive connections are reused", async () => {
+  // A raw TCP upstream that counts the connections the proxy opens.
+  let sockets = 0;
+  const tcp = Bun.listen({
+    hostname: "127.0.0.1",
+    port: 0,
+    socket: {
+      open(s) {
+        sockets++;
+      },
+      data(s) {
+        s.write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok");
+      },
+    },
+  });
+  const p2 = await startProxy(`
+system { }
+listeners { listener "l" { address "127.0.0.1:0" } }
+upstreams { upstream "t" { target "127.0.0.1:${tcp.port}" } }
+routes { route "all" { priority "low"; upstream "t" } }
+`);
+  try {
+    for (let i = 0; i < 20; i++) expect(await (await fetch(`${p2.url}/k${i}`)).text()).toBe("ok");
+    expect(sockets).toBeLessThanOrEqual(2);
+  } finally {
+    await p2.stop("SIGKILL");
+    tcp.stop(true);
+  }
+});
