@@ -21,6 +21,15 @@ export interface ForwardInput {
   onAttempt?: (target: Target) => void;
 }
 
+/** Outcome of one upstream attempt, for metrics: null on an answer (any status), else the failure kind. */
+export type AttemptFailure = "connect" | "timeout" | "error";
+export type AttemptObserver = (pool: Pool, target: Target, seconds: number, failure: AttemptFailure | null, status: number) => void;
+let attemptObserver: AttemptObserver | undefined;
+/** Install the observer of every upstream attempt (set once by the server; keep it cheap). */
+export function setAttemptObserver(fn: AttemptObserver | undefined): void {
+  attemptObserver = fn;
+}
+
 const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"]);
 
 class HeadersTimeout extends Error {
@@ -58,6 +67,7 @@ async function attempt(input: ForwardInput, target: Target, body: ForwardInput["
   }, input.timeoutMs);
   target.active++;
   input.onAttempt?.(target);
+  const t0 = performance.now();
   try {
     const init: RequestInit & Record<string, unknown> = {
       method: input.method,
@@ -73,6 +83,7 @@ async function attempt(input: ForwardInput, target: Target, body: ForwardInput["
     if (tls) init.tls = tls;
     const response = await fetch(target.baseUrl + input.pathAndQuery, init);
     clearTimeout(timer);
+    attemptObserver?.(input.pool, target, (performance.now() - t0) / 1000, null, response.status);
     if (response.status === 101) {
       // Unsolicited protocol switch: never relayed outside the WebSocket path.
       response.body?.cancel().catch(() => {});
@@ -85,6 +96,8 @@ async function attempt(input: ForwardInput, target: Target, body: ForwardInput["
     target.active--;
     input.signal.removeEventListener("abort", onClientAbort);
     if (input.signal.aborted) return { ok: false, status: 499, reason: "client went away", target };
+    if (attemptObserver && !(err instanceof BodyLimitError || (err as Error)?.name === "BodyLimitError"))
+      attemptObserver(input.pool, target, (performance.now() - t0) / 1000, timedOut ? "timeout" : isConnectError(err) ? "connect" : "error", 0);
     if (timedOut) return { ok: false, status: 504, reason: `upstream ${target.address} timed out after ${input.timeoutMs} ms`, target };
     if (err instanceof BodyLimitError || (err as Error)?.name === "BodyLimitError") return { ok: false, status: 413, reason: "request body too large", target };
     const detail = (err as { code?: string })?.code ?? (err as Error)?.name ?? "error";
