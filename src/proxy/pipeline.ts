@@ -254,6 +254,7 @@ function finish(ctx: RequestContext, state: ProxyState): void {
   if (ctx.finished) return;
   ctx.finished = true;
   state.inFlight--;
+  ctx.rt.inFlight--;
   if (ctx.target) releaseTarget(ctx.target);
   const durationMs = performance.now() - ctx.startedAt;
   logRequest(ctx, durationMs);
@@ -292,6 +293,7 @@ export async function handleRequest(req: Request, server: Server<unknown>, liste
   }
   const ctx = received;
   state.inFlight++;
+  rt.inFlight++;
   try {
     const r = route(ctx);
     if (!r) {

@@ -42,6 +42,8 @@ export interface Runtime {
   plans: Map<string, RoutePlan>;
   /** Stop functions of background work owned by this runtime (upstream health checks). */
   stops: Array<() => void>;
+  /** Requests currently served with this snapshot (counted by the pipeline); reload waits for 0 before closing what it retired. */
+  inFlight: number;
 }
 
 function plan(route: RouteConfig, config: SentinelConfig, pools: Map<string, Pool>, agents: AgentRegistry): RoutePlan {
@@ -83,13 +85,23 @@ function plan(route: RouteConfig, config: SentinelConfig, pools: Map<string, Poo
   };
 }
 
+/** Config equality ignoring source locations (a moved block is not a changed block). */
+function sameConfig(a: unknown, b: unknown): boolean {
+  const strip = (k: string, v: unknown) => (k === "loc" ? undefined : v);
+  return JSON.stringify(a, strip) === JSON.stringify(b, strip);
+}
+
 export function buildRuntime(config: SentinelConfig, previous?: Runtime): Runtime {
   const pools = new Map<string, Pool>();
-  for (const [id, uc] of config.upstreams) pools.set(id, createPool(uc, previous?.pools.get(id)));
+  for (const [id, uc] of config.upstreams) {
+    // An unchanged upstream keeps its Pool object (health, ejections, balancing state, active counts).
+    const prev = previous?.pools.get(id);
+    pools.set(id, prev && sameConfig(prev.config, uc) ? prev : createPool(uc, prev));
+  }
   const agents = createAgentRegistry(config.agents, previous?.agents);
   const plans = new Map<string, RoutePlan>();
   for (const r of config.routes) plans.set(r.id, plan(r, config, pools, agents));
-  return { config, router: buildRouter(config.routes), pools, agents, plans, stops: [] };
+  return { config, router: buildRouter(config.routes), pools, agents, plans, stops: [], inFlight: 0 };
 }
 
 /** Start the runtime's background work (agent connections, upstream health checks). */
