@@ -14,7 +14,7 @@ Usage:
   sentinel --version             print the version
   sentinel --help                print this help
 
-Signals: SIGTERM/SIGINT drain and stop; SIGHUP reloads the configuration.
+Signals: SIGTERM/SIGINT drain and stop (exit 0); SIGHUP reloads the configuration (and reopens log files).
 The environment variable SENTINEL_CONFIG may name the config file instead of -c.`;
 
 interface Args {
@@ -77,22 +77,40 @@ async function main(): Promise<number> {
     process.stderr.write(`sentinel: ${args.config}: configuration is invalid; not starting\n`);
     return 1;
   }
-  let proxy;
+  // Signal handlers first: as PID 1 (a container) the defaults do nothing for SIGTERM/SIGINT, and
+  // SIGHUP's default would kill a process that is still starting.
+  let proxy: Awaited<ReturnType<typeof startProxy>> | undefined;
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) {
+      log("warn", "signal received; shutdown already in progress", { signal });
+      return;
+    }
+    stopping = true;
+    log("info", "signal received", { signal });
+    if (!proxy) process.exit(0);
+    void proxy.shutdown().then(
+      () => process.exit(0),
+      (err) => {
+        log("error", "shutdown failed", { error: String((err as Error)?.stack ?? err) });
+        process.exit(1);
+      },
+    );
+  };
+  process.on("SIGTERM", () => stop("SIGTERM"));
+  process.on("SIGINT", () => stop("SIGINT"));
+  process.on("SIGHUP", () => {
+    log("info", "signal received", { signal: "SIGHUP" });
+    if (proxy && !stopping) void proxy.reload("SIGHUP");
+  });
+  process.on("unhandledRejection", (err) => log("error", "unhandled rejection", { error: String((err as Error)?.stack ?? err) }));
+  process.on("uncaughtException", (err) => log("error", "uncaught exception", { error: String(err?.stack ?? err) }));
   try {
     proxy = await startProxy(result.config);
   } catch (err) {
     process.stderr.write(`sentinel: failed to start: ${(err as Error)?.message ?? err}\n`);
     return 1;
   }
-  const stop = (signal: string) => {
-    log("info", "signal received", { signal });
-    void proxy.shutdown().then(() => process.exit(0));
-  };
-  process.on("SIGTERM", () => stop("SIGTERM"));
-  process.on("SIGINT", () => stop("SIGINT"));
-  process.on("SIGHUP", () => void proxy.reload());
-  process.on("unhandledRejection", (err) => log("error", "unhandled rejection", { error: String((err as Error)?.stack ?? err) }));
-  process.on("uncaughtException", (err) => log("error", "uncaught exception", { error: String(err?.stack ?? err) }));
   return -1; // keep running
 }
 

@@ -40,65 +40,117 @@ export const agentCircuitState = new client.Gauge({
   registers: [registry],
 });
 
+// --- live values read at scrape time ------------------------------------------------------
+// The server installs these suppliers; the gauges below compute their value only when scraped,
+// so nothing on the request path touches them.
+export interface LiveSources {
+  inFlight(): number;
+  /** Every target of every pool of the current runtime. */
+  targets(): Iterable<{ upstream: string; target: string; healthy: boolean }>;
+  /** Open client connections per listener id. */
+  connections(): Iterable<[string, number]>;
+  websockets(): number;
+  /** Readiness as the builtin "status" handler reports it. */
+  ready(): boolean;
+}
+let live: LiveSources = { inFlight: () => 0, targets: () => [], connections: () => [], websockets: () => 0, ready: () => false };
+export function setLiveSources(sources: LiveSources): void {
+  live = sources;
+}
+
 // --- requests and upstreams -----------------------------------------------------------------
 export const requestsTotal = new client.Counter({
   name: "sentinel_requests_total",
-  help: "Requests by route, method and status class",
+  help: "Requests by route (route id, or \"none\" when no route matched), method (standard methods, else OTHER) and status class",
   labelNames: ["route", "method", "status_class"],
   registers: [registry],
 });
 export const requestDuration = new client.Histogram({
   name: "sentinel_request_duration_seconds",
-  help: "Request duration from first byte to the end of the response, by route",
+  help: "Request duration from the request head to the end of the response body, by route",
   labelNames: ["route"],
   buckets: histogramBuckets,
   registers: [registry],
 });
-let inFlightSupplier: () => number = () => 0;
-export function setInFlightSupplier(fn: () => number): void {
-  inFlightSupplier = fn;
-}
 export const inFlightRequests = new client.Gauge({
   name: "sentinel_requests_in_flight",
   help: "Requests being processed (including open WebSockets)",
   registers: [registry],
   collect() {
-    this.set(inFlightSupplier());
+    this.set(live.inFlight());
+  },
+});
+export const openConnections = new client.Gauge({
+  name: "sentinel_open_connections",
+  help: "Open client TCP connections per listener (this process's accepted sockets in any state but LISTEN, from /proc)",
+  labelNames: ["listener"],
+  registers: [registry],
+  collect() {
+    this.reset();
+    for (const [listener, n] of live.connections()) this.labels(listener).set(n);
+  },
+});
+export const openWebSockets = new client.Gauge({
+  name: "sentinel_websocket_connections",
+  help: "Relayed WebSocket connections currently open",
+  registers: [registry],
+  collect() {
+    this.set(live.websockets());
   },
 });
 export const upstreamDuration = new client.Histogram({
   name: "sentinel_upstream_request_duration_seconds",
-  help: "Time to upstream response headers, by upstream and target",
+  help: "Time from sending an upstream request to its response headers (or failure), per attempt, by upstream and target",
   labelNames: ["upstream", "target"],
   buckets: histogramBuckets,
   registers: [registry],
 });
 export const upstreamErrors = new client.Counter({
   name: "sentinel_upstream_errors_total",
-  help: "Failed upstream attempts by upstream, target and kind (connect, timeout, status_5xx)",
+  help: "Failed upstream attempts by upstream, target and kind (connect, timeout, error, status_5xx)",
   labelNames: ["upstream", "target", "kind"],
   registers: [registry],
 });
 export const upstreamTargetHealth = new client.Gauge({
   name: "sentinel_upstream_target_healthy",
-  help: "1 when the upstream target is in rotation (healthy and not ejected)",
+  help: "1 when the upstream target is in rotation (healthy and not ejected), else 0",
   labelNames: ["upstream", "target"],
   registers: [registry],
+  collect() {
+    this.reset();
+    for (const t of live.targets()) this.labels(t.upstream, t.target).set(t.healthy ? 1 : 0);
+  },
 });
 export const rejectedRequests = new client.Counter({
   name: "sentinel_rejected_requests_total",
-  help: "Requests refused before routing, by reason",
+  help: "Requests refused before routing, by status (400, 405, 414, 431)",
   labelNames: ["reason"],
   registers: [registry],
 });
+
+export const ready = new client.Gauge({
+  name: "sentinel_ready",
+  help: "1 when ready to serve (what the builtin status handler answers with 200), 0 while draining or when a fail-closed agent every route needs is down",
+  registers: [registry],
+  collect() {
+    this.set(live.ready() ? 1 : 0);
+  },
+});
+
+// --- configuration --------------------------------------------------------------------------
 export const configReloads = new client.Counter({
   name: "sentinel_config_reloads_total",
-  help: "Configuration reloads by result",
+  help: "Configuration reloads by result (success, failure)",
   labelNames: ["result"],
   registers: [registry],
 });
 export const configLastReloadSuccess = new client.Gauge({
   name: "sentinel_config_last_reload_success_timestamp_seconds",
-  help: "Unix time of the last successful configuration load",
+  help: "Unix time of the last successful configuration load (start-up counts)",
+  registers: [registry],
+});
+export const configRestartPending = new client.Gauge({
+  name: "sentinel_config_restart_pending",
+  help: "1 when the last reloaded configuration changed settings that only a restart applies (listeners, system, metrics listener)",
   registers: [registry],
 });

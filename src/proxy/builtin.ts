@@ -9,18 +9,28 @@ import { errorResponse } from "./errors.ts";
 const json = (body: unknown, status = 200) =>
   new Response(JSON.stringify(body), { status, headers: { "content-type": "application/json", "cache-control": "no-store" } });
 
-const SECRET_KEY = /(secret|password|token|key|credential|hmac|auth)/i;
+// Redaction of the effective config (builtin "config"): values under secret-looking keys, the
+// value of header operations / matches on credential headers, URL userinfo, and each agent's
+// free-form `config {}` block (delivered to the agent, often holding its secrets) as a whole.
+const SECRET_KEY = /(secret|password|passwd|token|key|credential|hmac|auth|cookie|signature|private)/i;
+const SECRET_HEADER = /^(authorization|proxy-authorization|cookie|set-cookie|x-api-key|api-key|x-auth-token|x-csrf-token)$|secret|token|password|api[-_]?key|signature/i;
+const URL_USERINFO = /(\b[a-z][a-z0-9+.-]*:\/\/)[^/@\s]+@/gi;
 
 function redact(value: unknown, depth = 0): unknown {
   if (depth > 20) return "[deep]";
   if (value instanceof Map) return Object.fromEntries([...value].map(([k, v]) => [k, redact(v, depth + 1)]));
   if (value instanceof RegExp) return value.source;
+  if (typeof value === "string") return value.replace(URL_USERINFO, "$1[redacted]@");
   if (Array.isArray(value)) return value.map((v) => redact(v, depth + 1));
   if (value && typeof value === "object") {
     const out: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(value)) {
+    const o = value as Record<string, unknown>;
+    const headerName = typeof o.name === "string" ? o.name : typeof o.from === "string" ? o.from : undefined;
+    const secretHeader = headerName !== undefined && SECRET_HEADER.test(headerName);
+    for (const [k, v] of Object.entries(o)) {
       if (k === "loc") continue;
-      out[k] = SECRET_KEY.test(k) && (typeof v === "string" || typeof v === "number") ? "[redacted]" : redact(v, depth + 1);
+      if (secretHeader && k === "value" && v !== undefined) out[k] = "[redacted]";
+      else out[k] = SECRET_KEY.test(k) && (typeof v === "string" || typeof v === "number") ? "[redacted]" : redact(v, depth + 1);
     }
     return out;
   }

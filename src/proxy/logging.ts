@@ -1,4 +1,8 @@
 // Phase 6 — logging: metrics, the access log line and the audit line of one request.
+//
+// Hot path: the labelled metric children are cached per route id (and method × status class),
+// so a request costs two Map lookups, an inc and an observe; the log lines are serialised and
+// handed to a non-blocking sink (src/observability/access-log.ts).
 import type { RequestContext } from "./context.ts";
 import { requestDuration, requestsTotal } from "../observability/metrics.ts";
 import type { LineSink } from "../observability/access-log.ts";
@@ -14,31 +18,109 @@ export function setLogSinks(next: LogSinks): void {
   sinks = next;
 }
 
+export function getLogSinks(): LogSinks {
+  return sinks;
+}
+
+// ---- metrics -------------------------------------------------------------------------------
+
+/** Bounded method label: the standard methods, everything else is OTHER. */
+const METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE", "OTHER"];
+const METHOD_INDEX = new Map(METHODS.map((m, i) => [m, i]));
+const OTHER = METHODS.length - 1;
 const STATUS_CLASS = ["0xx", "1xx", "2xx", "3xx", "4xx", "5xx"];
 
-function combined(ctx: RequestContext): string {
-  const t = new Date();
+interface RouteSeries {
+  route: string;
+  duration: { observe(v: number): void };
+  counts: Array<{ inc(): void } | undefined>; // [method * 6 + class]
+}
+
+/** Label value for requests that matched no route. */
+export const NO_ROUTE = "none";
+const byRoute = new Map<string, RouteSeries>();
+
+function routeSeries(route: string): RouteSeries {
+  let s = byRoute.get(route);
+  if (!s) {
+    s = { route, duration: requestDuration.labels(route), counts: new Array(METHODS.length * STATUS_CLASS.length) };
+    requestDuration.zero({ route }); // exported (empty) from the start
+    byRoute.set(route, s);
+  }
+  return s;
+}
+
+function countRequest(s: RouteSeries, method: string, status: number): void {
+  const m = METHOD_INDEX.get(method) ?? OTHER;
+  const c = status >= 100 && status < 600 ? Math.floor(status / 100) : 0;
+  const i = m * STATUS_CLASS.length + c;
+  let child = s.counts[i];
+  if (child === undefined) child = s.counts[i] = requestsTotal.labels(s.route, METHODS[m]!, STATUS_CLASS[c]!);
+  child.inc();
+}
+
+/** After a reload: pre-create the duration series of the configured routes and drop those of removed routes. */
+export function syncRouteSeries(routeIds: Iterable<string>): void {
+  const keep = new Set(routeIds);
+  keep.add(NO_ROUTE);
+  for (const id of keep) routeSeries(id);
+  for (const [id, s] of byRoute) {
+    if (keep.has(id)) continue;
+    byRoute.delete(id);
+    requestDuration.remove(id);
+    for (let i = 0; i < s.counts.length; i++)
+      if (s.counts[i]) requestsTotal.remove(id, METHODS[Math.floor(i / STATUS_CLASS.length)]!, STATUS_CLASS[i % STATUS_CLASS.length]!);
+  }
+}
+
+// ---- lines -----------------------------------------------------------------------------------
+
+const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+const pad = (n: number) => (n < 10 ? "0" + n : String(n));
+
+/** Common Log Format time, in UTC: 10/Oct/2000:13:55:36 +0000 */
+function clfTime(d: Date): string {
+  return `${pad(d.getUTCDate())}/${MONTHS[d.getUTCMonth()]}/${d.getUTCFullYear()}:${pad(d.getUTCHours())}:${pad(d.getUTCMinutes())}:${pad(d.getUTCSeconds())} +0000`;
+}
+
+/** Escape a value for a quoted CLF field: quotes, backslashes and control characters. */
+const clfQuote = (s: string) =>
+  s.replace(/["\\\x00-\x1f\x7f]/g, (c) => (c === '"' || c === "\\" ? "\\" + c : "\\x" + c.charCodeAt(0).toString(16).padStart(2, "0")));
+
+/** NCSA combined format (the path is the normalised one, the query is not logged). */
+function combined(ctx: RequestContext, now: Date): string {
   const ua = ctx.req.headers.get("user-agent") ?? "-";
   const ref = ctx.req.headers.get("referer") ?? "-";
-  const q = (s: string) => s.replace(/["\\]/g, (c) => "\\" + c);
-  return `${ctx.clientIp || "-"} - - [${t.toISOString()}] "${ctx.method} ${q(ctx.path + ctx.query)} HTTP/1.1" ${ctx.status} ${ctx.bytesOut} "${q(ref)}" "${q(ua)}"`;
+  const bytes = ctx.bytesOut > 0 ? String(ctx.bytesOut) : "-";
+  return `${ctx.clientIp || "-"} - - [${clfTime(now)}] "${ctx.method} ${clfQuote(ctx.path)} HTTP/1.1" ${ctx.status} ${bytes} "${clfQuote(ref)}" "${clfQuote(ua)}"`;
+}
+
+/** Decisions that changed the outcome and so get an audit line. */
+function audited(decision: string): boolean {
+  return decision === "block" || decision === "redirect" || decision === "challenge" || decision.startsWith("error:");
 }
 
 export function logRequest(ctx: RequestContext, durationMs: number): void {
-  const routeId = ctx.plan?.route.id ?? "none";
-  requestsTotal.labels(routeId, ctx.method, STATUS_CLASS[Math.floor(ctx.status / 100)] ?? "0xx").inc();
-  requestDuration.labels(routeId).observe(durationMs / 1000);
+  const routeId = ctx.plan?.route.id ?? NO_ROUTE;
+  const series = routeSeries(routeId);
+  countRequest(series, ctx.method, ctx.status);
+  series.duration.observe(durationMs / 1000);
+
   const access = sinks.access;
+  const audit = sinks.audit;
+  if (!access && !audit) return;
+  const now = new Date();
   if (access) {
-    if (access.format === "combined") access.sink.write(combined(ctx));
+    if (access.format === "combined") access.sink.write(combined(ctx, now));
     else
       access.sink.write(
         JSON.stringify({
-          time: new Date().toISOString(),
+          time: now.toISOString(),
           trace_id: ctx.traceId,
           client_ip: ctx.clientIp,
           method: ctx.method,
           path: ctx.path,
+          host: ctx.host,
           route: ctx.plan?.route.id ?? null,
           upstream: ctx.plan?.route.upstream ?? null,
           target: ctx.target?.address ?? null,
@@ -52,12 +134,12 @@ export function logRequest(ctx: RequestContext, durationMs: number): void {
         }),
       );
   }
-  if (sinks.audit && ctx.agentTrace.length > 0) {
+  if (audit && ctx.agentTrace.length > 0) {
     for (const a of ctx.agentTrace) {
-      if (a.decision === "allow") continue;
-      sinks.audit.write(
+      if (!audited(a.decision)) continue;
+      audit.write(
         JSON.stringify({
-          time: new Date().toISOString(),
+          time: now.toISOString(),
           trace_id: ctx.traceId,
           client_ip: ctx.clientIp,
           method: ctx.method,
@@ -67,6 +149,7 @@ export function logRequest(ctx: RequestContext, durationMs: number): void {
           decision: a.decision,
           rule_ids: a.ruleIds ?? [],
           tags: a.tags ?? [],
+          latency_ms: a.latencyMs,
           status: ctx.status,
         }),
       );

@@ -1,25 +1,47 @@
 // Listeners, the metrics listener, reload (SIGHUP / auto-reload) and graceful shutdown.
+//
+// Reload: the config is read and fully validated; log files are opened; a new Runtime is built
+// (unchanged pools and agents are the same objects, so they keep connections and health);
+// agents that are new are started and awaited (bounded) so that the first request that needs
+// them does not find them still connecting; then `state.current` is swapped. A request keeps
+// the Runtime it started with. Agents the new config replaced or removed are closed only once
+// every superseded Runtime has no request in flight (bounded by graceful-shutdown-timeout),
+// then gracefully (their own in-flight calls may finish). Anything that fails before the swap
+// leaves the running config untouched.
 import type { Server } from "bun";
-import { watch, type FSWatcher } from "node:fs";
+import { watch, writeFileSync, unlinkSync, type FSWatcher } from "node:fs";
+import { dirname, join } from "node:path";
 import type { ListenerConfig, SentinelConfig } from "../config/types.ts";
 import { formatDiagnostic } from "../config/types.ts";
 import { loadConfig } from "../config/load.ts";
-import { log, setLogLevel } from "../observability/log.ts";
-import { configLastReloadSuccess, configReloads, setInFlightSupplier, registry, upstreamTargetHealth } from "../observability/metrics.ts";
-import { createSink } from "../observability/access-log.ts";
+import { log, setErrorLogSink, setLogLevel } from "../observability/log.ts";
+import { configLastReloadSuccess, configReloads, configRestartPending, registry, setLiveSources } from "../observability/metrics.ts";
+import { createSink, type LineSink } from "../observability/access-log.ts";
 import { collectProcessMetrics } from "../observability/process.ts";
+import { countConnections } from "../observability/connections.ts";
+import { observeUpstreamAttempt, syncUpstreamSeries } from "../observability/upstream-metrics.ts";
+import { setAttemptObserver } from "../upstreams/forward.ts";
+import { sameAgentConfig, DEFAULT_RELOAD_GRACE_MS, type AgentRegistry } from "../agents/registry.ts";
+import type { Agent } from "../agents/agent.ts";
 import { errorResponse } from "./errors.ts";
 import { handleRequest, type ProxyState } from "./pipeline.ts";
-import { buildRuntime, startRuntime, stopHealthChecks } from "./runtime.ts";
-import { setLogSinks } from "./logging.ts";
+import { buildRuntime, startRuntime, stopHealthChecks, type Runtime } from "./runtime.ts";
+import { getLogSinks, setLogSinks, syncRouteSeries } from "./logging.ts";
+import { readiness } from "./builtin.ts";
 import { openSockets, websocketHandler } from "./websocket.ts";
 
 export interface RunningProxy {
   state: ProxyState;
   servers: Server<unknown>[];
-  reload(): Promise<boolean>;
+  /** Re-read and apply the config file; false (and the old config stays) when it is invalid. */
+  reload(trigger?: string): Promise<boolean>;
   shutdown(): Promise<void>;
 }
+
+/** How long a reload waits for newly added agents to connect before swapping anyway. */
+const NEW_AGENT_CONNECT_WAIT_MS = 5_000;
+/** Debounce of file-change events (editors write in several steps). */
+const AUTO_RELOAD_DEBOUNCE_MS = 250;
 
 function idleTimeoutSecs(l: ListenerConfig, config: SentinelConfig): number {
   // Bun cuts a connection (even one waiting for our upstream) after idleTimeout seconds of no
@@ -28,13 +50,58 @@ function idleTimeoutSecs(l: ListenerConfig, config: SentinelConfig): number {
   return Math.min(255, Math.max(1, Math.ceil(ms / 1000)));
 }
 
-function configureLogs(config: SentinelConfig): void {
-  const logging = config.observability.logging;
-  setLogLevel(logging.level);
-  const access = logging.accessLog?.enabled ? { sink: createSink("access", logging.accessLog.file), format: logging.accessLog.format } : undefined;
-  const audit = logging.auditLog?.enabled ? createSink("audit", logging.auditLog.file) : undefined;
-  setLogSinks({ access, audit });
+// ---- logs ------------------------------------------------------------------------------------
+
+interface OpenLogs {
+  access?: { sink: LineSink; format: "json" | "combined" };
+  audit?: LineSink;
+  error?: { sink: LineSink; level: SentinelConfig["observability"]["logging"]["level"] };
 }
+
+const sinkError = (name: string) => (err: unknown) => log("error", "log write failed; lines dropped", { log: name, error: String((err as Error)?.message ?? err) });
+
+/** Open every configured log file now (throws, with the others closed, when one cannot be opened). */
+function openLogs(config: SentinelConfig): OpenLogs {
+  const logging = config.observability.logging;
+  const opened: LineSink[] = [];
+  const open = (name: string, file?: string) => {
+    const s = createSink(name, file, { onError: sinkError(name) });
+    opened.push(s);
+    return s;
+  };
+  try {
+    const out: OpenLogs = {};
+    if (logging.accessLog?.enabled) out.access = { sink: open("access", logging.accessLog.file), format: logging.accessLog.format };
+    if (logging.auditLog?.enabled) out.audit = open("audit", logging.auditLog.file);
+    if (logging.errorLog?.enabled && logging.errorLog.file) out.error = { sink: open("error", logging.errorLog.file), level: logging.errorLog.level };
+    return out;
+  } catch (err) {
+    for (const s of opened) void s.close();
+    throw new Error(`cannot open log file: ${(err as Error)?.message ?? err}`);
+  }
+}
+
+let currentErrorLog: LineSink | undefined;
+
+/** Switch to `next` log sinks and the configured level; returns the previous sinks' close. */
+function applyLogs(config: SentinelConfig, next: OpenLogs): () => Promise<void> {
+  const prev = getLogSinks();
+  const prevError = currentErrorLog;
+  setLogLevel(config.observability.logging.level);
+  setLogSinks({ access: next.access, audit: next.audit });
+  currentErrorLog = next.error?.sink;
+  setErrorLogSink(next.error?.sink, next.error?.level);
+  return async () => {
+    await Promise.all([prev.access?.sink.close(), prev.audit?.close(), prevError?.close()]);
+  };
+}
+
+async function closeLogs(): Promise<void> {
+  const s = getLogSinks();
+  await Promise.all([s.access?.sink.close(), s.audit?.close(), currentErrorLog?.close()]);
+}
+
+// ---- listeners -------------------------------------------------------------------------------
 
 function listen(l: ListenerConfig, config: SentinelConfig, state: ProxyState): Server<unknown> {
   const tls = l.tls ? { cert: Bun.file(l.tls.certFile), key: Bun.file(l.tls.keyFile), ca: l.tls.caFile ? Bun.file(l.tls.caFile) : undefined } : undefined;
@@ -63,7 +130,7 @@ function listenMetrics(config: SentinelConfig): Server<unknown> | undefined {
       development: false,
       fetch: async (req) => {
         if (new URL(req.url).pathname !== m.path) return new Response("not found\n", { status: 404 });
-        return new Response(await registry.metrics(), { headers: { "content-type": registry.contentType } });
+        return new Response(await registry.metrics(), { headers: { "content-type": registry.contentType, "cache-control": "no-store" } });
       },
       error: () => new Response("internal error\n", { status: 500 }),
     });
@@ -73,128 +140,313 @@ function listenMetrics(config: SentinelConfig): Server<unknown> | undefined {
   }
 }
 
+// ---- reload helpers --------------------------------------------------------------------------
+
+const strip = (x: unknown) => JSON.stringify(x, (k, v) => (k === "loc" ? undefined : v instanceof Map ? [...v] : v instanceof RegExp ? v.source : v));
+
 /** What a reload cannot change without a restart; reported, never half-applied. */
 function restartOnlyChanges(old: SentinelConfig, next: SentinelConfig): string[] {
   const out: string[] = [];
-  const strip = (x: unknown) => JSON.stringify(x, (k, v) => (k === "loc" ? undefined : v));
   if (strip(old.listeners) !== strip(next.listeners)) out.push("listeners");
   if (strip(old.system) !== strip(next.system)) out.push("system");
   if (strip(old.observability.metrics) !== strip(next.observability.metrics)) out.push("observability.metrics");
   return out;
 }
 
-function updateTargetHealthGauge(state: ProxyState): void {
-  const now = Date.now();
-  upstreamTargetHealth.reset();
-  for (const p of state.current.pools.values())
-    for (const t of p.targets) upstreamTargetHealth.labels(p.id, t.address).set(t.healthy && t.ejectedUntil <= now ? 1 : 0);
+/** added / removed / changed ids between two id → config maps (for the reload log line). */
+function diffIds<T>(old: Map<string, T>, next: Map<string, T>): { added: string[]; removed: string[]; changed: string[] } {
+  const added: string[] = [];
+  const removed: string[] = [];
+  const changed: string[] = [];
+  for (const [id, v] of next) {
+    const o = old.get(id);
+    if (o === undefined) added.push(id);
+    else if (strip(o) !== strip(v)) changed.push(id);
+  }
+  for (const id of old.keys()) if (!next.has(id)) removed.push(id);
+  return { added, removed, changed };
 }
 
+/**
+ * The previous registry as createAgentRegistry sees it, except that agents it will retire
+ * (removed, or changed and so replaced) have their close() deferred into `retired`, to be
+ * called once the superseded runtimes drained.
+ */
+function deferringRegistry(prev: AgentRegistry, next: SentinelConfig, retired: Agent[]): AgentRegistry {
+  const wrap = (a: Agent): Agent => {
+    const nc = next.agents.get(a.id);
+    if (nc !== undefined && sameAgentConfig(a.config, nc)) return a; // reused as is
+    return new Proxy(a, {
+      get(target, prop) {
+        if (prop === "close")
+          return (_graceMs: number) => {
+            if (!retired.includes(target)) retired.push(target);
+            return Promise.resolve();
+          };
+        const v = Reflect.get(target, prop, target);
+        return typeof v === "function" ? v.bind(target) : v;
+      },
+    });
+  };
+  return {
+    get: (id) => {
+      const a = prev.get(id);
+      return a && wrap(a);
+    },
+    all: () => prev.all().map(wrap),
+    close: (g) => prev.close(g),
+    ready: (t) => prev.ready(t),
+  };
+}
+
+function writePidFile(path: string | undefined): void {
+  if (!path) return;
+  writeFileSync(path, `${process.pid}\n`);
+}
+
+function removePidFile(path: string | undefined): void {
+  if (!path) return;
+  try {
+    unlinkSync(path);
+  } catch {
+    /* already gone */
+  }
+}
+
+// ---- the proxy -------------------------------------------------------------------------------
+
 export async function startProxy(config: SentinelConfig): Promise<RunningProxy> {
-  configureLogs(config);
+  const firstLogs = openLogs(config);
+  void applyLogs(config, firstLogs);
   const rt = buildRuntime(config);
   startRuntime(rt);
   const state: ProxyState = { current: rt, draining: false, inFlight: 0 };
   const servers = config.listeners.map((l) => listen(l, config, state));
   const metricsServer = listenMetrics(config);
+  writePidFile(config.system.pidFile);
+
+  setAttemptObserver(observeUpstreamAttempt);
+  syncUpstreamSeries(rt.pools.values());
+  syncRouteSeries(config.routes.map((r) => r.id));
   configReloads.labels("success").inc(0);
   configReloads.labels("failure").inc(0);
   configLastReloadSuccess.set(Date.now() / 1000);
-  setInFlightSupplier(() => state.inFlight);
-  const gaugeTimer = setInterval(() => updateTargetHealthGauge(state), 1000);
+  configRestartPending.set(0);
+  const listenerPorts = config.listeners.map((l, i) => ({
+    id: l.id,
+    port: servers[i]!.port!,
+    pending: () => servers[i]!.pendingRequests + servers[i]!.pendingWebSockets,
+  }));
+  setLiveSources({
+    inFlight: () => state.inFlight,
+    websockets: () => openSockets.size,
+    connections: () => countConnections(listenerPorts),
+    ready: () => readiness(state).ready,
+    *targets() {
+      const now = Date.now();
+      for (const p of state.current.pools.values())
+        for (const t of p.targets) yield { upstream: p.id, target: t.address, healthy: t.healthy && t.ejectedUntil <= now };
+    },
+  });
   const stopProcessMetrics = collectProcessMetrics();
   log("info", "sentinel started", {
-    listeners: config.listeners.map((l) => `${l.protocol}://${l.host}:${servers[config.listeners.indexOf(l)]!.port}`),
+    listeners: config.listeners.map((l, i) => `${l.protocol}://${l.host}:${servers[i]!.port}`),
     metrics: metricsServer ? `http://${config.observability.metrics!.host}:${metricsServer.port}${config.observability.metrics!.path}` : null,
     routes: config.routes.length,
     agents: config.agents.size,
+    upstreams: config.upstreams.size,
+    auto_reload: config.system.autoReload,
     pid: process.pid,
   });
 
+  // Runtimes replaced by a reload that may still have requests in flight.
+  let superseded: Runtime[] = [];
+  // Agents retired by reloads whose close waits for those requests.
+  const retiring = new Set<Agent>();
+  let shuttingDown: Promise<void> | undefined;
+
+  function retireAfterDrain(agents: Agent[], olds: Runtime[]): void {
+    if (agents.length === 0) return;
+    for (const a of agents) retiring.add(a);
+    const deadline = Date.now() + config.system.gracefulShutdownTimeoutMs;
+    const tick = () => {
+      const drained = olds.every((r) => r.inFlight <= 0);
+      if (!drained && Date.now() < deadline && !state.draining) {
+        setTimeout(tick, 50);
+        return;
+      }
+      if (!drained) log("warn", "closing retired agents while superseded requests are still in flight", { agents: agents.map((a) => a.id) });
+      for (const a of agents) {
+        if (!retiring.delete(a)) continue; // shutdown took it
+        log("debug", "retired agent closing", { agent: a.id });
+        void a.close(DEFAULT_RELOAD_GRACE_MS);
+      }
+    };
+    setTimeout(tick, 0);
+  }
+
   let reloading: Promise<boolean> | undefined;
-  async function doReload(): Promise<boolean> {
+  async function doReload(trigger: string): Promise<boolean> {
+    if (state.draining) return false;
+    const t0 = performance.now();
+    const fail = (msg: string, fields: Record<string, unknown>) => {
+      configReloads.labels("failure").inc();
+      log("error", msg, { trigger, ...fields });
+      return false;
+    };
     const result = loadConfig(state.current.config.file);
     if (!result.config) {
-      configReloads.labels("failure").inc();
+      const errors = result.diagnostics.filter((d) => d.severity === "error").map(formatDiagnostic);
       for (const d of result.diagnostics) log(d.severity === "error" ? "error" : "warn", "config reload rejected", { diagnostic: formatDiagnostic(d) });
-      log("error", "config reload failed; the running configuration stays in force", { errors: result.diagnostics.filter((d) => d.severity === "error").length });
-      return false;
+      return fail("config reload failed; the running configuration stays in force", { errors });
     }
+    for (const d of result.diagnostics) log("warn", "config warning", { diagnostic: formatDiagnostic(d) });
     const old = state.current;
     const restart = restartOnlyChanges(old.config, result.config);
-    const next: SentinelConfig = { ...result.config, listeners: old.config.listeners, system: old.config.system, observability: { ...result.config.observability, metrics: old.config.observability.metrics } };
-    if (restart.length > 0) log("warn", "config changes need a restart and were not applied", { sections: restart });
+    const next: SentinelConfig = {
+      ...result.config,
+      listeners: old.config.listeners,
+      system: old.config.system,
+      observability: { ...result.config.observability, metrics: old.config.observability.metrics },
+    };
+
+    let logs: OpenLogs;
     try {
-      const nextRt = buildRuntime(next, old);
-      startRuntime(nextRt);
-      configureLogs(next);
-      state.current = nextRt; // atomic swap: new requests use the new snapshot
-      stopHealthChecks(old);
-      configReloads.labels("success").inc();
-      configLastReloadSuccess.set(Date.now() / 1000);
-      log("info", "config reloaded", { routes: next.routes.length, agents: next.agents.size, upstreams: next.upstreams.size });
-      return true;
+      logs = openLogs(next);
     } catch (err) {
-      configReloads.labels("failure").inc();
-      log("error", "config reload failed while applying; the running configuration stays in force", { error: String((err as Error)?.message ?? err) });
+      return fail("config reload failed; the running configuration stays in force", { error: String((err as Error)?.message ?? err) });
+    }
+    const retired: Agent[] = [];
+    let nextRt: Runtime;
+    try {
+      nextRt = buildRuntime(next, { ...old, agents: deferringRegistry(old.agents, next, retired) });
+    } catch (err) {
+      for (const s of [logs.access?.sink, logs.audit, logs.error?.sink]) void s?.close();
+      return fail("config reload failed while applying; the running configuration stays in force", { error: String((err as Error)?.message ?? err) });
+    }
+    startRuntime(nextRt);
+    // New agents: let them connect before the swap, so that no request meets them connecting.
+    const oldAgents = new Set(old.agents.all());
+    const fresh = nextRt.agents.all().filter((a) => !oldAgents.has(a));
+    if (fresh.length > 0) {
+      const ok = await Promise.all(fresh.map((a) => a.whenConnected(NEW_AGENT_CONNECT_WAIT_MS)));
+      const late = fresh.filter((_, i) => !ok[i]).map((a) => a.id);
+      if (late.length > 0) log("warn", "new agents not connected yet; applying the config anyway", { agents: late, waited_ms: NEW_AGENT_CONNECT_WAIT_MS });
+    }
+    if (state.draining) {
+      // Shutdown began meanwhile: throw the new runtime away.
+      stopHealthChecks(nextRt);
+      for (const a of fresh) void a.close(0);
+      for (const s of [logs.access?.sink, logs.audit, logs.error?.sink]) void s?.close();
       return false;
     }
+
+    // ---- commit: atomic swap ----
+    state.current = nextRt;
+    const closePrevLogs = applyLogs(next, logs);
+    stopHealthChecks(old);
+    superseded = superseded.filter((r) => r.inFlight > 0);
+    superseded.push(old);
+    retireAfterDrain(retired, [...superseded]);
+    void closePrevLogs();
+    syncUpstreamSeries(nextRt.pools.values());
+    syncRouteSeries(next.routes.map((r) => r.id));
+    configReloads.labels("success").inc();
+    configLastReloadSuccess.set(Date.now() / 1000);
+    configRestartPending.set(restart.length > 0 ? 1 : 0);
+    if (restart.length > 0) log("warn", "config changes need a restart and were not applied", { sections: restart });
+    const routes = diffIds(new Map(old.config.routes.map((r) => [r.id, r])), new Map(next.routes.map((r) => [r.id, r])));
+    const agents = diffIds(old.config.agents, next.agents);
+    const upstreams = diffIds(old.config.upstreams, next.upstreams);
+    const filters = diffIds(old.config.filters, next.filters);
+    log("info", "config reloaded", {
+      trigger,
+      routes: next.routes.length,
+      agents: next.agents.size,
+      upstreams: next.upstreams.size,
+      changes: { routes, agents, upstreams, filters },
+      restart_required: restart,
+      duration_ms: Math.round(performance.now() - t0),
+    });
+    return true;
   }
-  const reload = () => {
+  const reload = (trigger = "api") => {
     // Serialise reloads; a reload requested during one runs after it.
-    const run = (reloading ?? Promise.resolve(true)).then(doReload, doReload);
+    const run = (reloading ?? Promise.resolve(true)).then(
+      () => doReload(trigger),
+      () => doReload(trigger),
+    );
     reloading = run;
     return run;
   };
 
+  // ---- auto-reload: watch the directories of every config file (main + includes) ----
   let watchers: FSWatcher[] = [];
-  function watchFiles(): void {
+  let debounce: ReturnType<typeof setTimeout> | undefined;
+  function armWatchers(): void {
     for (const w of watchers) w.close();
     watchers = [];
-    if (!config.system.autoReload) return;
-    let debounce: ReturnType<typeof setTimeout> | undefined;
-    const trigger = () => {
+    if (!config.system.autoReload || state.draining) return;
+    const files = new Set(state.current.config.files);
+    const trigger = (name: string) => {
       clearTimeout(debounce);
       debounce = setTimeout(() => {
-        void reload().then(() => watchFiles());
-      }, 200);
+        debounce = undefined;
+        log("debug", "config file changed", { file: name });
+        void reload("file change").then(armWatchers, armWatchers);
+      }, AUTO_RELOAD_DEBOUNCE_MS);
     };
-    const dirs = new Set(state.current.config.files.map((f) => f.slice(0, f.lastIndexOf("/")) || "/"));
-    for (const dir of dirs) {
+    for (const dir of new Set([...files].map((f) => dirname(f)))) {
       try {
-        watchers.push(watch(dir, (_ev, name) => {
-          if (name && state.current.config.files.some((f) => f.endsWith("/" + name))) trigger();
-        }));
+        const w = watch(dir, (_ev, name) => {
+          if (!name) return trigger(dir);
+          const full = join(dir, String(name));
+          // Known config files, and any .kdl (a new file matched by an include glob).
+          if (files.has(full) || String(name).endsWith(".kdl")) trigger(full);
+        });
+        w.on("error", (err) => log("warn", "config watcher failed", { dir, error: String(err) }));
+        watchers.push(w);
       } catch (err) {
         log("warn", "cannot watch config directory", { dir, error: String(err) });
       }
     }
   }
-  watchFiles();
+  armWatchers();
 
-  let shuttingDown: Promise<void> | undefined;
   async function shutdown(): Promise<void> {
     if (shuttingDown) return shuttingDown;
     shuttingDown = (async () => {
-      state.draining = true;
+      state.draining = true; // readiness (builtin "status") answers 503 from now on
       const graceMs = config.system.gracefulShutdownTimeoutMs;
-      log("info", "shutting down: draining in-flight requests", { in_flight: state.inFlight, grace_ms: graceMs });
+      log("info", "shutting down: draining in-flight requests", { in_flight: state.inFlight, websockets: openSockets.size, grace_ms: graceMs });
       const deadline = Date.now() + graceMs;
+      clearTimeout(debounce);
       for (const w of watchers) w.close();
       // Stop accepting; Bun closes idle keep-alive connections and lets active ones finish.
       const stopped = servers.map((s) => s.stop(false));
+      // HTTP requests first (WebSockets count as in flight until they close)…
       while (state.inFlight - openSockets.size > 0 && Date.now() < deadline) await Bun.sleep(25);
+      // …then ask WebSocket peers to go away (1001 Going Away), relayed to the upstream too.
       for (const ws of openSockets) ws.close(1001, "server shutting down");
       while (state.inFlight > 0 && Date.now() < deadline) await Bun.sleep(25);
       await Promise.race([Promise.all(stopped), Bun.sleep(Math.max(0, deadline - Date.now()))]);
       if (state.inFlight > 0) log("warn", "grace period over; aborting remaining requests", { in_flight: state.inFlight });
       for (const s of servers) s.stop(true);
-      metricsServer?.stop(true);
-      clearInterval(gaugeTimer);
       stopProcessMetrics();
       stopHealthChecks(state.current);
-      await state.current.agents.close(Math.max(0, Math.min(1000, deadline - Date.now())));
-      log("info", "sentinel stopped");
+      for (const r of superseded) stopHealthChecks(r);
+      // Agents: no request needs them any more. Each closes after its outstanding calls were
+      // answered (UDS: then the connection is closed; gRPC: the stream is half-closed so the
+      // agent sees a clean end of stream, then the session ends).
+      const agentGrace = Math.max(0, Math.min(2_000, deadline - Date.now()));
+      const retired = [...retiring];
+      retiring.clear();
+      await Promise.all([state.current.agents.close(agentGrace), ...retired.map((a) => a.close(agentGrace))]);
+      metricsServer?.stop(true);
+      removePidFile(config.system.pidFile);
+      log("info", "sentinel stopped", { aborted: Math.max(0, state.inFlight) });
+      setErrorLogSink(undefined);
+      await closeLogs();
     })();
     return shuttingDown;
   }
