@@ -59,6 +59,7 @@ export const PROXY_VERSION = "sentinel/0.1.0";
 export function createTransportFor(config: AgentConfig): AgentTransport {
   const opts: TransportOptions = {
     endpoint: config.transport.address,
+    agentId: config.id,
     connectTimeoutMs: config.connectTimeoutMs,
     connections: config.connections,
     config: config.config,

@@ -153,6 +153,8 @@ export interface AgentTransport {
 
 export interface TransportOptions {
   endpoint: string;
+  /** The agent's id from the config (the v1 configure event's `agent_id`, §5/D16). */
+  agentId?: string;
   connectTimeoutMs: number;
   /** Number of UDS connections (ignored by gRPC, which multiplexes one stream per channel). */
   connections: number;

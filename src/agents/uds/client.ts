@@ -157,8 +157,7 @@ class UdsTransport implements AgentTransport {
     this.log = opts.log ?? defaultLog;
     const protocol = opts.protocol ?? "auto";
     this.detected = protocol === "auto" ? null : protocol;
-    const agentId = (opts as { agentId?: string }).agentId;
-    this.encOpts = { agentId: agentId ?? "" };
+    this.encOpts = { agentId: opts.agentId ?? "" };
     this.handshakeFrame = encodeFrameString(
       FrameType.HandshakeRequest,
       JSON.stringify(handshakeRequestToWire({ proxyId: "sentinel", proxyVersion: opts.proxyVersion, config: opts.config ?? null })),
