@@ -3,7 +3,7 @@
 //
 //   bun scripts/build-release.ts [--targets linux-x64,linux-arm64,linux-x64-musl] [--out DIR]
 //                                [--offline] [--fetch-only]
-//   bun scripts/build-release.ts --rootfs DIR [--binary dist/sentinel]
+//   bun scripts/build-release.ts --rootfs DIR [--binary dist/sentinel]…
 //
 // Runtimes. `bun build --compile --target=X` normally downloads the Bun runtime for X at build
 // time. Instead, each target is built with `--compile-executable-path` pointing at the runtime
@@ -20,9 +20,10 @@
 // Output: DIR (default dist/release)/sentinel-<version>-<target> and DIR/SHA256SUMS (the
 // `sha256sum -c` format). The binary that can run on this machine is smoke-run with --version.
 //
-// --rootfs DIR: assemble the minimal root filesystem of the scratch image: DIR/sentinel plus
-// exactly the shared libraries `ldd` lists for it (the dynamic loader included), at the same
-// paths, and nothing else. The Dockerfile and test/ship-rootfs.test.ts both use this.
+// --rootfs DIR: assemble the minimal root filesystem of a scratch image: each --binary (default
+// dist/sentinel) at DIR/<name>, plus exactly the shared libraries `ldd` lists for them (the
+// dynamic loader included) at the same paths, and nothing else. The Dockerfile and
+// test/ship-rootfs.test.ts both use this.
 import { chmodSync, copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { createHash } from "node:crypto";
 import { basename, dirname, join, resolve } from "node:path";
@@ -222,14 +223,21 @@ export function sharedLibraries(binary: string): string[] {
   return libs;
 }
 
-/** The scratch image's root: /sentinel and its shared libraries (symlinks resolved), nothing else. */
-export function assembleRootfs(dir: string, binary: string): string[] {
-  if (!existsSync(binary)) fail(`${binary} does not exist (run npm run build)`);
+/**
+ * The scratch image's root: each binary at /<its file name>, plus the shared libraries `ldd` lists
+ * for them (symlinks resolved, at the paths ld.so looks for them), and nothing else.
+ */
+export function assembleRootfs(dir: string, binaries: string[]): string[] {
   mkdirSync(dir, { recursive: true });
   chmodSync(dir, 0o755);
-  copyFileSync(binary, join(dir, "sentinel"));
-  chmodSync(join(dir, "sentinel"), 0o755);
-  const libs = sharedLibraries(binary);
+  const libs: string[] = [];
+  for (const binary of binaries) {
+    if (!existsSync(binary)) fail(`${binary} does not exist (run npm run build)`);
+    const dest = join(dir, basename(binary));
+    copyFileSync(binary, dest);
+    chmodSync(dest, 0o755);
+    for (const lib of sharedLibraries(binary)) if (!libs.includes(lib)) libs.push(lib);
+  }
   for (const lib of libs) {
     const dest = join(dir, lib);
     mkdirSync(dirname(dest), { recursive: true });
@@ -241,12 +249,24 @@ export function assembleRootfs(dir: string, binary: string): string[] {
   return libs;
 }
 
+function argValues(name: string): string[] {
+  const out: string[] = [];
+  process.argv.forEach((a, i) => {
+    if (a !== `--${name}`) return;
+    const v = process.argv[i + 1];
+    if (v === undefined || v.startsWith("--")) fail(`--${name} needs a value`);
+    out.push(v);
+  });
+  return out;
+}
+
 if (import.meta.main) {
   const rootfs = argValue("rootfs");
   if (rootfs) {
-    const binary = resolve(argValue("binary") ?? join(root, "dist", "sentinel"));
-    const libs = assembleRootfs(resolve(rootfs), binary);
-    say(`${rootfs}: /sentinel + ${libs.length} shared libraries`);
+    const given = argValues("binary");
+    const binaries = (given.length ? given : [join(root, "dist", "sentinel")]).map((b) => resolve(b));
+    const libs = assembleRootfs(resolve(rootfs), binaries);
+    say(`${rootfs}: ${binaries.map((b) => "/" + basename(b)).join(", ")} + ${libs.length} shared libraries`);
     for (const l of libs) say(`  ${l}`);
   } else {
     release();
