@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { ROOT, runBinary, tempDir } from "./helpers/proxy.ts";
 
 describe("sentinel validate", () => {
-  const examples = readdirSync(join(ROOT, "examples")).filter((f) => f.endsWith(".kdl"));
+  const examples = (readdirSync(join(ROOT, "examples"), { recursive: true }) as string[]).filter((f) => f.endsWith(".kdl")).sort();
   test("there are example configs", () => expect(examples.length).toBeGreaterThan(0));
   for (const f of examples) {
     test(`accepts examples/${f}`, () => {
