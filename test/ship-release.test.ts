@@ -6,8 +6,8 @@
 // node_modules or the runtime cache); the build itself then runs under `unshare -n` (a network
 // namespace with no interfaces up) and with an empty Bun download cache, so neither a download
 // nor a runtime Bun cached earlier can be what makes it work.
-import { beforeAll, describe, expect, test } from "bun:test";
-import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, readSync, statSync, writeFileSync } from "node:fs";
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -69,6 +69,10 @@ function sha256(path: string): string {
 
 describe.skipIf(!OFFLINE)("npm run build:release (offline)", () => {
   let build: { code: number; stdout: string; stderr: string };
+  const temps: string[] = [];
+  afterAll(() => {
+    for (const d of temps) rmSync(d, { recursive: true, force: true });
+  });
 
   beforeAll(async () => {
     // Network on: make sure the three runtimes are local (node_modules or the runtime cache).
@@ -77,6 +81,7 @@ describe.skipIf(!OFFLINE)("npm run build:release (offline)", () => {
 
     // Network off: the real command.
     const emptyBunCache = mkdtempSync(join(tmpdir(), "sentinel-empty-bun-cache-"));
+    temps.push(emptyBunCache);
     const proc = Bun.spawn([...OFFLINE!, "npm", "run", "--silent", "build:release"], {
       cwd: ROOT,
       stdout: "pipe",
@@ -147,6 +152,7 @@ describe.skipIf(!OFFLINE)("npm run build:release (offline)", () => {
 
     const upstream = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: (req) => new Response(`upstream saw ${new URL(req.url).pathname}`) });
     const dir = mkdtempSync(join(tmpdir(), "sentinel-release-smoke-"));
+    temps.push(dir);
     const config = join(dir, "sentinel.kdl");
     writeFileSync(
       config,
