@@ -39,8 +39,8 @@ export interface LineSink {
   write(line: string): void;
   /** Resolves once every line buffered so far has been written (or dropped). */
   flush(): Promise<void>;
-  /** Flush, then close the file. Later writes are dropped. */
-  close(): Promise<void>;
+  /** Flush (waiting at most `timeoutMs` for a stuck disk), then close the file. Later writes are dropped. */
+  close(timeoutMs?: number): Promise<void>;
 }
 
 export interface SinkOptions {
@@ -143,10 +143,21 @@ export function createSink(name: string, file?: string, opts: SinkOptions = {}):
       if (!writing) kick();
       return p;
     },
-    async close() {
+    async close(timeoutMs = 2_000) {
       if (closed) return;
-      await this.flush();
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const flushed = await Promise.race([
+        this.flush().then(() => true),
+        new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), timeoutMs))),
+      ]);
+      clearTimeout(timer);
       closed = true;
+      if (!flushed) {
+        mDropped.inc(pending.length);
+        pending = [];
+        size = 0;
+        return; // a write is stuck in the kernel: leave the fd to the process exit
+      }
       if (fd !== 1) await new Promise<void>((resolve) => closeFd(fd, () => resolve()));
     },
   };
