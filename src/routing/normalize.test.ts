@@ -34,7 +34,14 @@ test("dot segments and repeated slashes", () => {
 });
 
 test("dangerous encodings are rejected", () => {
-  for (const p of ["/admin%2fx", "/admin%2Fx", "/public/..%2fadmin", "/a%5cb", "/admin%00/x", "/admin%09/x", "/admin%c0%afx", "/a%zz", "/a%4", "/a b", "/a\\b", "/a#f"]) {
+  for (const p of ["/admin%2fx", "/admin%2Fx", "/public/..%2fadmin", "/a%5cb", "/admin%00/x", "/admin%09/x", "/admin%c0%afx", "/a%zz", "/a%4", "/a b", "/a\\b", "/a#f", "/admin%3bx", "/public/..;/admin", "/p/.;x/y", "/public/%2e%2e;/admin", "/a\u00e9", "/a\ufffdb", "/a%EF%BF%BDb", "/a%ef%bf%bd"]) {
     expect(normalizePath(p).ok).toBe(false);
   }
+});
+
+test("characters fetch() would encode are encoded by the normaliser itself", () => {
+  expect(ok("/a{b}")).toBe("/a%7Bb%7D");
+  expect(ok('/a"<>`')).toBe("/a%22%3C%3E%60");
+  expect(ok("/a;b=c/d")).toBe("/a;b=c/d");
+  expect(ok("/a/..b;c/d")).toBe("/a/..b;c/d");
 });

@@ -4,10 +4,14 @@
 // Policy (documented in SECURITY.md):
 // - percent-encoded unreserved characters are decoded (%61 → a, %2E → .), other escapes are kept
 //   with upper-case hex;
-// - encoded '/', '\', NUL, control characters and overlong UTF-8 lead bytes (%C0, %C1) are
+// - encoded '/', '\', ';', NUL, control characters and overlong UTF-8 lead bytes (%C0, %C1) are
 //   rejected (400): an upstream that decodes them would see a different path than we routed;
-// - dot segments are resolved and repeated slashes merged;
-// - raw control characters, spaces, '\' and '#' are rejected.
+// - dot segments are resolved and repeated slashes merged; a dot segment carrying parameters
+//   ("..;x", ".;x", as Tomcat-style upstreams strip ";x" and then resolve the dots) is rejected;
+// - raw control characters, spaces, '\', '#' and non-ASCII bytes are rejected (Bun turns invalid
+//   raw bytes into U+FFFD, %EF%BF%BD, which is rejected as well);
+// - the characters fetch() would percent-encode on the way out (" < > ` { }) are encoded here,
+//   so that the path the router matched is byte for byte the path the upstream receives.
 
 export type NormalizeResult = { ok: true; path: string } | { ok: false; reason: string };
 
@@ -26,12 +30,15 @@ function isUnreserved(b: number): boolean {
   );
 }
 
+/** Raw characters WHATWG URL serialisation (hence fetch) percent-encodes in a path. */
+const ENCODE_RAW: Record<number, string> = { 0x22: "%22", 0x3c: "%3C", 0x3e: "%3E", 0x60: "%60", 0x7b: "%7B", 0x7d: "%7D" };
+
 /** Fast check: nothing to do for the common case of a clean path. */
 function isClean(path: string): boolean {
   let prev = 0;
   for (let i = 0; i < path.length; i++) {
     const c = path.charCodeAt(i);
-    if (c === 0x25 || c <= 0x20 || c >= 0x7f || c === 0x5c || c === 0x23) return false; // % ctl sp \ #
+    if (c === 0x25 || c <= 0x20 || c >= 0x7f || c === 0x5c || c === 0x23 || ENCODE_RAW[c] !== undefined) return false; // % ctl sp \ # non-ASCII
     if (c === 0x2f && prev === 0x2f) return false; // //
     if (c === 0x2e && prev === 0x2f) return false; // /. (possible dot segment)
     prev = c;
@@ -53,17 +60,20 @@ export function normalizePath(path: string): NormalizeResult {
       if (hi < 0 || lo < 0) return { ok: false, reason: "malformed percent-encoding in path" };
       const b = hi * 16 + lo;
       i += 2;
-      if (b === 0x2f || b === 0x5c) return { ok: false, reason: "encoded slash or backslash in path" };
+      if (b === 0x2f || b === 0x5c || b === 0x3b) return { ok: false, reason: "encoded slash, backslash or semicolon in path" };
       if (b < 0x20 || b === 0x7f) return { ok: false, reason: "encoded control character in path" };
       if (b === 0xc0 || b === 0xc1) return { ok: false, reason: "overlong UTF-8 sequence in path" };
+      // Bun turns invalid raw bytes in the request target into U+FFFD (%EF%BF%BD): reject it.
+      if (b === 0xef && /^%BF%BD/i.test(path.slice(i + 1, i + 7))) return { ok: false, reason: "invalid byte in request target" };
       if (isUnreserved(b)) decoded += String.fromCharCode(b);
       else decoded += "%" + HEX[hi] + HEX[lo];
       continue;
     }
     if (c <= 0x20 || c === 0x7f) return { ok: false, reason: "control character or space in path" };
+    if (c > 0x7f) return { ok: false, reason: "non-ASCII character in path" };
     if (c === 0x5c) return { ok: false, reason: "backslash in path" };
     if (c === 0x23) return { ok: false, reason: "fragment in request target" };
-    decoded += path[i];
+    decoded += ENCODE_RAW[c] ?? path[i];
   }
   if (decoded.charCodeAt(0) !== 0x2f) decoded = "/" + decoded;
 
@@ -74,6 +84,7 @@ export function normalizePath(path: string): NormalizeResult {
     const seg = segments[i]!;
     const last = i === segments.length - 1;
     if (seg === "" && !last) continue; // repeated slash
+    if (seg.startsWith("..;") || seg.startsWith(".;")) return { ok: false, reason: "dot segment with parameters in path" };
     if (seg === ".") {
       if (last) out.push("");
       continue;
