@@ -120,7 +120,7 @@ function judge(ctx: RequestContext, step: AgentStep, result: AgentCallResult): O
 function metadata(ctx: RequestContext): RequestMetadata {
   return {
     correlationId: ctx.correlationId,
-    requestId: crypto.randomUUID(),
+    requestId: ctx.traceId,
     clientIp: ctx.clientIp,
     clientPort: ctx.clientPort,
     serverName: ctx.host || null,
@@ -133,13 +133,17 @@ function metadata(ctx: RequestContext): RequestMetadata {
   };
 }
 
+const NO_OPS: HeaderOp[] = [];
+
 /**
  * Request headers: every subscribed agent in parallel; the first non-allow in route order wins;
- * fail-closed errors answer 503/504 only when no agent denied; allow mutations merge in order.
+ * fail-closed errors answer 503/504 only when no agent denied. Returns the Response that ends
+ * the request, or the allowed agents' request-header operations merged in route order (the
+ * pipeline applies them, see headers.ts); response-header operations are deferred on ctx.
  */
-export async function requestHeadersPhase(ctx: RequestContext): Promise<Response | undefined> {
+export async function requestHeadersPhase(ctx: RequestContext): Promise<Response | HeaderOp[]> {
   const steps = ctx.plan!.requestHeadersAgents;
-  if (steps.length === 0) return undefined;
+  if (steps.length === 0) return NO_OPS;
   const event: AgentEvent = {
     type: "request_headers",
     correlationId: ctx.correlationId,
@@ -164,11 +168,12 @@ export async function requestHeadersPhase(ctx: RequestContext): Promise<Response
     ctx.error = failed.reason;
     return errorResponse(failed.status, ctx.traceId, failed.status === 503 ? { "retry-after": "1" } : undefined);
   }
+  let ops = NO_OPS;
   for (const reply of allowed) {
-    applyHeaderOps(ctx.upstreamHeaders!, reply.requestHeaders);
+    if (reply.requestHeaders.length > 0) ops = ops === NO_OPS ? [...reply.requestHeaders] : ops.concat(reply.requestHeaders);
     if (reply.responseHeaders.length > 0) ctx.deferredResponseOps.push(...reply.responseHeaders);
   }
-  return undefined;
+  return ops;
 }
 
 function concat(parts: Uint8Array[], total: number): Uint8Array {

@@ -11,6 +11,7 @@ const TEXT: Record<number, string> = {
   421: "misdirected request",
   429: "too many requests",
   431: "request header fields too large",
+  499: "client closed request",
   500: "internal error",
   502: "bad gateway",
   503: "service unavailable",

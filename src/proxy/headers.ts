@@ -1,5 +1,25 @@
 // The one place that sanitises headers in each direction (RFC 9110 §7.6.1).
+//
+// Client → upstream, in three steps driven by the pipeline:
+//   1. `upstreamRequestHeaders` (before agents): drops hop-by-hop headers, header names with an
+//      underscore (CGI/WSGI/PHP upstreams fold '_' into '-': `X_Auth_User` would become
+//      `X-Auth-User`), `Expect`, and every header only the proxy may set (PROXY_OWNED); then adds
+//      the proxy's own forwarding headers. Agents see exactly this view, which still includes the
+//      names the client listed in `Connection` (the auth agent must see an Authorization header
+//      even when the client nominated it).
+//   2. the agents decide;
+//   3. `finishUpstreamRequestHeaders`: removes the Connection-nominated names, applies the
+//      agents' operations (a name an agent writes is agent-owned: values the client sent under
+//      that name are removed first, so `add` cannot append to a forged identity), the route's
+//      policies, and finally the proxy's own headers again, so that neither clients, agents nor
+//      policies can forge them.
+// Upstream → client (`downstreamResponseHeaders`): hop-by-hop and Connection-nominated headers
+// removed, Content-Length dropped (Bun frames the body), the whole head bounded
+// (MAX_RESPONSE_HEAD_BYTES, else 502), Via added.
 import type { HeaderMap, HeaderOp } from "../agents/types.ts";
+import type { HeaderOpConfig } from "../config/types.ts";
+import { applyPolicyOps } from "./policies.ts";
+import { MAX_RESPONSE_HEAD_BYTES } from "./limits.ts";
 
 /** Hop-by-hop headers: never forwarded in either direction. */
 export const HOP_BY_HOP = new Set([
@@ -18,6 +38,30 @@ export const HOP_BY_HOP = new Set([
 /** Headers an agent (or policy) may never set, add or remove. */
 const PROTECTED = new Set([...HOP_BY_HOP, "host", "content-length"]);
 
+/**
+ * Request headers only the proxy sets. A client's value is dropped (X-Forwarded-For is kept as
+ * the prior chain the proxy appends to, X-Request-Id becomes the trace id when it is valid);
+ * X-Original-URL / X-Rewrite-URL are routing overrides some frameworks honour, never a client's
+ * to send.
+ */
+const PROXY_OWNED = new Set([
+  "x-forwarded-for",
+  "x-forwarded-proto",
+  "x-forwarded-host",
+  "forwarded",
+  "x-real-ip",
+  "x-request-id",
+  "x-correlation-id",
+  "x-trace-id",
+  "x-original-url",
+  "x-rewrite-url",
+  "via",
+  "expect",
+]);
+
+/** Our pseudonym in Via (RFC 9110 §7.6.3). */
+export const VIA = "1.1 sentinel";
+
 /** Remove hop-by-hop headers and every name listed in Connection, in place. */
 export function stripHopByHop(headers: Headers): void {
   const connection = headers.get("connection");
@@ -30,8 +74,84 @@ export function stripHopByHop(headers: Headers): void {
   for (const name of HOP_BY_HOP) headers.delete(name);
 }
 
-// A client may not use Connection to delete headers the proxy itself relies on for framing.
+// A peer may not use Connection to delete headers the proxy itself relies on for framing.
 const PROTECTED_FROM_CONNECTION = new Set(["host", "content-length"]);
+
+export interface ForwardingInfo {
+  clientIp: string;
+  proto: string;
+  /** Host as received ("" when absent). */
+  hostHeader: string;
+  traceId: string;
+}
+
+export interface UpstreamRequestHeaders {
+  /** The headers agents see, then (finished) what the upstream receives. */
+  headers: Headers;
+  /** Names the client listed in Connection (removed after the agents have seen them). */
+  nominated: string[];
+  /** The proxy's own headers, set before the agents and again last. */
+  own: Array<[string, string]>;
+}
+
+/** Step 1: the sanitised view of the client's headers plus the proxy's own (see the top). */
+export function upstreamRequestHeaders(incoming: Headers, fwd: ForwardingInfo): UpstreamRequestHeaders {
+  const headers = new Headers(incoming);
+  const nominated: string[] = [];
+  const connection = incoming.get("connection");
+  if (connection) {
+    for (const raw of connection.split(",")) {
+      const name = raw.trim().toLowerCase();
+      if (name && !PROTECTED_FROM_CONNECTION.has(name) && !HOP_BY_HOP.has(name) && !PROXY_OWNED.has(name)) nominated.push(name);
+    }
+  }
+  const drop: string[] = [];
+  for (const name of headers.keys()) if (HOP_BY_HOP.has(name) || PROXY_OWNED.has(name) || name.includes("_")) drop.push(name);
+  for (const name of drop) headers.delete(name);
+
+  const nominates = (n: string) => connection !== null && connection.toLowerCase().split(",").some((x) => x.trim() === n);
+  const priorXff = nominates("x-forwarded-for") ? null : incoming.get("x-forwarded-for");
+  const priorVia = nominates("via") ? null : incoming.get("via");
+  const own: Array<[string, string]> = [
+    ["x-forwarded-for", priorXff ? `${priorXff}, ${fwd.clientIp}` : fwd.clientIp],
+    ["x-forwarded-proto", fwd.proto],
+    ["x-request-id", fwd.traceId],
+    ["x-correlation-id", fwd.traceId],
+    ["x-trace-id", fwd.traceId],
+    ["via", priorVia ? `${priorVia}, ${VIA}` : VIA],
+  ];
+  if (fwd.hostHeader) own.push(["x-forwarded-host", fwd.hostHeader]);
+  for (const [n, v] of own) headers.set(n, v);
+  return { headers, nominated, own };
+}
+
+/** Step 3: Connection-nominated names out, agent operations, policies, the proxy's own headers. */
+export function finishUpstreamRequestHeaders(u: UpstreamRequestHeaders, agentOps: readonly HeaderOp[], policyOps: readonly HeaderOpConfig[]): void {
+  const h = u.headers;
+  for (const name of u.nominated) h.delete(name);
+  if (agentOps.length > 0) {
+    for (const op of agentOps) if (op.op !== "remove") h.delete(op.name);
+    applyHeaderOps(h, agentOps);
+  }
+  if (policyOps.length > 0) applyPolicyOps(h, policyOps);
+  for (const [n, v] of u.own) h.set(n, v);
+}
+
+/**
+ * Upstream → client: hop-by-hop and Connection-nominated headers removed, Content-Length dropped,
+ * Via added. Null when the upstream's head is larger than MAX_RESPONSE_HEAD_BYTES (→ 502).
+ */
+export function downstreamResponseHeaders(upstream: Headers): Headers | null {
+  let size = 0;
+  for (const [name, value] of upstream) size += name.length + value.length + 4;
+  if (size > MAX_RESPONSE_HEAD_BYTES) return null;
+  const headers = new Headers(upstream);
+  stripHopByHop(headers);
+  headers.delete("content-length");
+  const via = headers.get("via");
+  headers.set("via", via ? `${via}, ${VIA}` : VIA);
+  return headers;
+}
 
 /** Headers → protocol header map (lower-case name → values), built once per request. */
 export function toHeaderMap(headers: Headers): HeaderMap {

@@ -10,13 +10,14 @@ import type { Server } from "bun";
 import type { ListenerConfig, RouteConfig } from "../config/types.ts";
 import type { RequestContext } from "./context.ts";
 import { errorResponse } from "./errors.ts";
-import { stripHopByHop } from "./headers.ts";
+import { downstreamResponseHeaders, finishUpstreamRequestHeaders, upstreamRequestHeaders } from "./headers.ts";
+import { checkRequestHead, guardRequestBody, guardResponseBody } from "./limits.ts";
 import { acceptTraceId, newTraceId } from "./ids.ts";
 import { normalizePath } from "../routing/normalize.ts";
 import type { MatchInput } from "../routing/router.ts";
 import type { Runtime } from "./runtime.ts";
 import { forward, releaseTarget } from "../upstreams/forward.ts";
-import { meteredStream, BodyLimitError } from "../upstreams/body.ts";
+import { BodyLimitError, peekBody } from "../upstreams/body.ts";
 import {
   applyDeferredResponseOps,
   requestBodyPhase,
@@ -38,6 +39,8 @@ export interface ProxyState {
 }
 
 const BODYLESS_METHODS = new Set(["GET", "HEAD"]);
+/** How long the response waits for the first body chunk before relaying (see peekBody). */
+const PEEK_WINDOW_MS = 5;
 const REFUSED_METHODS = new Set(["CONNECT", "TRACE"]);
 
 function parseHost(raw: string): string | undefined {
@@ -83,15 +86,8 @@ function receive(req: Request, server: Server<unknown>, listener: ListenerConfig
     rawPath = q < 0 ? url.slice(start) : url.slice(start, q);
     query = q < 0 ? "" : url.slice(q);
   }
-  if (rawPath.length + query.length > limits.maxUriLength) return reject(414);
-
-  let count = 0;
-  let size = 0;
-  for (const [name, value] of incoming) {
-    count++;
-    size += name.length + value.length + 4;
-  }
-  if (count > limits.maxHeaderCount || size > limits.maxHeaderSize) return reject(431);
+  const tooLarge = checkRequestHead(rawPath.length + query.length, incoming, limits);
+  if (tooLarge) return reject(tooLarge);
 
   const hostHeader = incoming.get("host") ?? "";
   const host = parseHost(hostHeader);
@@ -144,35 +140,21 @@ function route(ctx: RequestContext): RouteConfig | undefined {
   return fallback ? rt.router.byId.get(fallback) : undefined;
 }
 
-/** The headers the upstream will see, before agents and policies: hop-by-hop removed. */
-function upstreamHeaders(ctx: RequestContext): Headers {
-  const h = new Headers(ctx.req.headers);
-  stripHopByHop(h);
-  h.delete("expect");
-  return h;
-}
-
-/** Headers only the proxy sets: added last so that neither clients nor agents can forge them. */
-function addForwardingHeaders(ctx: RequestContext, h: Headers): void {
-  const prior = h.get("x-forwarded-for");
-  h.set("x-forwarded-for", prior ? `${prior}, ${ctx.clientIp}` : ctx.clientIp);
-  h.set("x-forwarded-proto", ctx.listener.protocol);
-  if (ctx.hostHeader) h.set("x-forwarded-host", ctx.hostHeader);
-  h.set("x-correlation-id", ctx.traceId);
-  h.set("x-trace-id", ctx.traceId);
-  h.delete("forwarded");
-  h.delete("x-real-ip");
-}
-
 /** Phase 3 — request filter: request-header agents, policies, request body limits and agents. */
 async function requestFilter(ctx: RequestContext): Promise<{ response?: Response; body: ReadableStream<Uint8Array> | Uint8Array | null }> {
   const plan = ctx.plan!;
-  const headers = (ctx.upstreamHeaders = upstreamHeaders(ctx));
+  // headers.ts: sanitised, plus the proxy's own forwarding headers; agents see this view.
+  const upstream = upstreamRequestHeaders(ctx.req.headers, {
+    clientIp: ctx.clientIp,
+    proto: ctx.listener.protocol,
+    hostHeader: ctx.hostHeader,
+    traceId: ctx.traceId,
+  });
+  const headers = (ctx.upstreamHeaders = upstream.headers);
 
-  const denied = await requestHeadersPhase(ctx);
-  if (denied) return { response: denied, body: null };
-  applyPolicyOps(headers, plan.requestHeaderOps);
-  addForwardingHeaders(ctx, headers);
+  const verdict = await requestHeadersPhase(ctx);
+  if (verdict instanceof Response) return { response: verdict, body: null };
+  finishUpstreamRequestHeaders(upstream, verdict, plan.requestHeaderOps);
 
   // Body framing: Bun already rejected CL+TE, bad CL and bad chunking (reliability catalog §0.1).
   const cl = ctx.req.headers.get("content-length");
@@ -200,13 +182,8 @@ async function requestFilter(ctx: RequestContext): Promise<{ response?: Response
     return { body: ctx.req.body! };
   }
   const meter = { bytes: 0 };
-  const stream = meteredStream(ctx.req.body!, {
-    limit: plan.maxBodySize,
-    idleMs: ctx.rt.config.system.idleTimeoutMs,
-    meter,
-    onEnd: () => {
-      ctx.bytesIn = meter.bytes;
-    },
+  const stream = guardRequestBody(ctx.req.body!, plan.maxBodySize, ctx.rt.config.system.idleTimeoutMs, meter, () => {
+    ctx.bytesIn = meter.bytes;
   });
   if (plan.requestBodyAgents.length === 0) return { body: stream };
   try {
@@ -223,24 +200,33 @@ async function requestFilter(ctx: RequestContext): Promise<{ response?: Response
 /** Phase 5 — response filter: sanitise, agents on response headers and body, policies. */
 async function responseFilter(ctx: RequestContext, upstream: Response): Promise<Response> {
   const plan = ctx.plan!;
-  const headers = new Headers(upstream.headers);
-  stripHopByHop(headers);
-  headers.delete("content-length");
+  const headers = downstreamResponseHeaders(upstream.headers);
+  if (!headers) {
+    upstream.body?.cancel().catch(() => {});
+    ctx.error = "upstream response head too large";
+    return errorResponse(502, ctx.traceId);
+  }
   applyDeferredResponseOps(ctx, headers);
   applyPolicyOps(headers, plan.responseHeaderOps);
-  headers.set("x-correlation-id", ctx.traceId);
 
   const denied = await responseHeadersPhase(ctx, upstream.status, headers);
   if (denied) {
     upstream.body?.cancel().catch(() => {});
     return denied;
   }
+  headers.set("x-correlation-id", ctx.traceId);
   const bodyless = ctx.method === "HEAD" || upstream.status === 204 || upstream.status === 304 || upstream.body === null;
   if (bodyless) {
     upstream.body?.cancel().catch(() => {});
     return new Response(null, { status: upstream.status, statusText: upstream.statusText, headers });
   }
-  let body: ReadableStream<Uint8Array> | Uint8Array = upstream.body!;
+  // A body whose framing is broken from its first byte is a 502, not a truncated answer.
+  const peeked = await peekBody(upstream.body!, PEEK_WINDOW_MS);
+  if (!peeked.ok) {
+    ctx.error = `upstream response body: ${(peeked.error as Error)?.message ?? peeked.error}`;
+    return errorResponse(502, ctx.traceId);
+  }
+  let body: ReadableStream<Uint8Array> | Uint8Array = peeked.body;
   if (plan.responseBodyAgents.length > 0) {
     const inspected = await responseBodyPhase(ctx, body as ReadableStream<Uint8Array>);
     if (inspected.response) return inspected.response;
@@ -269,18 +255,17 @@ function finishOnBodyEnd(ctx: RequestContext, state: ProxyState, res: Response):
     return res;
   }
   const meter = { bytes: 0 };
-  const idleMs = ctx.plan?.readTimeoutMs ?? 30_000;
-  const body = meteredStream(res.body, {
-    limit: Number.MAX_SAFE_INTEGER,
-    idleMs,
-    meter,
-    onEnd: (err) => {
-      ctx.bytesOut = meter.bytes;
-      if (err && !ctx.error) ctx.error = `response body: ${(err as Error)?.message ?? err}`;
-      finish(ctx, state);
-    },
+  const body = guardResponseBody(res.body, ctx.plan?.readTimeoutMs ?? 30_000, meter, (err) => {
+    ctx.bytesOut = meter.bytes;
+    if (err && !ctx.error) ctx.error = `response body: ${(err as Error)?.message ?? err}`;
+    finish(ctx, state);
   });
   return new Response(body, { status: res.status, statusText: res.statusText, headers: res.headers });
+}
+
+/** Resolves on the next macrotask turn (after Bun has looked at the rest of the connection's input). */
+function nextTurn(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
 }
 
 /** Entry point for every HTTP request on a proxy listener. */
@@ -303,9 +288,21 @@ export async function handleRequest(req: Request, server: Server<unknown>, liste
     }
     ctx.plan = rt.plans.get(r.id)!;
     if (r.builtinHandler) return finishOnBodyEnd(ctx, state, await handleBuiltin(ctx, state, r.builtinHandler));
+    const upgrade = isWebSocketUpgrade(req);
+    if (upgrade && !r.websocket) return end(ctx, state, errorResponse(400, ctx.traceId));
 
-    if (isWebSocketUpgrade(req)) {
-      if (!r.websocket) return end(ctx, state, errorResponse(400, ctx.traceId));
+    // HTTP/1.1 pipelining (SECURITY.md): Bun.serve closes a connection on which a request arrives
+    // before the previous response is complete, aborting that previous request — after draining
+    // microtasks, before the next macrotask. Waiting one macrotask turn before the first side
+    // effect (agent call, upstream fetch) means that of several requests sent together none ever
+    // reaches an agent or an upstream: the connection is closed and nothing is answered.
+    await nextTurn();
+    if (ctx.signal.aborted) {
+      ctx.error = "connection closed before processing (pipelined request)";
+      return end(ctx, state, errorResponse(499, ctx.traceId));
+    }
+
+    if (upgrade) {
       const filtered = await requestFilter(ctx);
       if (filtered.response) return end(ctx, state, filtered.response);
       return proxyWebSocket(ctx, () => finish(ctx, state));

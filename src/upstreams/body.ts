@@ -105,3 +105,49 @@ export async function readBounded(stream: ReadableStream<Uint8Array>, limit: num
   }
   return out;
 }
+
+/**
+ * Wait at most `windowMs` for the first chunk of an upstream body. A body that fails at once
+ * (framing errors such as a bad chunk size, which fetch only reports when the body is read) is
+ * reported, so that the client gets a 502 rather than a truncated 200; a body still pending after
+ * the window is relayed as it comes, so streaming responses are never held back longer.
+ */
+export async function peekBody(
+  body: ReadableStream<Uint8Array>,
+  windowMs: number,
+): Promise<{ ok: true; body: ReadableStream<Uint8Array> } | { ok: false; error: unknown }> {
+  const reader = body.getReader();
+  const first = reader.read();
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const early = await Promise.race([
+    first.then(
+      () => null,
+      (error: unknown) => ({ error }),
+    ),
+    new Promise<null>((resolve) => (timer = setTimeout(() => resolve(null), windowMs))),
+  ]);
+  clearTimeout(timer);
+  if (early) {
+    reader.cancel(early.error).catch(() => {});
+    return { ok: false, error: early.error };
+  }
+  let pending: ReturnType<typeof reader.read> | null = first;
+  return {
+    ok: true,
+    body: new ReadableStream<Uint8Array>(
+      {
+        async pull(c) {
+          const next = pending ?? reader.read();
+          pending = null;
+          const { done, value } = await next;
+          if (done) c.close();
+          else c.enqueue(value);
+        },
+        cancel(reason) {
+          return reader.cancel(reason);
+        },
+      },
+      { highWaterMark: 0 },
+    ),
+  };
+}
