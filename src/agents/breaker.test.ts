@@ -137,6 +137,22 @@ describe("CircuitBreaker", () => {
     expect(probe).not.toBeNull(); // the probe slot was not consumed by stale permits
   });
 
+  test("halfOpenNow: open → half-open at once (a replica reconnected); no-op otherwise", () => {
+    const { b, changes } = make();
+    b.halfOpenNow();
+    expect(b.state()).toBe("closed");
+    fail(b);
+    fail(b);
+    fail(b);
+    expect(b.state()).toBe("open");
+    b.halfOpenNow();
+    expect(b.state()).toBe("half_open");
+    expect(b.tryAcquire()).not.toBeNull();
+    expect(b.tryAcquire()).toBeNull(); // probe slots still apply
+    b.halfOpenNow();
+    expect(changes).toEqual(["closed->open", "open->half_open"]);
+  });
+
   test("a permit settles once", () => {
     const { b } = make();
     const p = b.tryAcquire()!;

@@ -4,6 +4,7 @@
 //   open      --timeoutMs elapsed (evaluated lazily on use)-->      half_open
 //   half_open --successThreshold consecutive successes-->           closed
 //   half_open --any failure-->                                      open (timeout restarts)
+//   open      --halfOpenNow() (a replica reconnected)-->             half_open
 //
 // Callers take a permit per logical call (`tryAcquire`) and settle it exactly once with
 // `success()`, `failure()` or `release()` (neutral: overload, caller abort; counts as neither).
@@ -57,6 +58,14 @@ export class CircuitBreaker {
   state(): CircuitState {
     if (this.st === "open" && this.now() - this.openedAt >= this.timeoutMs) this.transition("half_open");
     return this.st;
+  }
+
+  /**
+   * Open → half-open now, without waiting for the timeout (a replicated agent's endpoint that has
+   * just reconnected: its probes decide at once). No-op in any other state.
+   */
+  halfOpenNow(): void {
+    if (this.st === "open") this.transition("half_open");
   }
 
   /** When an open circuit will become half-open (clock of `now`), or null when not open. */

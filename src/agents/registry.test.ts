@@ -69,6 +69,18 @@ describe("deepEqual / sameAgentConfig", () => {
     expect(sameAgentConfig(cfg("a"), cfg("a", { transport: { kind: "uds", address: "/tmp/a.sock", protocol: "v2" } }))).toBe(true);
     expect(sameAgentConfig(cfg("a"), cfg("a", { events: ["request_headers", "request_body"] }))).toBe(false);
   });
+  test("replicated agents: a different endpoint list or DNS setting is a different agent", () => {
+    const three = (eps: string[]) => cfg("r", { transport: { kind: "grpc", address: eps[0]!, endpoints: eps, protocol: "v2" } });
+    const eps = ["http://127.0.0.2:1", "http://127.0.0.3:1", "http://127.0.0.4:1"];
+    expect(sameAgentConfig(three(eps), three([...eps]))).toBe(true);
+    expect(sameAgentConfig(three(eps), three(eps.slice(0, 2)))).toBe(false);
+    expect(sameAgentConfig(three(eps), three([eps[0]!, eps[2]!, eps[1]!]))).toBe(false);
+    const dns = (ms: number) =>
+      cfg("d", { transport: { kind: "grpc", address: "dns://a:1", dns: { name: "a", port: 1, scheme: "http", resolveIntervalMs: ms }, protocol: "v2" } });
+    expect(sameAgentConfig(dns(30_000), dns(30_000))).toBe(true);
+    expect(sameAgentConfig(dns(30_000), dns(10_000))).toBe(false);
+  });
+
   test("edge cases", () => {
     expect(deepEqual({ a: undefined, b: 1 }, { b: 1 })).toBe(true);
     expect(deepEqual([1, 2], [2, 1])).toBe(false);

@@ -1101,6 +1101,75 @@ describe("agents", () => {
     ]);
   });
 
+  test("replicated agents: several endpoints (values and endpoint children), DNS form, resolve-interval-secs", () => {
+    const r = agents(`  agent "g" { grpc "http://127.0.0.2:50051" "http://127.0.0.3:50051" "127.0.0.4:50051"; failure-mode "closed"; }
+  agent "gb" { grpc { endpoint "https://a.internal:1"; endpoint "https://b.internal:1"; tls-insecure; }; failure-mode "closed"; }
+  agent "u" { unix-socket "${dir}/u1.sock" "${dir}/u2.sock"; failure-mode "closed"; }
+  agent "ub" { transport { unix-socket { endpoint "${dir}/b1.sock"; endpoint "${dir}/b2.sock"; }; }; failure-mode "open"; }
+  agent "d" { grpc "dns://agents.svc.cluster.local:50051"; resolve-interval-secs 10; failure-mode "closed"; }
+  agent "d2" { grpc "dns://localhost:7000" { resolve-interval-secs 5; }; failure-mode "closed"; }
+  agent "d3" { grpc "dns://localhost:7000"; failure-mode "closed"; }
+  agent "one" { grpc "http://127.0.0.2:50051"; failure-mode "closed"; }`);
+    expect(r.errors).toEqual([]);
+    expect(A(r, "g").transport).toEqual({
+      kind: "grpc",
+      address: "http://127.0.0.2:50051",
+      endpoints: ["http://127.0.0.2:50051", "http://127.0.0.3:50051", "http://127.0.0.4:50051"],
+      protocol: "auto",
+    });
+    expect(A(r, "gb").transport).toEqual({
+      kind: "grpc",
+      address: "https://a.internal:1",
+      endpoints: ["https://a.internal:1", "https://b.internal:1"],
+      tls: { insecure: true },
+      protocol: "auto",
+    });
+    expect(A(r, "u").transport).toEqual({ kind: "uds", address: `${dir}/u1.sock`, endpoints: [`${dir}/u1.sock`, `${dir}/u2.sock`], protocol: "auto" });
+    expect(A(r, "ub").transport.endpoints).toEqual([`${dir}/b1.sock`, `${dir}/b2.sock`]);
+    expect(A(r, "d").transport).toEqual({
+      kind: "grpc",
+      address: "dns://agents.svc.cluster.local:50051",
+      dns: { name: "agents.svc.cluster.local", port: 50051, scheme: "http", resolveIntervalMs: 10_000 },
+      protocol: "auto",
+    });
+    expect(A(r, "d2").transport.dns).toEqual({ name: "localhost", port: 7000, scheme: "http", resolveIntervalMs: 5000 });
+    expect(A(r, "d3").transport.dns!.resolveIntervalMs).toBe(30_000);
+    // A single endpoint keeps exactly today's shape.
+    expect(A(r, "one").transport).toEqual({ kind: "grpc", address: "http://127.0.0.2:50051", protocol: "auto" });
+    expect("endpoints" in A(r, "one").transport).toBe(false);
+    expect(r.warnings.filter((w) => !w.includes("parent directory"))).toEqual([
+      'main.kdl:6:15: agent \'g\' grpc: address without scheme; using "http://127.0.0.4:50051"',
+      "main.kdl:7:89: agent 'gb' grpc: tls-insecure disables certificate verification for this agent",
+    ]);
+  });
+
+  test("replicated agents: errors", () => {
+    const many = Array.from({ length: 65 }, (_, i) => `"http://10.0.0.${i}:1"`).join(" ");
+    const r = agents(`  agent "dup" { grpc "http://a:1" "http://a:1"; failure-mode "open"; }
+  agent "mix" { grpc "http://a:1" "https://b:1"; failure-mode "open"; }
+  agent "dnsplus" { grpc "dns://a:1" "http://b:1"; failure-mode "open"; }
+  agent "badns" { grpc "dns://a"; failure-mode "open"; }
+  agent "many" { grpc ${many}; failure-mode "open"; }
+  agent "udup" { unix-socket "${dir}/x.sock" "${dir}/x.sock"; failure-mode "open"; }
+  agent "ri" { grpc "http://a:1"; resolve-interval-secs 5; failure-mode "open"; }
+  agent "ri2" { grpc "dns://a:1" { resolve-interval-secs 5; }; resolve-interval-secs 6; failure-mode "open"; }
+  agent "ri3" { grpc "dns://a:1"; resolve-interval-secs 0; failure-mode "open"; }
+  agent "two" { grpc "http://a:1"; grpc "http://b:1"; failure-mode "open"; }`);
+    const strip = (e: string) => e.replace(/^main\.kdl:\d+:\d+: /, "");
+    expect(r.errors.map(strip)).toEqual([
+      `agent 'dup' grpc: endpoint "http://a:1" is listed twice`,
+      "agent 'mix' grpc: endpoints mix http:// and https://; use one scheme for every endpoint of an agent",
+      "agent 'dnsplus' grpc: a dns:// endpoint must be the agent's only endpoint",
+      `agent 'badns' grpc: invalid DNS endpoint "dns://a"; expected "dns://NAME:PORT"`,
+      "agent 'many' grpc: at most 64 endpoints per agent, got 65",
+      "agent 'udup': unix-socket endpoint 'x.sock' is listed twice", // (the test's load() shortens paths under dir)
+      "agent 'ri2': resolve-interval-secs is given twice (also at main.kdl:13:36)",
+      "agent 'ri3': 'resolve-interval-secs' must be between 1 and 86400, got 0",
+      `agent 'two': more than one transport (first at main.kdl:15:17); give exactly one; to replicate an agent, list every endpoint in one node, e.g. grpc "http://10.0.0.1:50051" "http://10.0.0.2:50051"`,
+    ]);
+    expect(r.warnings.map(strip)).toContain("agent 'ri': resolve-interval-secs applies to dns:// endpoints only; ignored");
+  });
+
   test("both transport styles that agree only warn", () => {
     const r = agents(`  agent "a" { unix-socket "${dir}/a.sock"; transport { unix-socket "${dir}/a.sock"; }; failure-mode "open"; }`);
     expect(r.errors).toEqual([]);

@@ -35,6 +35,7 @@ import type {
   UpstreamConfig,
   UpstreamHealthCheckConfig,
 } from "./types.ts";
+import { MAX_AGENT_ENDPOINTS } from "./types.ts";
 
 // ───────────────────────────── defaults ─────────────────────────────
 
@@ -1948,6 +1949,8 @@ class Converter {
     let protocolNode: KdlNode | undefined;
     let protocol = "auto" as AgentTransportConfig["protocol"];
     let connectionsNode: KdlNode | undefined;
+    let resolveIntervalNode: KdlNode | undefined;
+    let resolveIntervalMs: number | undefined;
     const a: Omit<AgentConfig, "transport" | "type" | "failureMode" | "failureModeExplicit"> & {
       failureMode?: FailureMode;
     } = {
@@ -2026,6 +2029,11 @@ class Converter {
           },
           { repeatable: ["unix-socket", "grpc", "http"] },
         );
+      },
+      "resolve-interval-secs": (c) => {
+        resolveIntervalNode = c;
+        const v = r.int(c, w, 1, 86_400);
+        if (v !== undefined) resolveIntervalMs = v * 1000;
       },
       protocol: (c) => {
         protocolNode = c;
@@ -2146,7 +2154,8 @@ class Converter {
       "connection-pool": r.unsupportedHandler("agent connection-pool (use 'connections N')"),
       "event-timeouts": r.unsupportedHandler("agent event-timeouts"),
       "body-handling": r.unsupportedHandler("agent body-handling"),
-    });
+      // Repeats are reported below as "more than one transport", with the replication hint.
+    }, { repeatable: ["unix-socket", "grpc"] });
 
     // type: property and/or child
     if (typeProp !== undefined && typeChild !== undefined && typeProp !== typeChild) {
@@ -2157,18 +2166,34 @@ class Converter {
     // transport
     let transport: AgentTransportConfig | undefined;
     if (transports.length === 0) {
-      if (!n.children.some((c) => c.name === "http" || c.name === "transport")) {
+      // A transport node that was given but invalid has its own error already.
+      if (!n.children.some((c) => c.name === "http" || c.name === "transport" || c.name === "grpc" || c.name === "unix-socket")) {
         this.d.error(n, `Agent '${id}' requires a transport (unix-socket, grpc, or http)`);
       }
     } else {
       const first = transports[0]!;
-      const same = transports.every((x) => x.t.kind === first.t.kind && x.t.address === first.t.address);
+      const key = (t: AgentTransportConfig) => JSON.stringify([t.kind, t.address, t.endpoints ?? null]);
+      const same = transports.every((x) => key(x.t) === key(first.t));
       if (transports.length > 1 && same && transports.some((x) => x.style !== first.style)) {
         this.d.warn(transports[1]!.node, `${w}: transport given in both styles (direct and transport {}); they agree`);
       } else if (transports.length > 1) {
-        this.d.error(transports[1]!.node, `${w}: more than one transport (first at ${fmtLoc(locOf(first.node))}); give exactly one`);
+        const hint =
+          transports[1]!.t.kind === first.t.kind
+            ? `; to replicate an agent, list every endpoint in one node, e.g. ${first.t.kind === "grpc" ? 'grpc "http://10.0.0.1:50051" "http://10.0.0.2:50051"' : 'unix-socket "/run/a1.sock" "/run/a2.sock"'}`
+            : "";
+        this.d.error(transports[1]!.node, `${w}: more than one transport (first at ${fmtLoc(locOf(first.node))}); give exactly one${hint}`);
       }
-      transport = { ...first.t, protocol };
+      const { resolveIntervalNode: innerIntervalNode, ...firstT } = first.t as AgentTransportConfig & { resolveIntervalNode?: KdlNode };
+      transport = { ...firstT, protocol };
+      if (resolveIntervalNode) {
+        if (innerIntervalNode) {
+          this.d.error(resolveIntervalNode, `${w}: resolve-interval-secs is given twice (also at ${fmtLoc(locOf(innerIntervalNode))})`);
+        } else if (!transport.dns) {
+          this.d.warn(resolveIntervalNode, `${w}: resolve-interval-secs applies to dns:// endpoints only; ignored`);
+        } else if (resolveIntervalMs !== undefined) {
+          transport.dns = { ...transport.dns, resolveIntervalMs };
+        }
+      }
       if (transport.kind === "grpc" && protocol === "v1") {
         this.d.error(protocolNode!, `${w}: protocol "v1" applies to unix-socket agents only (gRPC is always v2)`);
       }
@@ -2197,40 +2222,74 @@ class Converter {
     this.cfg.agents.set(id, agent);
   }
 
+  /**
+   * `unix-socket "/a.sock"` (or path=), or a replicated agent: `unix-socket "/a.sock" "/b.sock"`
+   * and/or `unix-socket { endpoint "/a.sock"; endpoint "/b.sock"; }`.
+   */
   private unixSocket(c: KdlNode, w: string): AgentTransportConfig | undefined {
     const r = this.r;
     r.noProps(c, w, ["path"]);
-    r.noChildren(c, w);
-    let p: KdlValue | undefined = c.properties["path"];
+    const raw: Array<{ v: KdlValue | undefined; node: KdlNode }> = [];
+    const p: KdlValue | undefined = c.properties["path"];
     if (c.values.length) {
       if (p !== undefined) this.d.error(c, `${w}: unix-socket path given both as argument and as path= property`);
-      p = c.values[0];
-      if (c.values.length > 1) this.d.error(c, `${w}: unix-socket takes one path, got ${c.values.length}`);
+      for (const v of c.values) raw.push({ v, node: c });
+    } else if (p !== undefined) {
+      raw.push({ v: p, node: c });
     }
-    if (typeof p !== "string" || !p) {
+    r.block(c, `${w} unix-socket`, { endpoint: (cc) => raw.push({ v: r.str(cc, `${w} unix-socket`) ?? "", node: cc }) }, { repeatable: ["endpoint"] });
+    if (raw.length === 0) {
       this.d.error(c, `${w}: unix-socket expects a socket path, e.g. unix-socket "/run/sentinel/auth.sock"`);
       return undefined;
     }
-    const abs = this.resolvePath(c, p);
-    const dir = dirname(abs);
-    if (!existsSync(dir) || !statSync(dir).isDirectory()) {
-      // A warning, not an error: the agent's supervisor may create the directory after the proxy
-      // starts (systemd RuntimeDirectory), and the proxy must start while agents are down.
-      this.d.warn(c, `${w}: unix socket path parent directory doesn't exist (yet): '${dir}'`);
+    const paths: string[] = [];
+    const warnedDirs = new Set<string>();
+    for (const { v, node } of raw) {
+      if (typeof v !== "string" || !v) {
+        if (v !== "") this.d.error(node, `${w}: unix-socket expects a socket path, e.g. unix-socket "/run/sentinel/auth.sock"`);
+        return undefined;
+      }
+      const abs = this.resolvePath(node, v);
+      const dir = dirname(abs);
+      if (!warnedDirs.has(dir) && (!existsSync(dir) || !statSync(dir).isDirectory())) {
+        // A warning, not an error: the agent's supervisor may create the directory after the proxy
+        // starts (systemd RuntimeDirectory), and the proxy must start while agents are down.
+        warnedDirs.add(dir);
+        this.d.warn(node, `${w}: unix socket path parent directory doesn't exist (yet): '${dir}'`);
+      }
+      if (paths.includes(abs)) {
+        this.d.error(node, `${w}: unix-socket endpoint '${abs}' is listed twice`);
+        return undefined;
+      }
+      paths.push(abs);
     }
-    return { kind: "uds", address: abs, protocol: "auto" };
+    if (paths.length > MAX_AGENT_ENDPOINTS) {
+      this.d.error(c, `${w}: at most ${MAX_AGENT_ENDPOINTS} endpoints per agent, got ${paths.length}`);
+      return undefined;
+    }
+    return paths.length > 1 ? { kind: "uds", address: paths[0]!, endpoints: paths, protocol: "auto" } : { kind: "uds", address: paths[0]!, protocol: "auto" };
   }
 
-  private grpcTransport(c: KdlNode, w: string, blockStyle: boolean): AgentTransportConfig | undefined {
+  /**
+   * `grpc "http://host:port"` (or address=), a replicated agent `grpc "http://a:1" "http://b:1"`
+   * and/or `grpc { endpoint "…"; endpoint "…"; }`, or `grpc "dns://name:port"` (every address of
+   * the name is an endpoint; `resolve-interval-secs N` here or on the agent, default 30).
+   */
+  private grpcTransport(c: KdlNode, w: string, blockStyle: boolean): (AgentTransportConfig & { resolveIntervalNode?: KdlNode }) | undefined {
     const r = this.r;
     const gw = `${w} grpc`;
     r.noProps(c, gw, ["address"]);
-    let addr: KdlValue | undefined = c.properties["address"];
+    const raw: Array<{ v: KdlValue | undefined; node: KdlNode }> = [];
+    const addrProp: KdlValue | undefined = c.properties["address"];
+    let addrGiven = addrProp !== undefined;
     if (c.values.length) {
-      if (addr !== undefined) this.d.error(c, `${gw}: address given both as argument and as address= property`);
-      addr = c.values[0];
-      if (c.values.length > 1) this.d.error(c, `${gw}: takes one address, got ${c.values.length}`);
+      if (addrProp !== undefined) this.d.error(c, `${gw}: address given both as argument and as address= property`);
+      for (const v of c.values) raw.push({ v, node: c });
+    } else if (addrProp !== undefined) {
+      raw.push({ v: addrProp, node: c });
     }
+    let resolveIntervalMs: number | undefined;
+    let resolveIntervalNode: KdlNode | undefined;
     let tlsOn = false;
     const tls: NonNullable<AgentTransportConfig["tls"]> = { insecure: false };
     const file = (set: (p: string) => void, what: string, ww: string) => (cc: KdlNode) => {
@@ -2256,55 +2315,129 @@ class Converter {
       "client-key": file((p) => (tls.clientKey = p), "client-key", ww),
       "insecure-skip-verify": insecure(ww),
     });
-    r.block(c, gw, {
-      address: (cc) => {
-        const v = r.str(cc, gw);
-        if (addr !== undefined) this.d.error(cc, `${gw}: address is given twice`);
-        addr = v ?? "";
+    r.block(
+      c,
+      gw,
+      {
+        address: (cc) => {
+          const v = r.str(cc, gw);
+          if (addrGiven || c.values.length) this.d.error(cc, `${gw}: address is given twice`);
+          addrGiven = true;
+          raw.push({ v: v ?? "", node: v === undefined ? cc : c });
+        },
+        endpoint: (cc) => raw.push({ v: r.str(cc, gw) ?? "", node: cc }),
+        "resolve-interval-secs": (cc) => {
+          resolveIntervalNode = cc;
+          const v = r.int(cc, gw, 1, 86_400);
+          if (v !== undefined) resolveIntervalMs = v * 1000;
+        },
+        tls: (cc) => {
+          if (cc.children.length || blockStyle) {
+            r.blockNode(cc, gw);
+            tlsOn = true;
+            r.block(cc, `${gw} tls`, tlsChildren(`${gw} tls`));
+          } else {
+            const v = r.flag(cc, gw);
+            if (v !== undefined) tlsOn = v;
+          }
+        },
+        "tls-insecure": insecure(gw),
+        ...tlsChildren(gw),
       },
-      tls: (cc) => {
-        if (cc.children.length || blockStyle) {
-          r.blockNode(cc, gw);
-          tlsOn = true;
-          r.block(cc, `${gw} tls`, tlsChildren(`${gw} tls`));
-        } else {
-          const v = r.flag(cc, gw);
-          if (v !== undefined) tlsOn = v;
-        }
-      },
-      "tls-insecure": insecure(gw),
-      ...tlsChildren(gw),
-    });
-    if (typeof addr !== "string" || !addr) {
-      this.d.error(c, `${gw}: expects an address, e.g. grpc "http://127.0.0.1:50051" or grpc address="http://127.0.0.1:50051"`);
+      { repeatable: ["endpoint"] },
+    );
+    if (raw.length === 0 || raw.some((x) => typeof x.v !== "string" || !x.v)) {
+      const bad = raw.find((x) => typeof x.v !== "string" || !x.v);
+      // An empty endpoint child was already reported by r.str.
+      if (!bad || bad.v !== "" || bad.node === c) {
+        this.d.error(bad?.node ?? c, `${gw}: expects an address, e.g. grpc "http://127.0.0.1:50051" or grpc address="http://127.0.0.1:50051"`);
+      }
       return undefined;
-    }
-    let address = addr;
-    const m = /^(https?):\/\/(.+)$/.exec(address);
-    if (!m) {
-      if (!parseHostPort(address, { allowName: true, allowPortZero: false })) {
-        this.d.error(c, `${gw}: invalid address ${JSON.stringify(address)}; expected "http://HOST:PORT" or "https://HOST:PORT"`);
-        return undefined;
-      }
-      address = `${tlsOn ? "https" : "http"}://${address}`;
-      this.d.warn(c, `${gw}: address without scheme; using ${JSON.stringify(address)}`);
-    } else {
-      const hostPort = m[2]!.replace(/\/$/, "");
-      if (!parseHostPort(hostPort, { allowName: true, allowPortZero: false })) {
-        this.d.error(c, `${gw}: invalid address ${JSON.stringify(address)}; expected "http://HOST:PORT" or "https://HOST:PORT"`);
-        return undefined;
-      }
-      address = `${m[1]}://${hostPort}`;
-      if (m[1] === "https") tlsOn = true;
-      else if (tlsOn) {
-        address = `https://${hostPort}`;
-        this.d.warn(c, `${gw}: TLS settings given with an http:// address; connecting with TLS to ${address}`);
-      }
     }
     if ((tls.clientCert === undefined) !== (tls.clientKey === undefined)) {
       this.d.error(c, `${gw}: client-cert and client-key must be given together`);
     }
-    return tlsOn ? { kind: "grpc", address, tls, protocol: "v2" } : { kind: "grpc", address, protocol: "v2" };
+    const withTls = (t: AgentTransportConfig): AgentTransportConfig & { resolveIntervalNode?: KdlNode } => {
+      const out: AgentTransportConfig & { resolveIntervalNode?: KdlNode } = tlsOn ? { ...t, tls } : t;
+      if (resolveIntervalNode) out.resolveIntervalNode = resolveIntervalNode;
+      return out;
+    };
+
+    // DNS form: the only endpoint.
+    const dnsIdx = raw.findIndex((x) => /^dns:\/\//i.test(x.v as string));
+    if (dnsIdx >= 0) {
+      if (raw.length > 1) {
+        this.d.error(raw[dnsIdx === 0 ? 1 : dnsIdx]!.node, `${gw}: a dns:// endpoint must be the agent's only endpoint`);
+        return undefined;
+      }
+      const written = raw[0]!.v as string;
+      const hp = parseHostPort(written.slice("dns://".length).replace(/\/$/, ""), { allowName: true, allowPortZero: false });
+      if (!hp || hp.host.startsWith("[") || hp.host.includes(":")) {
+        this.d.error(raw[0]!.node, `${gw}: invalid DNS endpoint ${JSON.stringify(written)}; expected "dns://NAME:PORT"`);
+        return undefined;
+      }
+      if (tlsOn) {
+        this.d.warn(
+          raw[0]!.node,
+          `${gw}: TLS with a dns:// endpoint connects to each resolved IP address; the agents' certificates must be valid for those addresses (or use tls-insecure)`,
+        );
+      }
+      return withTls({
+        kind: "grpc",
+        address: `dns://${hp.host}:${hp.port}`,
+        dns: { name: hp.host, port: hp.port, scheme: tlsOn ? "https" : "http", resolveIntervalMs: resolveIntervalMs ?? 30_000 },
+        protocol: "v2",
+      });
+    }
+    if (resolveIntervalNode) {
+      this.d.warn(resolveIntervalNode, `${gw}: resolve-interval-secs applies to dns:// endpoints only; ignored`);
+    }
+
+    const addresses: string[] = [];
+    const schemes = new Set<string>();
+    for (const { v, node } of raw) {
+      let address = v as string;
+      const m = /^(https?):\/\/(.+)$/.exec(address);
+      if (!m) {
+        if (!parseHostPort(address, { allowName: true, allowPortZero: false })) {
+          this.d.error(node, `${gw}: invalid address ${JSON.stringify(address)}; expected "http://HOST:PORT" or "https://HOST:PORT"`);
+          return undefined;
+        }
+        address = `${tlsOn ? "https" : "http"}://${address}`;
+        this.d.warn(node, `${gw}: address without scheme; using ${JSON.stringify(address)}`);
+      } else {
+        const hostPort = m[2]!.replace(/\/$/, "");
+        if (!parseHostPort(hostPort, { allowName: true, allowPortZero: false })) {
+          this.d.error(node, `${gw}: invalid address ${JSON.stringify(address)}; expected "http://HOST:PORT" or "https://HOST:PORT"`);
+          return undefined;
+        }
+        address = `${m[1]}://${hostPort}`;
+        schemes.add(m[1]!);
+        if (schemes.size > 1) {
+          this.d.error(node, `${gw}: endpoints mix http:// and https://; use one scheme for every endpoint of an agent`);
+          return undefined;
+        }
+        if (m[1] === "https") tlsOn = true;
+        else if (tlsOn) {
+          address = `https://${hostPort}`;
+          this.d.warn(node, `${gw}: TLS settings given with an http:// address; connecting with TLS to ${address}`);
+        }
+      }
+      if (addresses.includes(address)) {
+        this.d.error(node, `${gw}: endpoint ${JSON.stringify(address)} is listed twice`);
+        return undefined;
+      }
+      addresses.push(address);
+    }
+    if (addresses.length > MAX_AGENT_ENDPOINTS) {
+      this.d.error(c, `${gw}: at most ${MAX_AGENT_ENDPOINTS} endpoints per agent, got ${addresses.length}`);
+      return undefined;
+    }
+    // An https:// endpoint after http:// ones switched TLS on: all of them use TLS then.
+    const final = tlsOn ? addresses.map((a) => a.replace(/^http:/, "https:")) : addresses;
+    return withTls(
+      final.length > 1 ? { kind: "grpc", address: final[0]!, endpoints: final, protocol: "v2" } : { kind: "grpc", address: final[0]!, protocol: "v2" },
+    );
   }
 
   // ── limits ──

@@ -139,12 +139,29 @@ export type BodyMode = { kind: "buffer" } | { kind: "stream" } | { kind: "hybrid
 
 export interface AgentTransportConfig {
   kind: "uds" | "grpc";
-  /** UDS: socket path. gRPC: "http://host:port" or "https://host:port". */
+  /**
+   * UDS: socket path. gRPC: "http://host:port" or "https://host:port". For a replicated agent,
+   * the first endpoint (static list) or the "dns://name:port" form as written.
+   */
   address: string;
+  /**
+   * Replicated agent with a static list: every endpoint (normalised like `address`), in config
+   * order, at least 2, at most MAX_AGENT_ENDPOINTS; `endpoints[0] === address`. Absent for a
+   * single-endpoint agent.
+   */
+  endpoints?: string[];
+  /**
+   * Replicated agent behind a DNS name (gRPC only, `grpc "dns://name:port"`): every address the
+   * name resolves to is an endpoint (`scheme://ip:port`), re-resolved every `resolveIntervalMs`.
+   */
+  dns?: { name: string; port: number; scheme: "http" | "https"; resolveIntervalMs: number };
   tls?: { caCert?: string; clientCert?: string; clientKey?: string; insecure: boolean };
   /** UDS framing: v2 (binary type byte + handshake), v1 (legacy SDK runners), auto-detect. */
   protocol: "v2" | "v1" | "auto";
 }
+
+/** Most endpoints one agent may have (static list or DNS answer); bounds metric label cardinality. */
+export const MAX_AGENT_ENDPOINTS = 64;
 
 export interface AgentConfig {
   id: string;
