@@ -57,6 +57,7 @@ function decisionResponse(ctx: RequestContext, reply: AgentReply): Response {
     if (d.headers) {
       for (const [name, value] of Object.entries(d.headers)) {
         if (typeof value !== "string" || mutationProblem({ op: "set", name, value })) continue;
+        if (name.toLowerCase() === "location" && !isSafeRedirect(value)) continue; // e.g. javascript:
         headers.set(name, value);
       }
     }
