@@ -4,7 +4,10 @@
 //   v2: handshake (0x01 → 0x02) then multiplexed events, answers routed by correlation id;
 //   v1: legacy SDK framing, no handshake, one outstanding request per connection (FIFO).
 // `protocol: "auto"` probes with the v2 handshake and falls back to v1 (§7.2), remembered per
-// transport. Connections reconnect forever with capped exponential backoff.
+// transport; a v1 connection is only used once it answered its opening event (configure, or a
+// side-effect-free request_complete probe), and a peer that answers neither framing is logged as
+// undetectable. In v1 mode every event of a request goes to the socket that carried its headers.
+// Connections reconnect forever with capped exponential backoff.
 //
 // Hot path: one JSON.stringify per event, one JSON.parse per answer, no per-call timers (the
 // caller's AbortSignal ends the wait), writes batched per tick through a drain-aware queue.
@@ -47,8 +50,15 @@ const DETECT_TIMEOUT_MAX_MS = 2000;
 const MAX_NOTIFY_IDS = 4096;
 /** Correlation → connection affinity entries kept in v1 mode. */
 const MAX_AFFINITY = 65536;
-/** v1: after this many connections in a row die before answering anything, probe the framing again. */
+/**
+ * auto: after this many v1 connections in a row fail to answer their opening event (while no
+ * connection is proven), the framing counts as undetected and the v2 probe starts over.
+ */
 const V1_REPROBE_AFTER = 3;
+/** The "framing could not be detected" error is logged at most this often per agent. */
+const UNDETECTED_LOG_INTERVAL_MS = 60_000;
+/** pick(): the connection that carried this request's headers is gone (v1 per-connection state). */
+const LOST = Symbol("lost");
 
 type Mode = "v2" | "v1";
 type ConnState = "idle" | "connecting" | "handshaking" | "ready" | "closed";
@@ -68,6 +78,8 @@ interface Pending {
   sent: boolean;
   /** The caller is gone (aborted) or never waited (notify/internal): drop the answer. */
   abandoned: boolean;
+  /** v1: the configure / framing-probe event that opens the connection (ready on its answer). */
+  opening: boolean;
 }
 
 interface PingWait {
@@ -96,6 +108,10 @@ class Conn {
   backoff = BACKOFF_START_MS;
   framesReceived = 0;
   framesSent = 0;
+  /** Incremented per socket: v1 affinity is to one socket, not to the slot. */
+  gen = 0;
+  /** v1: a valid v1 answer arrived on this socket (the framing is right). */
+  proven = false;
   readonly onFrame: (type: number, payload: Uint8Array) => void;
 
   constructor(
@@ -142,9 +158,16 @@ class UdsTransport implements AgentTransport {
   private readyCount = 0;
   /** auto: the framing found for this agent (null = not known yet). */
   private detected: Mode | null;
-  private v1DeadStreak = 0;
+  /** auto: v1 connections that failed before answering anything, in a row. */
+  private v1Unproven = 0;
+  /** auto: what the last v2 probe saw (for the "could not be detected" log line). */
+  private v2ProbeResult = "";
+  /** auto: the framing last logged at info (repeated detections log at debug). */
+  private loggedFraming: Mode | null = null;
+  private undetectedLoggedAt = 0;
+  private detectCycles = 0;
   private pingSeq = 0;
-  private readonly affinity = new Map<string, Conn>();
+  private readonly affinity = new Map<string, { conn: Conn; gen: number }>();
   private readonly v1ChunkNext = new Map<string, number>();
   private dropCount = 0;
   private dropLoggedAt = 0;
@@ -248,6 +271,8 @@ class UdsTransport implements AgentTransport {
     }
     this.clearTimer(conn);
     conn.socket = s;
+    conn.gen++;
+    conn.proven = false;
     conn.writer = new WriteQueue(s, () => {
       if (conn.socket === s) this.dropConn(conn, new TransportError("closed", "write to agent failed"));
     });
@@ -259,11 +284,32 @@ class UdsTransport implements AgentTransport {
       conn.timer = setTimeout(() => this.onHandshakeTimeout(conn, s), t);
     } else if (this.opts.config !== undefined && this.opts.config !== null) {
       // v1: deliver the config as the first event on every connection (SDK handlers are per connection).
-      this.enqueueV1(conn, { type: "configure", correlationId: `sentinel-configure-${conn.index}`, config: this.opts.config, configVersion: null }, null, true);
+      this.enqueueV1(conn, { type: "configure", correlationId: `sentinel-configure-${conn.index}`, config: this.opts.config, configVersion: null }, null, true, true);
       conn.timer = setTimeout(() => this.onHandshakeTimeout(conn, s), this.opts.connectTimeoutMs);
+    } else if (this.auto) {
+      // auto, v1 guessed: prove the framing before any request data goes to this peer. A
+      // request_complete for an id the agent never saw has no side effect in the SDK handlers
+      // (nothing cached, no hook called) and is answered {"success":true}.
+      const probe: AgentEvent = {
+        type: "request_complete",
+        correlationId: `sentinel-framing-probe-${conn.index}-${conn.gen}`,
+        status: 0,
+        durationMs: 0,
+        requestBodySize: 0,
+        responseBodySize: 0,
+        upstreamAttempts: 0,
+        error: null,
+      };
+      this.enqueueV1(conn, probe, null, true, true);
+      conn.timer = setTimeout(() => this.onHandshakeTimeout(conn, s), Math.min(DETECT_TIMEOUT_MAX_MS, this.opts.connectTimeoutMs));
     } else {
-      this.markReady(conn);
+      this.markReady(conn, false);
     }
+  }
+
+  /** protocol "auto" (the default). */
+  private get auto(): boolean {
+    return this.opts.protocol === undefined || this.opts.protocol === "auto";
   }
 
   private onHandshakeTimeout(conn: Conn, s: BunSocket): void {
@@ -274,14 +320,26 @@ class UdsTransport implements AgentTransport {
       this.dropConn(conn, new TransportError("connect", "framing probe", true), 0);
       return;
     }
-    this.log("warn", "agent handshake timed out", { endpoint: this.endpoint, conn: conn.index });
-    this.dropConn(conn, new TransportError("connect", "handshake timeout", true));
+    const unproven = conn.mode === "v1" && this.auto;
+    this.log(unproven ? "debug" : "warn", unproven ? "agent did not answer the v1 opening event" : "agent handshake timed out", { endpoint: this.endpoint, conn: conn.index });
+    this.dropConn(conn, new TransportError("connect", unproven ? "no answer to the v1 opening event" : "handshake timeout", true));
   }
 
-  private setDetected(mode: Mode, why: string): void {
+  /**
+   * auto: "v2" is proven by a handshake answer. "v1" is first a guess (the v2 probe got EOF,
+   * silence or bytes that are not a v2 frame) and is proven when a v1 connection answers its
+   * opening event; only proven connections are ready.
+   */
+  private setDetected(mode: Mode, why: string, proven = mode === "v2"): void {
+    if (mode === "v1" && !proven) this.v2ProbeResult = why;
+    if (proven && this.loggedFraming !== mode) {
+      this.loggedFraming = mode;
+      this.log("info", `agent framing detected: ${mode}`, { endpoint: this.endpoint, reason: why });
+    } else if (this.detected !== mode) {
+      this.log("debug", mode === "v1" && !proven ? "agent framing: no v2 handshake answer, trying v1" : `agent framing detected: ${mode}`, { endpoint: this.endpoint, reason: why });
+    }
     if (this.detected === mode) return;
     this.detected = mode;
-    this.log("info", `agent framing detected: ${mode}`, { endpoint: this.endpoint, reason: why });
     // Other connections still probing with the wrong framing start over right away.
     queueMicrotask(() => {
       for (const c of this.conns) {
@@ -298,11 +356,38 @@ class UdsTransport implements AgentTransport {
     }
   }
 
-  private markReady(conn: Conn): void {
+  /** `proven`: the peer answered in our framing; only then does the reconnect backoff start over. */
+  private markReady(conn: Conn, proven = true): void {
     this.clearTimer(conn);
     conn.state = "ready";
-    conn.backoff = BACKOFF_START_MS;
+    if (proven) conn.backoff = BACKOFF_START_MS;
     if (++this.readyCount === 1) this.emit(true);
+  }
+
+  /**
+   * auto: a v1 connection failed before any valid v1 answer. After V1_REPROBE_AFTER in a row
+   * (and none proven meanwhile) the framing could not be detected: log it (rate limited), and
+   * start over with the v2 probe. Nothing was ever ready, so calls failed by the failure mode.
+   */
+  private v1OpenFailed(why: string): void {
+    if (this.conns.some((c) => c.state === "ready" && c.mode === "v1" && c.proven)) return;
+    if (++this.v1Unproven < V1_REPROBE_AFTER) return;
+    this.v1Unproven = 0;
+    this.detected = null;
+    this.loggedFraming = null;
+    this.detectCycles++;
+    const now = Date.now();
+    const fields = { endpoint: this.endpoint, v2_probe: this.v2ProbeResult || "n/a", v1_probe: why, attempts: this.detectCycles };
+    if (now - this.undetectedLoggedAt >= UNDETECTED_LOG_INTERVAL_MS) {
+      this.undetectedLoggedAt = now;
+      this.log(
+        "error",
+        "agent framing could not be detected: no v2 handshake answer and no valid v1 answer; calls fail by the failure mode until it answers, probing again",
+        fields,
+      );
+    } else {
+      this.log("debug", "agent framing still not detected, probing again", fields);
+    }
   }
 
   private emit(connected: boolean): void {
@@ -324,6 +409,7 @@ class UdsTransport implements AgentTransport {
   private failConn(conn: Conn, err: TransportError): void {
     const s = conn.socket;
     const wasReady = conn.state === "ready";
+    if (s !== null && !this.closing && conn.mode === "v1" && !conn.proven && this.auto && this.detected !== "v2") this.v1OpenFailed(err.message);
     conn.socket = null;
     conn.state = this.closing ? "closed" : "idle";
     this.clearTimer(conn);
@@ -393,21 +479,14 @@ class UdsTransport implements AgentTransport {
       this.dropConn(conn, new TransportError("connect", "framing probe", true), 0);
       return;
     }
-    if (conn.mode === "v1" && this.opts.protocol !== "v1" && conn.framesReceived === 0 && conn.framesSent > 0) {
-      // A v1 guess that never got an answer: maybe a slow v2 agent was misdetected. Re-probe.
-      if (++this.v1DeadStreak >= V1_REPROBE_AFTER) {
-        this.v1DeadStreak = 0;
-        this.detected = null;
-        this.log("info", "agent framing: v1 connections keep dying, probing again", { endpoint: this.endpoint });
-      }
-    }
     const level = conn.state === "ready" ? "warn" : "debug";
     this.log(level, "agent connection lost", { endpoint: this.endpoint, conn: conn.index, reason: why });
     this.dropConn(conn, new TransportError(conn.state === "ready" ? "closed" : "connect", why, conn.state !== "ready"));
   }
 
   private protocolError(conn: Conn, msg: string): void {
-    this.log("warn", "agent protocol error, dropping connection", { endpoint: this.endpoint, conn: conn.index, error: msg });
+    const unproven = conn.mode === "v1" && !conn.proven && this.auto; // reported by v1OpenFailed
+    this.log(unproven ? "debug" : "warn", "agent protocol error, dropping connection", { endpoint: this.endpoint, conn: conn.index, error: msg });
     this.dropConn(conn, new TransportError("protocol", msg));
   }
 
@@ -527,7 +606,14 @@ class UdsTransport implements AgentTransport {
   call(event: AgentEvent, signal: AbortSignal): Promise<AgentReply> {
     if (this.closing) return Promise.reject(new TransportError("closed", "transport closed", true));
     if (signal.aborted) return Promise.reject(abortError(signal, true));
-    const conn = this.pick(event.correlationId, true);
+    const conn = this.pick(event.correlationId, true, event.type !== "request_headers");
+    if (conn === LOST) {
+      // v1: SDK agents keep a request's state on the connection that carried its headers; on any
+      // other connection their hooks would not run and they would answer Allow (spec §5, §7.3).
+      return Promise.reject(
+        new TransportError("closed", `the agent connection that carried the headers of ${event.correlationId} is gone (v1 state is per connection)`, true),
+      );
+    }
     if (conn === null) {
       return Promise.reject(
         this.readyCount === 0
@@ -558,6 +644,7 @@ class UdsTransport implements AgentTransport {
       frame: null,
       sent: true,
       abandoned: false,
+      opening: false,
     };
     p.onAbort = () => {
       if (conn.pending.get(p.id) === p) conn.pending.delete(p.id);
@@ -571,11 +658,14 @@ class UdsTransport implements AgentTransport {
     return promise;
   }
 
-  /** Least-loaded ready connection; for v2, one without `id` in flight. v1 honours affinity. */
-  private pick(id: string, forCall: boolean): Conn | null {
-    if (this.detected === "v1" || this.opts.protocol === "v1") {
+  /**
+   * Least-loaded ready connection; for v2, one without `id` in flight. v1 honours affinity: the
+   * socket that carried the request's headers, or LOST when that socket is gone.
+   */
+  private pick(id: string, forCall: boolean, useAffinity = true): Conn | null | typeof LOST {
+    if (useAffinity && (this.detected === "v1" || this.opts.protocol === "v1")) {
       const a = this.affinity.get(id);
-      if (a !== undefined && a.state === "ready" && a.mode === "v1") return a;
+      if (a !== undefined) return a.conn.state === "ready" && a.conn.mode === "v1" && a.conn.gen === a.gen ? a.conn : LOST;
     }
     let best: Conn | null = null;
     let bestLoad = Infinity;
@@ -596,7 +686,7 @@ class UdsTransport implements AgentTransport {
       if (this.closing) return;
       const conn = this.pick(event.correlationId, false);
       if (event.type === "request_complete") this.affinity.delete(event.correlationId);
-      if (conn === null) return;
+      if (conn === null || conn === LOST) return;
       if (conn.mode === "v1") {
         if (conn.queuedBytes < MAX_QUEUED_BYTES) this.enqueueV1(conn, event, null, true);
         return;
@@ -641,7 +731,8 @@ class UdsTransport implements AgentTransport {
 
   private callV1(conn: Conn, event: AgentEvent, signal: AbortSignal): Promise<AgentReply> {
     if (event.type === "request_headers") {
-      this.affinity.set(event.correlationId, conn);
+      this.affinity.delete(event.correlationId); // re-inserted last: eviction drops the oldest
+      this.affinity.set(event.correlationId, { conn, gen: conn.gen });
       if (this.affinity.size > MAX_AFFINITY) this.affinity.delete(this.affinity.keys().next().value!);
     } else if (event.type === "request_complete") {
       this.affinity.delete(event.correlationId);
@@ -721,7 +812,7 @@ class UdsTransport implements AgentTransport {
   }
 
   /** Queue one v1 request. `internal` requests (notify, configure) resolve nothing. */
-  private enqueueV1(conn: Conn, event: AgentEvent, signal: AbortSignal | null, internal: boolean): Promise<AgentReply> | undefined {
+  private enqueueV1(conn: Conn, event: AgentEvent, signal: AbortSignal | null, internal: boolean, opening = false): Promise<AgentReply> | undefined {
     let frame: Uint8Array;
     try {
       frame = encodeV1FrameString(encodeV1Event(event, this.encOpts));
@@ -741,6 +832,7 @@ class UdsTransport implements AgentTransport {
       frame,
       sent: false,
       abandoned: internal,
+      opening,
     };
     let promise: Promise<AgentReply> | undefined;
     if (!internal) {
@@ -800,10 +892,15 @@ class UdsTransport implements AgentTransport {
       return this.protocolError(conn, `invalid answer: ${(e as Error).message}`);
     }
     conn.fifo.shift();
-    this.v1DeadStreak = 0;
-    if (conn.state === "handshaking" && p.type === "configure") {
-      // The per-connection configure sent on open.
-      if (reply.success === false || reply.decision.kind !== "allow") {
+    if (!conn.proven) {
+      conn.proven = true;
+      this.v1Unproven = 0;
+      if (this.auto) this.setDetected("v1", "a v1 event was answered", true);
+      if (conn.state === "ready") conn.backoff = BACKOFF_START_MS; // protocol "v1": ready before proof
+    }
+    if (p.opening) {
+      // The configure (or, in auto mode, the framing probe) sent on open.
+      if (p.type === "configure" && (reply.success === false || reply.decision.kind !== "allow")) {
         this.log("error", "agent rejected its configuration", { endpoint: this.endpoint, conn: conn.index, error: reply.error ?? null });
         return this.dropConn(conn, new TransportError("connect", `configuration rejected: ${reply.error ?? "no reason"}`, true));
       }
