@@ -2,13 +2,21 @@
 // proto/zentinel/agent/v2/agent_v2.proto at run time. Not our SDK, not Connect: it is the
 // independent peer for interop tests. Run under Node:
 //
-//   node test/helpers/grpcjs-agent.mjs --listen 127.0.0.1:PORT --mode allow|block|header-block [--jitter-ms N]
+//   node test/helpers/grpcjs-agent.mjs --listen 127.0.0.1:PORT --mode MODE [--jitter-ms N] [--log FILE]
 //       serves ProcessStream and ProcessEvent (and an idle ControlStream); prints "LISTENING <port>".
 //       allow         Allow every event (request headers get a response header op x-grpcjs: 1)
+//       allow-with-mutations
+//                     as allow, plus request header ops set x-grpcjs-agent: 1 and remove x-strip-me
+//                     on request headers, x-request-tag echoed as a response header op, and
+//                     x-grpcjs-saw-status on response headers; request header x-decision: block
+//                     → Block 403 "blocked by header" with block header x-blocked-by: grpcjs
 //       block         Block 403 every event (body "grpcjs block")
 //       header-block  Block 403 iff request header x-decision is "block"; the request header
 //                     x-request-tag is echoed as a response header op (set x-request-tag)
+//       hang          answer the handshake and pings, never an event
+//       delay:MS      as allow, each answer MS milliseconds late
 //       --jitter-ms N answers each event after a random 0..N ms delay (answers come back out of order)
+//       --log FILE    appends one JSON line per received event: {t, type, id}
 //
 //   node test/helpers/grpcjs-agent.mjs --probe 127.0.0.1:PORT
 //       a grpc-js CLIENT against an agent server (e.g. sdk/grpc-server.ts): unary ping, unary
@@ -16,6 +24,7 @@
 //       object with what came back and exits 0.
 import { fileURLToPath } from "node:url";
 import { dirname, join } from "node:path";
+import { appendFileSync } from "node:fs";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 
@@ -32,6 +41,15 @@ function arg(name) {
 
 const mode = arg("--mode") ?? "allow";
 const jitter = Number(arg("--jitter-ms") ?? 0);
+const logFile = arg("--log");
+const fixedDelay = mode.startsWith("delay:") ? Number(mode.slice(6)) || 0 : 0;
+
+function record(msg) {
+  if (!logFile || msg.message === "handshake" || msg.message === "ping") return;
+  const line = { t: Date.now(), type: msg.message, id: correlationIdOf(msg) };
+  if (msg.message === "request_headers") line.headers = Object.fromEntries(msg.request_headers.headers.map((h) => [h.name, h.value]));
+  appendFileSync(logFile, JSON.stringify(line) + "\n");
+}
 
 function capabilities() {
   return {
@@ -68,9 +86,19 @@ function decide(msg) {
     else response.allow = {};
     const tag = header(hs, "x-request-tag");
     if (tag !== undefined) response.response_headers.push({ set: { name: "x-request-tag", value: tag } });
+  } else if (mode === "allow-with-mutations" && kind === "request_headers" && header(msg.request_headers.headers, "x-decision") === "block") {
+    response.block = { status: 403, body: "blocked by header", headers: [{ name: "x-blocked-by", value: "grpcjs" }] };
   } else {
     response.allow = {};
     if (kind === "request_headers") response.response_headers.push({ set: { name: "x-grpcjs", value: "1" } });
+    if (mode === "allow-with-mutations" && kind === "request_headers") {
+      response.request_headers.push({ set: { name: "X-Grpcjs-Agent", value: "1" } }, { remove: "x-strip-me" });
+      const tag = header(msg.request_headers.headers, "x-request-tag");
+      if (tag !== undefined) response.response_headers.push({ set: { name: "x-request-tag", value: tag } });
+    }
+    if (mode === "allow-with-mutations" && kind === "response_headers") {
+      response.response_headers.push({ set: { name: "x-grpcjs-saw-status", value: String(msg.response_headers.status_code) } });
+    }
     if (kind === "request_body_chunk" || kind === "response_body_chunk") {
       const n = msg[kind].data.length;
       response.audit = { tags: [], rule_ids: [], reason_codes: [], custom: { bytes: String(n), quoted: JSON.stringify("rust-style") } };
@@ -101,6 +129,8 @@ function serve(address) {
         } else if (kind === "cancel" || kind === "configure") {
           // no answer (as Rust agents)
         } else {
+          record(msg);
+          if (mode === "hang") return;
           outstanding++;
           const answer = decide(msg);
           const send = () => {
@@ -108,7 +138,7 @@ function serve(address) {
             if (!call.cancelled) call.write(answer);
             maybeEnd();
           };
-          if (jitter > 0) setTimeout(send, Math.floor(Math.random() * jitter));
+          if (jitter > 0 || fixedDelay > 0) setTimeout(send, fixedDelay + Math.floor(Math.random() * jitter));
           else send();
         }
       });
