@@ -3,7 +3,8 @@
 import { spawn } from "node:child_process";
 
 const bun = process.execPath;
-const args = ["test", ...process.argv.slice(2)];
+// bunfig.toml's [test] timeout is not applied by Bun 1.4.5; pass it on the command line.
+const args = ["test", "--timeout", "60000", ...process.argv.slice(2)];
 const child = spawn(bun, args, { stdio: ["ignore", "inherit", "pipe"], env: { ...process.env, NODE_ENV: "production" } });
 let tail = "";
 child.stderr.on("data", (chunk: Buffer) => {

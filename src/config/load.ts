@@ -2065,6 +2065,11 @@ class Converter {
             this.d.error(c, `Unknown agent event: '${v}'${suggest(key, Object.keys(AGENT_EVENTS))}. Valid events: ${Object.keys(AGENT_EVENTS).join(", ")}`);
             continue;
           }
+          if (ev === "websocket_frame" || ev === "guardrail") {
+            // Parsed, but the proxy never sends these events: refusing beats a silent no-op.
+            this.d.unsupported(c, `agent event "${ev}"`);
+            continue;
+          }
           if (!a.events.includes(ev)) a.events.push(ev);
         }
       },
