@@ -1,0 +1,920 @@
+// HTTP/1.1 upstream client written directly on Bun.connect, with keep-alive pooling per target.
+//
+// Why: on the proxy's hot path fetch() costs more CPU per request than the whole of nginx (see
+// docs/benchmarks.md): a Request object, header copies, an AbortController, a response body
+// stream. This client writes the request head as one string, parses the response head in one
+// pass and, when the whole response is small and already here, hands back its bytes, so the
+// proxy answers with a plain Uint8Array instead of piping a stream.
+//
+// Contract (the subset of fetch() that forward.ts relies on):
+//   - plain HTTP/1.1 to host:port (TLS targets keep using fetch());
+//   - the caller's headers are sent as they are (hop-by-hop already removed by the caller),
+//     plus `host` if missing; framing (content-length / transfer-encoding: chunked) is ours;
+//   - no decompression, no redirects, no cookies;
+//   - `timeoutMs` bounds connect + request write + response head, on the shared deadline queue
+//     (one runtime timer for all requests, no setTimeout per request);
+//   - `signal` (client disconnect) aborts at any point and closes the upstream connection;
+//   - response hop-by-hop headers (and names listed in Connection) are removed;
+//   - a response that is complete and at most `maxBufferedBody` bytes is returned as bytes,
+//     anything else as a ReadableStream that reads from the socket only when pulled (socket
+//     paused otherwise), with an idle timeout between chunks;
+//   - a connection is reused only after a complete exchange on a keep-alive response;
+//     a reused connection that dies before any response byte is retried once on a fresh one
+//     when the request can be replayed (no streamed body).
+import { sharedDeadlines, type DeadlineHandle } from "../agents/deadline.ts";
+import { unwatchIdle, watchIdle, type IdleWatch } from "./idle.ts";
+
+type BunSocket = import("bun").Socket<Conn>;
+
+export interface H1Request {
+  method: string;
+  /** Path and query, forwarded as is. */
+  path: string;
+  headers: Headers;
+  body: Uint8Array | ReadableStream<Uint8Array> | null;
+  /** Client disconnect. */
+  signal?: AbortSignal;
+  /** Until the response head has arrived (connect and request write included). */
+  timeoutMs: number;
+  /** Idle limit between response body chunks once streaming (default 30 s). */
+  bodyIdleMs?: number;
+}
+
+export interface H1Response {
+  status: number;
+  statusText: string;
+  /** Owned by the caller; hop-by-hop headers already removed. */
+  headers: Headers;
+  /** Whole body as bytes (small, complete responses), a stream, or null (no body). */
+  body: Uint8Array | ReadableStream<Uint8Array> | null;
+  /** Declared body length, when the upstream sent one. */
+  contentLength: number;
+  /** True when this exchange used a pooled (reused) connection. */
+  reused: boolean;
+}
+
+/** Error codes match the ones fetch() uses, so forward.ts classifies both the same way. */
+export class H1Error extends Error {
+  constructor(
+    message: string,
+    readonly code: string,
+    /** True when nothing of the request can have been processed (safe to retry). */
+    readonly notSent = false,
+  ) {
+    super(message);
+    this.name = "H1Error";
+  }
+}
+
+export class H1TimeoutError extends Error {
+  constructor(ms: number) {
+    super(`upstream did not answer within ${ms} ms`);
+    this.name = "HeadersTimeout";
+  }
+}
+
+export interface PoolOptions {
+  /** Idle connections kept per target (default 256). */
+  maxIdle?: number;
+  /** Idle connections are closed after this long (default 60 s). */
+  idleTimeoutMs?: number;
+  /** Largest response body returned as bytes instead of a stream (default 64 KiB). */
+  maxBufferedBody?: number;
+  /** Largest response head (default 64 KiB). */
+  maxHeadBytes?: number;
+}
+
+const HOP_BY_HOP = new Set([
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "te",
+  "trailer",
+  "transfer-encoding",
+  "upgrade",
+  "proxy-authenticate",
+  "proxy-authorization",
+  "http2-settings",
+]);
+const BODYLESS_STATUS = (s: number) => s === 204 || s === 304 || (s >= 100 && s < 200);
+const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"]);
+const CRLF2 = Buffer.from("\r\n\r\n");
+const NON_ASCII = /[^\x00-\x7f]/;
+const STATUS_LINE = /^HTTP\/1\.[01] [1-9]\d\d(?: |$)/;
+const EMPTY = new Uint8Array(0);
+
+// Response parser states.
+const S_HEAD = 0;
+const S_BODY_LENGTH = 1;
+const S_CHUNK_SIZE = 2;
+const S_CHUNK_DATA = 3;
+const S_CHUNK_CRLF = 4;
+const S_TRAILERS = 5;
+const S_BODY_CLOSE = 6; // read until the upstream closes
+const S_DONE = 7;
+
+/** One in-flight exchange. Allocated per request; holds no closures. */
+class Exchange {
+  resolve!: (r: H1Response) => void;
+  reject!: (e: Error) => void;
+  settled = false;
+  deadline: DeadlineHandle | null = null;
+  signal: AbortSignal | null = null;
+  // response state
+  state: number = S_HEAD;
+  head: Buffer | null = null; // partial head
+  status = 0;
+  statusText = "";
+  headers: Headers | null = null;
+  remaining = 0; // bytes left in the body (length) or in the current chunk
+  contentLength = -1;
+  keepAlive = true;
+  /** Buffered body parts while deciding bytes vs stream. */
+  parts: Uint8Array[] | null = null;
+  partsBytes = 0;
+  stream: ReadableStreamDefaultController<Uint8Array> | null = null;
+  chunkLine: string = ""; // partial chunk-size / trailer line
+  requestDone = false; // request fully written
+  responseBytes = 0;
+  idle: IdleWatch | null = null;
+  headOnly: boolean;
+  /** May be replayed on a fresh connection if a pooled one dies before answering. */
+  retryable = false;
+  conn: Conn | null = null;
+
+  constructor(
+    readonly pool: H1Pool,
+    readonly req: H1Request,
+  ) {
+    this.headOnly = req.method === "HEAD";
+  }
+
+  handleEvent(): void {
+    // AbortSignal listener (client went away).
+    this.abort(new DOMException("client went away", "AbortError"));
+  }
+
+  abort(err: Error): void {
+    const c = this.conn;
+    if (c) c.destroy(err);
+    else this.fail(err);
+  }
+
+  fail(err: Error): void {
+    this.cleanup();
+    if (!this.settled) {
+      this.settled = true;
+      this.reject(err);
+    } else if (this.stream) {
+      try {
+        this.stream.error(err);
+      } catch {
+        /* already closed */
+      }
+      this.stream = null;
+    }
+  }
+
+  cleanup(): void {
+    if (this.deadline) {
+      this.deadline.cancel();
+      this.deadline = null;
+    }
+    if (this.signal) {
+      this.signal.removeEventListener("abort", this);
+      this.signal = null;
+    }
+    if (this.idle) {
+      unwatchIdle(this.idle);
+      this.idle = null;
+    }
+  }
+}
+
+class Conn {
+  socket: BunSocket | null = null;
+  ex: Exchange | null = null;
+  /** Unwritten request bytes (short writes). */
+  pending: Uint8Array[] = [];
+  pendingOffset = 0;
+  drainWaiter: (() => void) | null = null;
+  reused = 0;
+  idleSince = 0;
+  closed = false;
+  connectWaiter: { resolve: () => void; reject: (e: Error) => void } | null = null;
+
+  constructor(readonly pool: H1Pool) {}
+
+  write(data: Uint8Array | string): void {
+    const s = this.socket;
+    if (!s) return;
+    if (this.pending.length > 0) {
+      this.pending.push(typeof data === "string" ? Buffer.from(data, "latin1") : data);
+      return;
+    }
+    const len = typeof data === "string" ? Buffer.byteLength(data, "latin1") : data.byteLength;
+    const w = s.write(data as never);
+    if (w < 0) {
+      this.destroy(new H1Error("write to upstream failed", "ECONNRESET"));
+      return;
+    }
+    if (w < len) {
+      const buf = typeof data === "string" ? Buffer.from(data, "latin1") : data;
+      this.pending.push(buf);
+      this.pendingOffset = w;
+    }
+  }
+
+  flush(): void {
+    const s = this.socket;
+    while (s && this.pending.length > 0) {
+      const buf = this.pending[0]!;
+      const w = s.write(buf, this.pendingOffset, buf.byteLength - this.pendingOffset);
+      if (w < 0) return this.destroy(new H1Error("write to upstream failed", "ECONNRESET"));
+      this.pendingOffset += w;
+      if (this.pendingOffset < buf.byteLength) return;
+      this.pending.shift();
+      this.pendingOffset = 0;
+    }
+    if (this.pending.length === 0 && this.drainWaiter) {
+      const w = this.drainWaiter;
+      this.drainWaiter = null;
+      w();
+    }
+  }
+
+  /** Resolves when every queued byte has been handed to the kernel. */
+  drained(): Promise<void> | null {
+    if (this.pending.length === 0) return null;
+    return new Promise((r) => (this.drainWaiter = r));
+  }
+
+  /** Close the connection; its exchange fails with `err` (or completes, see below). */
+  destroy(err: Error, peerClosed = false): void {
+    if (this.closed) return;
+    this.closed = true;
+    const s = this.socket;
+    this.socket = null;
+    this.pool.forget(this);
+    if (s) s.terminate();
+    const ex = this.ex;
+    this.ex = null;
+    if (this.drainWaiter) {
+      const w = this.drainWaiter;
+      this.drainWaiter = null;
+      w();
+    }
+    if (ex === null) return;
+    ex.conn = null;
+    if (peerClosed && ex.state === S_BODY_CLOSE) {
+      // Close-delimited body: the close is its end.
+      finishBody(ex, this);
+      return;
+    }
+    if (peerClosed && ex.retryable && ex.responseBytes === 0 && !ex.settled) {
+      // A pooled connection the upstream had just closed: replay once on a fresh one.
+      ex.retryable = false;
+      ex.requestDone = false;
+      this.pool.restart(ex);
+      return;
+    }
+    ex.fail(err);
+  }
+}
+
+const socketHandlers: import("bun").SocketHandler<Conn> = {
+  open(s) {
+    const c = s.data;
+    c.socket = s;
+    s.setNoDelay(true);
+    const w = c.connectWaiter;
+    c.connectWaiter = null;
+    w?.resolve();
+  },
+  data(s, chunk) {
+    const c = s.data;
+    const ex = c.ex;
+    if (!ex) {
+      // Bytes on an idle connection: the upstream is confused; never reuse it.
+      c.destroy(new H1Error("unexpected data from upstream", "ECONNRESET"));
+      return;
+    }
+    ex.responseBytes += chunk.byteLength;
+    try {
+      onData(c, ex, chunk as Buffer);
+    } catch (err) {
+      c.destroy(err instanceof Error ? err : new H1Error(String(err), "EPROTO"));
+    }
+  },
+  drain(s) {
+    s.data.flush();
+  },
+  close(s, err) {
+    const c = s.data;
+    if (c.socket !== s && c.socket !== null) return;
+    c.destroy(new H1Error(err ? `upstream connection closed: ${err.message}` : "upstream closed the connection", "ECONNRESET"), true);
+  },
+  end(s) {
+    s.data.destroy(new H1Error("upstream closed the connection", "ECONNRESET"), true);
+  },
+  error(s, err) {
+    s.data.destroy(new H1Error(`upstream socket error: ${err.message}`, (err as { code?: string }).code ?? "ECONNRESET"), true);
+  },
+  connectError(s, err) {
+    const c = s.data;
+    const w = c.connectWaiter;
+    c.connectWaiter = null;
+    c.closed = true;
+    c.pool.forget(c);
+    w?.reject(new H1Error(`connect to ${c.pool.address} failed: ${err.message}`, (err as { code?: string }).code ?? "ECONNREFUSED", true));
+  },
+};
+
+function protocolError(msg: string): H1Error {
+  return new H1Error(`invalid response from upstream: ${msg}`, "EPROTO");
+}
+
+function onData(c: Conn, ex: Exchange, chunk: Buffer): void {
+  let buf: Buffer = chunk;
+  if (ex.state === S_HEAD) {
+    if (ex.head !== null) buf = Buffer.concat([ex.head, chunk]);
+    const end = buf.indexOf(CRLF2);
+    if (end < 0) {
+      if (buf.byteLength > ex.pool.maxHeadBytes) throw protocolError("response head too large");
+      ex.head = buf;
+      return;
+    }
+    ex.head = null;
+    const state = parseHead(ex, buf.toString("latin1", 0, end));
+    const rest = buf.subarray(end + 4);
+    if (ex.status < 200) {
+      // Interim response (100 Continue, 103 Early Hints): skip it, parse what follows.
+      if (ex.status === 101) return deliverHead(c, ex, null);
+      ex.state = S_HEAD;
+      ex.headers = null;
+      if (rest.byteLength > 0) onData(c, ex, rest);
+      return;
+    }
+    if (state === S_DONE) {
+      // No body. Anything after it is a protocol error on a keep-alive connection.
+      if (rest.byteLength > 0) ex.keepAlive = false;
+      deliverHead(c, ex, EMPTY);
+      return;
+    }
+    if (state === S_BODY_LENGTH && ex.remaining <= ex.pool.maxBufferedBody && rest.byteLength >= ex.remaining) {
+      // The whole (small) body is here: the common fast path.
+      const body = rest.subarray(0, ex.remaining);
+      if (rest.byteLength > ex.remaining) ex.keepAlive = false;
+      ex.remaining = 0;
+      ex.state = S_DONE;
+      deliverHead(c, ex, body);
+      return;
+    }
+    if (state === S_BODY_LENGTH && ex.remaining <= ex.pool.maxBufferedBody) {
+      // Small declared body, not complete yet: collect it, answer with bytes.
+      ex.parts = [];
+      ex.partsBytes = 0;
+      if (rest.byteLength > 0) bodyBytes(c, ex, rest);
+      return;
+    }
+    deliverHead(c, ex, null);
+    if (rest.byteLength > 0) bodyBytes(c, ex, rest);
+    return;
+  }
+  bodyBytes(c, ex, buf);
+}
+
+/** Parse a response head into `ex`; returns the parser state it leaves (S_DONE: no body). */
+function parseHead(ex: Exchange, text: string): number {
+  const lines = text.split("\r\n");
+  const sl = lines[0]!;
+  if (!STATUS_LINE.test(sl)) throw protocolError(`bad status line ${JSON.stringify(sl.slice(0, 40))}`);
+  const status = Number(sl.slice(9, 12));
+  ex.status = status;
+  ex.statusText = sl.length > 13 ? sl.slice(13) : "";
+  const http10 = sl.charCodeAt(7) === 0x30;
+  let keepAlive = !http10;
+  let contentLength = -1;
+  let chunked = false;
+  let te = false;
+  let connectionTokens: string[] | null = null;
+  const pairs: [string, string][] = [];
+  for (let i = 1; i < lines.length; i++) {
+    const line = lines[i]!;
+    const colon = line.indexOf(":");
+    if (colon <= 0) {
+      if (line.length === 0) continue;
+      throw protocolError(line.charCodeAt(0) === 0x20 || line.charCodeAt(0) === 0x09 ? "obsolete header line folding" : "header line without a colon");
+    }
+    const name = line.slice(0, colon).toLowerCase();
+    let a = colon + 1;
+    let b = line.length;
+    while (a < b && (line.charCodeAt(a) === 0x20 || line.charCodeAt(a) === 0x09)) a++;
+    while (b > a && (line.charCodeAt(b - 1) === 0x20 || line.charCodeAt(b - 1) === 0x09)) b--;
+    const value = line.slice(a, b);
+    switch (name) {
+      case "content-length": {
+        if (!/^\d{1,15}$/.test(value)) {
+          // "5, 5" is tolerated when every element is the same (RFC 9112 §6.3).
+          const parts = value.split(",").map((s) => s.trim());
+          if (!/^\d{1,15}$/.test(parts[0]!) || parts.some((p) => p !== parts[0])) throw protocolError("bad content-length");
+          const n = Number(parts[0]);
+          if (contentLength >= 0 && contentLength !== n) throw protocolError("conflicting content-length");
+          contentLength = n;
+        } else {
+          const n = Number(value);
+          if (contentLength >= 0 && contentLength !== n) throw protocolError("conflicting content-length");
+          contentLength = n;
+        }
+        pairs.push([name, String(contentLength)]);
+        continue;
+      }
+      case "transfer-encoding": {
+        te = true;
+        const v = value.toLowerCase();
+        chunked = v === "chunked" || v.endsWith(",chunked") || v.endsWith(", chunked");
+        continue;
+      }
+      case "connection": {
+        const v = value.toLowerCase();
+        for (const t of v.split(",")) {
+          const tok = t.trim();
+          if (tok === "close") keepAlive = false;
+          else if (tok === "keep-alive") keepAlive = true;
+          else if (tok) (connectionTokens ??= []).push(tok);
+        }
+        continue;
+      }
+      default:
+        if (HOP_BY_HOP.has(name)) continue;
+        pairs.push([name, value]);
+    }
+  }
+  if (connectionTokens !== null) {
+    const drop = new Set(connectionTokens.filter((t) => t !== "content-length" && t !== "host"));
+    for (let i = pairs.length - 1; i >= 0; i--) if (drop.has(pairs[i]![0])) pairs.splice(i, 1);
+  }
+  if (te && contentLength >= 0) {
+    // Both: transfer-encoding wins and the connection is not reused (RFC 9112 §6.3).
+    keepAlive = false;
+    contentLength = -1;
+    for (let i = pairs.length - 1; i >= 0; i--) if (pairs[i]![0] === "content-length") pairs.splice(i, 1);
+  }
+  ex.keepAlive = ex.keepAlive && keepAlive;
+  ex.contentLength = contentLength;
+  // new Headers() + append is the cheapest way to build one (pairs or an object cost more).
+  const headers = new Headers();
+  try {
+    for (let i = 0; i < pairs.length; i++) headers.append(pairs[i]![0], pairs[i]![1]);
+  } catch (err) {
+    throw protocolError(`bad header: ${(err as Error).message}`);
+  }
+  ex.headers = headers;
+  if (status < 200) return S_HEAD;
+  if (ex.headOnly || BODYLESS_STATUS(status)) {
+    ex.state = S_DONE;
+  } else if (te) {
+    if (chunked) ex.state = S_CHUNK_SIZE;
+    else {
+      ex.state = S_BODY_CLOSE;
+      ex.keepAlive = false;
+    }
+  } else if (contentLength >= 0) {
+    ex.remaining = contentLength;
+    ex.state = contentLength === 0 ? S_DONE : S_BODY_LENGTH;
+  } else {
+    ex.state = S_BODY_CLOSE;
+    ex.keepAlive = false;
+  }
+  return ex.state;
+}
+
+/** Hand the response to the caller. `body`: bytes (complete), or null to stream the rest. */
+function deliverHead(c: Conn, ex: Exchange, body: Uint8Array | null): void {
+  if (ex.deadline) {
+    ex.deadline.cancel();
+    ex.deadline = null;
+  }
+  const res: H1Response = {
+    status: ex.status,
+    statusText: ex.statusText,
+    headers: ex.headers!,
+    body: null,
+    contentLength: ex.contentLength,
+    reused: c.reused > 0,
+  };
+  if (ex.status === 101) {
+    // Not ours to relay: the caller refuses it. The connection is not reusable.
+    ex.keepAlive = false;
+    settle(ex, res);
+    c.destroy(new H1Error("protocol switched", "EPROTO"));
+    return;
+  }
+  if (body !== null) {
+    res.body = ex.state === S_DONE && body.byteLength === 0 && (ex.headOnly || BODYLESS_STATUS(ex.status)) ? null : body;
+    settle(ex, res);
+    exchangeDone(c, ex);
+    return;
+  }
+  const pool = c.pool;
+  const idleMs = ex.req.bodyIdleMs ?? 30_000;
+  res.body = new ReadableStream<Uint8Array>(
+    {
+      start(controller) {
+        ex.stream = controller;
+      },
+      pull() {
+        c.socket?.resume();
+        if (ex.idle) ex.idle.last = performance.now();
+      },
+      cancel() {
+        ex.stream = null;
+        c.destroy(new H1Error("response body cancelled", "ECANCELED"));
+      },
+    },
+    { highWaterMark: pool.maxBufferedBody, size: (chunk) => chunk?.byteLength ?? 0 },
+  );
+  ex.idle = watchIdle(idleMs, () => {
+    ex.idle = null;
+    c.destroy(new H1Error(`upstream body idle for more than ${idleMs} ms`, "ETIMEDOUT"));
+  });
+  settle(ex, res);
+}
+
+function settle(ex: Exchange, res: H1Response): void {
+  if (ex.settled) return;
+  ex.settled = true;
+  ex.resolve(res);
+}
+
+function emit(c: Conn, ex: Exchange, piece: Uint8Array): void {
+  if (ex.parts !== null) {
+    ex.parts.push(piece);
+    ex.partsBytes += piece.byteLength;
+    return;
+  }
+  const s = ex.stream;
+  if (s === null) return;
+  s.enqueue(piece);
+  if (ex.idle) ex.idle.last = performance.now();
+  if ((s.desiredSize ?? 1) <= 0) c.socket?.pause();
+}
+
+function finishBody(ex: Exchange, c: Conn): void {
+  ex.state = S_DONE;
+  if (ex.parts !== null) {
+    const parts = ex.parts;
+    ex.parts = null;
+    let body: Uint8Array;
+    if (parts.length === 1) body = parts[0]!;
+    else {
+      body = new Uint8Array(ex.partsBytes);
+      let off = 0;
+      for (const p of parts) {
+        body.set(p, off);
+        off += p.byteLength;
+      }
+    }
+    deliverHead(c, ex, body);
+    return;
+  }
+  if (ex.stream) {
+    try {
+      ex.stream.close();
+    } catch {
+      /* cancelled */
+    }
+    ex.stream = null;
+  }
+  exchangeDone(c, ex);
+}
+
+function bodyBytes(c: Conn, ex: Exchange, buf: Uint8Array): void {
+  let off = 0;
+  const n = buf.byteLength;
+  while (off < n && c.ex === ex) {
+    switch (ex.state) {
+      case S_BODY_LENGTH: {
+        const take = Math.min(ex.remaining, n - off);
+        emit(c, ex, buf.subarray(off, off + take));
+        off += take;
+        ex.remaining -= take;
+        if (ex.remaining === 0) {
+          if (off < n) ex.keepAlive = false; // bytes beyond the response
+          finishBody(ex, c);
+          return;
+        }
+        break;
+      }
+      case S_BODY_CLOSE:
+        emit(c, ex, off === 0 ? buf : buf.subarray(off));
+        return;
+      case S_CHUNK_SIZE:
+      case S_TRAILERS: {
+        let e = off;
+        while (e < n && buf[e] !== 0x0a) e++;
+        ex.chunkLine += Buffer.from(buf.buffer, buf.byteOffset + off, e - off).toString("latin1");
+        if (ex.chunkLine.length > 4096) throw protocolError("chunk line too long");
+        if (e >= n) return;
+        off = e + 1;
+        let line = ex.chunkLine;
+        ex.chunkLine = "";
+        if (line.endsWith("\r")) line = line.slice(0, -1);
+        if (ex.state === S_TRAILERS) {
+          if (line.length === 0) {
+            if (off < n) ex.keepAlive = false;
+            finishBody(ex, c);
+            return;
+          }
+          break; // trailer fields are dropped
+        }
+        const semi = line.indexOf(";");
+        const hex = (semi >= 0 ? line.slice(0, semi) : line).trim();
+        if (!/^[0-9a-fA-F]{1,12}$/.test(hex)) throw protocolError("bad chunk size");
+        const size = parseInt(hex, 16);
+        if (size === 0) ex.state = S_TRAILERS;
+        else {
+          ex.remaining = size;
+          ex.state = S_CHUNK_DATA;
+        }
+        break;
+      }
+      case S_CHUNK_DATA: {
+        const take = Math.min(ex.remaining, n - off);
+        emit(c, ex, buf.subarray(off, off + take));
+        off += take;
+        ex.remaining -= take;
+        if (ex.remaining === 0) {
+          ex.state = S_CHUNK_CRLF;
+          ex.remaining = 2;
+        }
+        break;
+      }
+      case S_CHUNK_CRLF: {
+        // Exactly CRLF after the chunk data (a bare LF is tolerated).
+        const b = buf[off]!;
+        if (ex.remaining === 2 && b === 0x0d) {
+          ex.remaining = 1;
+          off++;
+        } else if (b === 0x0a) {
+          off++;
+          ex.state = S_CHUNK_SIZE;
+        } else throw protocolError("missing CRLF after chunk data");
+        break;
+      }
+      default:
+        // S_DONE / S_HEAD with bytes left over: the upstream sent more than one response.
+        ex.keepAlive = false;
+        return;
+    }
+  }
+}
+
+/** The response has been read completely: recycle or close the connection. */
+function exchangeDone(c: Conn, ex: Exchange): void {
+  ex.cleanup();
+  if (c.ex !== ex) return;
+  c.ex = null;
+  ex.conn = null;
+  if (!ex.keepAlive || !ex.requestDone || c.closed || c.socket === null) {
+    c.destroy(new H1Error("not reusable", "ECONNRESET"));
+    return;
+  }
+  c.socket.resume();
+  c.pool.release(c);
+}
+
+/** Serialise the request head. Header names/values come from a Headers object (validated). */
+function requestHead(req: H1Request, hostDefault: string, framing: string): string {
+  let head = `${req.method} ${req.path} HTTP/1.1\r\n`;
+  let hasHost = false;
+  // forEach is markedly cheaper than for…of over Headers in Bun.
+  req.headers.forEach((value, name) => {
+    // Framing is ours; hop-by-hop was removed by the caller (removed again here for safety).
+    if (name === "content-length" || name === "transfer-encoding" || name === "connection" || name === "keep-alive") return;
+    if (name === "host") hasHost = true;
+    head += `${name}: ${value}\r\n`;
+  });
+  if (!hasHost) head += `host: ${hostDefault}\r\n`;
+  return head + framing + "\r\n";
+}
+
+export class H1Pool {
+  readonly address: string;
+  readonly maxIdle: number;
+  readonly idleTimeoutMs: number;
+  readonly maxBufferedBody: number;
+  readonly maxHeadBytes: number;
+  private readonly idle: Conn[] = [];
+  private readonly all = new Set<Conn>();
+  private sweeper: ReturnType<typeof setInterval> | null = null;
+  private closed = false;
+
+  constructor(
+    readonly host: string,
+    readonly port: number,
+    opts: PoolOptions = {},
+  ) {
+    this.address = host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
+    this.maxIdle = opts.maxIdle ?? 256;
+    this.idleTimeoutMs = opts.idleTimeoutMs ?? 60_000;
+    this.maxBufferedBody = opts.maxBufferedBody ?? 64 * 1024;
+    this.maxHeadBytes = opts.maxHeadBytes ?? 64 * 1024;
+  }
+
+  /** Connections open (idle + busy). */
+  get size(): number {
+    return this.all.size;
+  }
+
+  get idleCount(): number {
+    return this.idle.length;
+  }
+
+  /** @internal */
+  forget(c: Conn): void {
+    this.all.delete(c);
+    const i = this.idle.lastIndexOf(c);
+    if (i >= 0) this.idle.splice(i, 1);
+  }
+
+  /** @internal */
+  release(c: Conn): void {
+    if (this.closed || this.idle.length >= this.maxIdle) {
+      c.destroy(new H1Error("pool full", "ECONNRESET"));
+      return;
+    }
+    c.reused++;
+    c.idleSince = performance.now();
+    this.idle.push(c);
+    if (this.sweeper === null) {
+      this.sweeper = setInterval(() => this.sweep(), Math.max(1000, Math.min(this.idleTimeoutMs, 10_000)));
+      (this.sweeper as { unref?: () => void }).unref?.();
+    }
+  }
+
+  private sweep(): void {
+    const limit = performance.now() - this.idleTimeoutMs;
+    // Oldest first: the stack's bottom holds the longest-idle connections.
+    while (this.idle.length > 0 && this.idle[0]!.idleSince < limit) this.idle[0]!.destroy(new H1Error("idle", "ECONNRESET"));
+    if (this.all.size === 0 && this.sweeper !== null) {
+      clearInterval(this.sweeper);
+      this.sweeper = null;
+    }
+  }
+
+  private connect(): Conn | Promise<Conn> {
+    const c = new Conn(this);
+    this.all.add(c);
+    return new Promise<Conn>((resolve, reject) => {
+      c.connectWaiter = { resolve: () => resolve(c), reject };
+      Bun.connect<Conn>({ hostname: this.host, port: this.port, data: c, socket: socketHandlers }).catch((err: Error) => {
+        if (c.connectWaiter) {
+          c.connectWaiter = null;
+          this.forget(c);
+          reject(new H1Error(`connect to ${this.address} failed: ${err.message}`, (err as { code?: string }).code ?? "ECONNREFUSED", true));
+        }
+      });
+    });
+  }
+
+  /** Send one request; resolves with the response head (and small bodies), rejects on failure. */
+  request(req: H1Request): Promise<H1Response> {
+    if (this.closed) return Promise.reject(new H1Error("pool closed", "ECONNRESET", true));
+    if (req.signal?.aborted) return Promise.reject(new DOMException("client went away", "AbortError"));
+    const ex = new Exchange(this, req);
+    const p = new Promise<H1Response>((resolve, reject) => {
+      ex.resolve = resolve;
+      ex.reject = reject;
+    });
+    if (req.signal) {
+      ex.signal = req.signal;
+      req.signal.addEventListener("abort", ex);
+    }
+    ex.deadline = sharedDeadlines.schedule(req.timeoutMs, () => {
+      ex.deadline = null;
+      ex.abort(new H1TimeoutError(req.timeoutMs));
+    });
+    this.start(ex, true);
+    return p;
+  }
+
+  /** @internal replay an exchange whose pooled connection died before answering. */
+  restart(ex: Exchange): void {
+    this.start(ex, false);
+  }
+
+  private start(ex: Exchange, mayRetry: boolean): void {
+    const c = this.idle.pop();
+    if (c !== undefined) return this.send(c, ex, mayRetry);
+    const pc = this.connect();
+    if (pc instanceof Conn) return this.send(pc, ex, false);
+    pc.then(
+      (conn) => {
+        if (ex.settled) {
+          // Timed out or aborted while connecting: keep the fresh connection for the next one.
+          this.release(conn);
+          return;
+        }
+        this.send(conn, ex, false);
+      },
+      (err: Error) => ex.fail(err),
+    );
+  }
+
+  private send(c: Conn, ex: Exchange, mayRetry: boolean): void {
+    const reused = c.reused > 0;
+    c.ex = ex;
+    ex.conn = c;
+    const req = ex.req;
+    const body = req.body;
+    // A pooled connection may have been closed by the upstream just now; if it dies before any
+    // response byte, the exchange is replayed once on a fresh connection (see Conn.destroy).
+    ex.retryable = reused && mayRetry && !(body instanceof ReadableStream) && IDEMPOTENT.has(req.method);
+    if (body === null) {
+      const head = requestHead(req, this.address, req.method === "POST" || req.method === "PUT" || req.method === "PATCH" ? "content-length: 0\r\n" : "");
+      c.write(NON_ASCII.test(head) ? Buffer.from(head, "latin1") : head);
+      ex.requestDone = true;
+      return;
+    }
+    if (body instanceof Uint8Array) {
+      const head = requestHead(req, this.address, `content-length: ${body.byteLength}\r\n`);
+      if (body.byteLength <= 16 * 1024) {
+        const h = Buffer.from(head, "latin1");
+        const all = new Uint8Array(h.byteLength + body.byteLength);
+        all.set(h, 0);
+        all.set(body, h.byteLength);
+        c.write(all);
+      } else {
+        c.write(Buffer.from(head, "latin1"));
+        c.write(body);
+      }
+      ex.requestDone = true;
+      return;
+    }
+    const declared = req.headers.get("content-length");
+    const length = declared !== null && /^\d+$/.test(declared) ? Number(declared) : -1;
+    const head = requestHead(req, this.address, length >= 0 ? `content-length: ${length}\r\n` : "transfer-encoding: chunked\r\n");
+    c.write(Buffer.from(head, "latin1"));
+    void this.pump(c, ex, body, length);
+  }
+
+  /** Stream a request body (chunked when `length` < 0), honouring socket backpressure. */
+  private async pump(c: Conn, ex: Exchange, body: ReadableStream<Uint8Array>, length: number): Promise<void> {
+    const reader = body.getReader();
+    const chunked = length < 0;
+    let sent = 0;
+    try {
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (c.ex !== ex || c.closed) {
+          reader.cancel().catch(() => {});
+          return;
+        }
+        if (done) break;
+        if (value.byteLength === 0) continue;
+        if (chunked) c.write(`${value.byteLength.toString(16)}\r\n`);
+        c.write(value);
+        if (chunked) c.write("\r\n");
+        sent += value.byteLength;
+        if (!chunked && sent >= length) ex.requestDone = true; // the upstream may answer now
+        const d = c.drained();
+        if (d) await d;
+      }
+      if (chunked) c.write("0\r\n\r\n");
+      if (!chunked && sent !== length) throw new H1Error(`request body ended after ${sent} of ${length} bytes`, "ECONNRESET");
+      ex.requestDone = true;
+    } catch (err) {
+      // The body failed (client went away, limit, idle): the exchange cannot complete.
+      if (c.ex === ex) c.destroy(err instanceof Error ? err : new H1Error(String(err), "ECONNRESET"));
+      else reader.cancel(err).catch(() => {});
+    }
+  }
+
+  /** Close every connection (busy ones fail their exchange). */
+  close(): void {
+    this.closed = true;
+    if (this.sweeper !== null) clearInterval(this.sweeper);
+    this.sweeper = null;
+    for (const c of [...this.all]) c.destroy(new H1Error("pool closed", "ECONNRESET"));
+  }
+}
+
+const pools = new Map<string, H1Pool>();
+
+/** The shared pool for host:port (created on first use). */
+export function h1Pool(host: string, port: number, opts?: PoolOptions): H1Pool {
+  const key = `${host}|${port}`;
+  let p = pools.get(key);
+  if (p === undefined) {
+    p = new H1Pool(host, port, opts);
+    pools.set(key, p);
+  }
+  return p;
+}
+
+/** Close and forget every shared pool (tests, shutdown). */
+export function closeAllH1Pools(): void {
+  for (const p of pools.values()) p.close();
+  pools.clear();
+}
