@@ -82,6 +82,7 @@ observability { metrics { address "127.0.0.1:0" } }
     expect(Date.now() - t0).toBeLessThan(6000);
 
     // Agents were closed after their answers, the drain was complete, logs say so.
+    await waitFor(() => proxy.logs.some((l) => l.msg === "sentinel stopped"), 3000, "last log line read"); // stderr is read asynchronously
     const closed = proxy.logs.filter((l) => l.msg === "agent closed").map((l) => l.agent);
     expect(closed.sort()).toEqual(["grpc", "uds"]);
     expect(proxy.logs.some((l) => l.msg === "signal received; shutdown already in progress" && l.signal === "SIGINT")).toBe(true);
@@ -105,7 +106,7 @@ routes { route "all" { priority "low"; upstream "u" } }
     proxy.proc.kill("SIGTERM");
     expect(await proxy.proc.exited).toBe(0);
     expect(Date.now() - t0).toBeLessThan(3500);
-    await proxy.waitForLog((l) => l.msg === "grace period over; aborting remaining requests");
+    await waitFor(() => proxy.logs.some((l) => l.msg === "grace period over; aborting remaining requests"), 3000, "grace warning");
     expect(await slow).not.toBe(200);
   }, 15_000);
 });
@@ -157,7 +158,7 @@ routes { route "all" { priority "low"; upstream "u" } }
       process.kill(child, "SIGTERM");
       expect(await slow).toBe("200 slow u");
       expect(await proc.exited).toBe(0);
-      expect(logs.some((l) => l.msg === "sentinel stopped")).toBe(true);
+      await waitFor(() => logs.some((l) => l.msg === "sentinel stopped"), 3000, "last log line read"); // stderr is read asynchronously
       expect(() => readFileSync(pidFile)).toThrow();
     } finally {
       if (proc.exitCode === null) proc.kill("SIGKILL");

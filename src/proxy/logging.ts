@@ -39,10 +39,14 @@ interface RouteSeries {
 /** Label value for requests that matched no route. */
 export const NO_ROUTE = "none";
 const byRoute = new Map<string, RouteSeries>();
+/** Routes a reload removed: requests still finishing on the old config must not resurrect their series. */
+const removedRoutes = new Set<string>();
+const NOOP_SERIES: RouteSeries = { route: "", duration: { observe() {} }, counts: new Array(METHODS.length * STATUS_CLASS.length).fill({ inc() {} }) };
 
 function routeSeries(route: string): RouteSeries {
   let s = byRoute.get(route);
   if (!s) {
+    if (removedRoutes.has(route)) return NOOP_SERIES;
     s = { route, duration: requestDuration.labels(route), counts: new Array(METHODS.length * STATUS_CLASS.length) };
     requestDuration.zero({ route }); // exported (empty) from the start
     byRoute.set(route, s);
@@ -63,10 +67,14 @@ function countRequest(s: RouteSeries, method: string, status: number): void {
 export function syncRouteSeries(routeIds: Iterable<string>): void {
   const keep = new Set(routeIds);
   keep.add(NO_ROUTE);
-  for (const id of keep) routeSeries(id);
+  for (const id of keep) {
+    removedRoutes.delete(id);
+    routeSeries(id);
+  }
   for (const [id, s] of byRoute) {
     if (keep.has(id)) continue;
     byRoute.delete(id);
+    removedRoutes.add(id);
     requestDuration.remove(id);
     for (let i = 0; i < s.counts.length; i++)
       if (s.counts[i]) requestsTotal.remove(id, METHODS[Math.floor(i / STATUS_CLASS.length)]!, STATUS_CLASS[i % STATUS_CLASS.length]!);

@@ -371,11 +371,16 @@ export async function startProxy(config: SentinelConfig): Promise<RunningProxy> 
     return true;
   }
   const reload = (trigger = "api") => {
-    // Serialise reloads; a reload requested during one runs after it.
-    const run = (reloading ?? Promise.resolve(true)).then(
-      () => doReload(trigger),
-      () => doReload(trigger),
-    );
+    // Serialise reloads; a reload requested during one runs after it. Afterwards the watched
+    // files follow the (possibly changed) include list, whatever triggered the reload.
+    const once = async () => {
+      try {
+        return await doReload(trigger);
+      } finally {
+        armWatchers();
+      }
+    };
+    const run = (reloading ?? Promise.resolve(true)).then(once, once);
     reloading = run;
     return run;
   };
@@ -393,7 +398,7 @@ export async function startProxy(config: SentinelConfig): Promise<RunningProxy> 
       debounce = setTimeout(() => {
         debounce = undefined;
         log("debug", "config file changed", { file: name });
-        void reload("file change").then(armWatchers, armWatchers);
+        void reload("file change");
       }, AUTO_RELOAD_DEBOUNCE_MS);
     };
     for (const dir of new Set([...files].map((f) => dirname(f)))) {
