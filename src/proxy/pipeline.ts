@@ -347,7 +347,16 @@ export async function handleRequest(req: Request, server: Server<unknown>, liste
 
 function end(ctx: RequestContext, state: ProxyState, res: Response): Response {
   ctx.status = res.status;
+  // An error answered while the request body may still be arriving closes the connection:
+  // Bun would otherwise keep reading (draining) a slow or endless body after the answer.
+  if (res.status >= 400 && carriesBody(ctx.req)) res.headers.set("connection", "close");
   finish(ctx, state);
   return res;
+}
+
+function carriesBody(req: Request): boolean {
+  if (req.headers.has("transfer-encoding")) return true;
+  const cl = req.headers.get("content-length");
+  return cl !== null && cl !== "0";
 }
 

@@ -46,7 +46,7 @@ export interface HostileAgent {
 
 const AGENT_SCRIPT = join(import.meta.dir, "hostile-agent.ts");
 
-export async function startHostileAgent(transport: Transport, opts: { mode?: string; dir?: string; name?: string } = {}): Promise<HostileAgent> {
+export async function startHostileAgent(transport: Transport, opts: { mode?: string; dir?: string; name?: string; log?: boolean } = {}): Promise<HostileAgent> {
   const dir = opts.dir ?? tempDir("sentinel-sec-agent-");
   const name = opts.name ?? "agent";
   const logFile = join(dir, `${name}.jsonl`);
@@ -54,10 +54,11 @@ export async function startHostileAgent(transport: Transport, opts: { mode?: str
   let port = 0;
   let control = "";
   const spawn = async (mode: string) => {
+    const log = opts.log === false ? [] : ["--log", logFile];
     const args =
       transport === "uds"
-        ? ["--transport", "uds", "--socket", socket, "--log", logFile, "--mode", mode]
-        : ["--transport", "grpc", "--listen", `127.0.0.1:${port}`, "--log", logFile, "--mode", mode];
+        ? ["--transport", "uds", "--socket", socket, ...log, "--mode", mode]
+        : ["--transport", "grpc", "--listen", `127.0.0.1:${port}`, ...log, "--mode", mode];
     const proc = Bun.spawn([process.execPath, AGENT_SCRIPT, ...args], { stdin: "ignore", stdout: "pipe", stderr: "inherit", cwd: ROOT });
     const reader = proc.stdout.getReader();
     const dec = new TextDecoder();
@@ -131,11 +132,14 @@ export interface CatalogOptions {
   system?: string;
   listener?: string;
   upstreamExtra?: string;
+  extraUpstreams?: string;
   authExtra?: string;
   extraAgents?: string;
   extraFilters?: string;
   extraRoutes?: string;
   limits?: string;
+  /** max-concurrent-calls of both catalog agents (default 10). */
+  agentConcurrency?: number;
 }
 
 export function catalogConfig(o: CatalogOptions): string {
@@ -146,12 +150,13 @@ limits { ${o.limits ?? `max-header-size 8192; max-header-count 100; max-body-siz
 upstreams {
   upstream "u" { target "${o.upstream}"; timeouts { request-secs 5 }; ${o.upstreamExtra ?? ""} }
   ${o.wsUpstream ? `upstream "ws" { target "${o.wsUpstream}" }` : ""}
+  ${o.extraUpstreams ?? ""}
 }
 agents {
-  agent "auth" type="auth" { ${o.auth}; timeout-ms 200; failure-mode "closed"; max-concurrent-calls 10
+  agent "auth" type="auth" { ${o.auth}; timeout-ms 200; failure-mode "closed"; max-concurrent-calls ${o.agentConcurrency ?? 10}
     circuit-breaker { failure-threshold 5; success-threshold 2; timeout-seconds 2; half-open-max-requests 1 }
     ${o.authExtra ?? ""} }
-  agent "waf" type="waf" { ${o.waf ?? o.auth}; timeout-ms 200; failure-mode "open"; max-concurrent-calls 10
+  agent "waf" type="waf" { ${o.waf ?? o.auth}; timeout-ms 200; failure-mode "open"; max-concurrent-calls ${o.agentConcurrency ?? 10}
     circuit-breaker { failure-threshold 1000; success-threshold 1; timeout-seconds 1; half-open-max-requests 1 } }
   ${o.extraAgents ?? ""}
 }

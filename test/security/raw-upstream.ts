@@ -39,6 +39,8 @@ export interface RawUpstream {
   /** Connection id → time it was closed (by either side). */
   closedAt: Map<number, number>;
   connections: number;
+  /** Requests received (also when not recording). */
+  count: number;
   header(r: RawRecord, name: string): string[];
   since(mark: number): RawRecord[];
   mark(): number;
@@ -75,8 +77,17 @@ function okResponse(r: RawRecord, extra = ""): string {
   return `HTTP/1.1 200 OK\r\nContent-Length: ${Buffer.byteLength(body)}\r\nX-Upstream-Seq: ${r.seq}\r\n${extra}\r\n${r.method === "HEAD" ? "" : body}`;
 }
 
-export function startRawUpstream(): Promise<RawUpstream> {
+export interface RawUpstreamOptions {
+  /** Fixed port (to restart an upstream where it was); default: any free port. */
+  port?: number;
+  /** Keep every request (default true); false keeps only the count (soak runs). */
+  record?: boolean;
+}
+
+export function startRawUpstream(opts: RawUpstreamOptions = {}): Promise<RawUpstream> {
   const records: RawRecord[] = [];
+  const keep = opts.record !== false;
+  let count = 0;
   const open = new Set<number>();
   const closedAt = new Map<number, number>();
   let connSeq = 0;
@@ -255,7 +266,8 @@ export function startRawUpstream(): Promise<RawUpstream> {
         aggressivePath: agg,
         servedAdmin: agg === "/admin" || agg.startsWith("/admin/"),
       };
-      records.push(r);
+      count++;
+      if (keep) records.push(r);
       respond(sock, r);
       buf = rest;
     }
@@ -280,7 +292,7 @@ export function startRawUpstream(): Promise<RawUpstream> {
   });
 
   return new Promise((resolve) => {
-    server.listen(0, "127.0.0.1", () => {
+    server.listen(opts.port ?? 0, "127.0.0.1", () => {
       const port = (server.address() as net.AddressInfo).port;
       const up: RawUpstream = {
         port,
@@ -290,6 +302,9 @@ export function startRawUpstream(): Promise<RawUpstream> {
         closedAt,
         get connections() {
           return connSeq;
+        },
+        get count() {
+          return count;
         },
         header: (r, name) => r.headers.filter(([k]) => k.toLowerCase() === name.toLowerCase()).map(([, v]) => v),
         mark: () => records.length,
