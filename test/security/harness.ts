@@ -144,7 +144,7 @@ export interface CatalogOptions {
 
 export function catalogConfig(o: CatalogOptions): string {
   return `
-system { graceful-shutdown-timeout-secs 10; ${o.system ?? ""} }
+system { ${o.system?.includes("graceful-shutdown-timeout-secs") ? "" : "graceful-shutdown-timeout-secs 10;"} ${o.system ?? ""} }
 listeners { listener "main" { address "127.0.0.1:0"; ${o.listener ?? ""} } }
 limits { ${o.limits ?? `max-header-size 8192; max-header-count 100; max-body-size "1MiB"; max-uri-length 8192`} }
 upstreams {

@@ -7,7 +7,7 @@
 //   ok | status:N | slow:N | hang | close (answers with Connection: close)
 //   clte | dupcl | samecl | badchunk | obsfold | spcolon | nul | status2000 | http09 | bigheader:N
 //   hop | 204body | 304body | headbody | early103 | s100 | s101 | setcookie | trailers
-//   truncate | reset | bytes:N | sha
+//   truncate | reset | bytes:N | sha | drip:N:MS (N chunks of "chunkK\n", MS apart)
 // Every request also gets `aggressivePath`: what a deliberately aggressive upstream (decodes
 // every %XX incl. %2F, '\' → '/', strips ;params, merges slashes, resolves dots, lower-cases)
 // would route on. A request whose aggressive path is under /admin is answered by the "admin
@@ -191,6 +191,20 @@ export function startRawUpstream(opts: RawUpstreamOptions = {}): Promise<RawUpst
         const n = Number(param);
         w(`HTTP/1.1 200 OK\r\nContent-Length: ${n}\r\nContent-Type: application/octet-stream\r\n\r\n`);
         void writeBig(sock, n);
+        return;
+      }
+      case "drip": {
+        const [n, ms] = param.split(":").map(Number);
+        w("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+        let k = 0;
+        const tick = () => {
+          if (sock.destroyed) return;
+          if (k >= n!) return void w("0\r\n\r\n");
+          const c = `chunk${++k}\n`;
+          w(`${c.length.toString(16)}\r\n${c}\r\n`);
+          later(ms!, tick);
+        };
+        later(ms!, tick);
         return;
       }
       case "sha": {
