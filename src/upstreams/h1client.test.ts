@@ -245,6 +245,36 @@ describe("h1client framing and errors (raw upstream)", () => {
     expect(await text(c)).toBe("until-close");
   });
 
+  test("a small body cut short: the head arrives with a body that breaks off (truncation stays visible)", async () => {
+    const s = raw((_req, _c, sock) => {
+      sock.write("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc");
+      setTimeout(() => sock.end(), 10);
+      return null;
+    });
+    cleanups.push(s.stop);
+    const r = await get(pool(s.port));
+    expect(r.status).toBe(200);
+    const reader = (r.body as ReadableStream<Uint8Array>).getReader();
+    const first = await reader.read();
+    expect(Buffer.from(first.value!).toString()).toBe("abc");
+    expect(await reader.read().catch((e) => e)).toBeInstanceOf(H1Error);
+  });
+
+  test("a small body that stalls is cut by the body idle limit, not the head deadline", async () => {
+    const s = raw((_req, _c, sock) => {
+      sock.write("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nab");
+      return null;
+    });
+    cleanups.push(s.stop);
+    const t0 = performance.now();
+    const r = await get(pool(s.port), "/", { timeoutMs: 5000, bodyIdleMs: 150 });
+    const reader = (r.body as ReadableStream<Uint8Array>).getReader();
+    expect(Buffer.from((await reader.read()).value!).toString()).toBe("ab");
+    const e = await reader.read().catch((err) => err);
+    expect((e as H1Error).code).toBe("ETIMEDOUT");
+    expect(performance.now() - t0).toBeLessThan(2000);
+  });
+
   test("conflicting content-length and a bad status line are protocol errors", async () => {
     const s = raw((req) => (req.includes("/cl") ? "HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nabc" : "HTTP/9 200 OK\r\n\r\n"));
     cleanups.push(s.stop);

@@ -162,6 +162,32 @@ class Exchange {
 
   fail(err: Error): void {
     this.cleanup();
+    if (!this.settled && this.parts !== null && this.headers !== null) {
+      // The head had arrived and part of a small body: the caller gets the head and a body that
+      // breaks off, as with fetch(), so the truncation stays visible downstream.
+      const parts = this.parts;
+      this.parts = null;
+      this.settled = true;
+      this.resolve({
+        status: this.status,
+        statusText: this.statusText,
+        headers: this.headers,
+        body: new ReadableStream<Uint8Array>(
+          {
+            // error() would discard queued chunks: hand out the parts first, then fail.
+            pull(c) {
+              const p = parts.shift();
+              if (p !== undefined) c.enqueue(p);
+              else c.error(err);
+            },
+          },
+          { highWaterMark: 0 },
+        ),
+        contentLength: this.contentLength,
+        reused: false,
+      });
+      return;
+    }
     if (!this.settled) {
       this.settled = true;
       this.reject(err);
@@ -371,9 +397,15 @@ function onData(c: Conn, ex: Exchange, chunk: Buffer): void {
       return;
     }
     if (state === S_BODY_LENGTH && ex.remaining <= ex.pool.maxBufferedBody) {
-      // Small declared body, not complete yet: collect it, answer with bytes.
+      // Small declared body, not complete yet: collect it, answer with bytes. From here on the
+      // body idle limit applies, as for a streamed body.
       ex.parts = [];
       ex.partsBytes = 0;
+      if (ex.deadline) {
+        ex.deadline.cancel();
+        ex.deadline = null;
+      }
+      watchBody(c, ex);
       if (rest.byteLength > 0) bodyBytes(c, ex, rest);
       return;
     }
@@ -517,7 +549,6 @@ function deliverHead(c: Conn, ex: Exchange, body: Uint8Array | null): void {
     return;
   }
   const pool = c.pool;
-  const idleMs = ex.req.bodyIdleMs ?? 30_000;
   res.body = new ReadableStream<Uint8Array>(
     {
       start(controller) {
@@ -534,11 +565,17 @@ function deliverHead(c: Conn, ex: Exchange, body: Uint8Array | null): void {
     },
     { highWaterMark: pool.maxBufferedBody, size: (chunk) => chunk?.byteLength ?? 0 },
   );
+  if (ex.idle === null) watchBody(c, ex);
+  settle(ex, res);
+}
+
+/** Body idle limit (no byte from the upstream for bodyIdleMs while it is wanted). */
+function watchBody(c: Conn, ex: Exchange): void {
+  const idleMs = ex.req.bodyIdleMs ?? 30_000;
   ex.idle = watchIdle(idleMs, () => {
     ex.idle = null;
     c.destroy(new H1Error(`upstream body idle for more than ${idleMs} ms`, "ETIMEDOUT"));
   });
-  settle(ex, res);
 }
 
 function settle(ex: Exchange, res: H1Response): void {
@@ -551,6 +588,7 @@ function emit(c: Conn, ex: Exchange, piece: Uint8Array): void {
   if (ex.parts !== null) {
     ex.parts.push(piece);
     ex.partsBytes += piece.byteLength;
+    if (ex.idle) ex.idle.last = performance.now();
     return;
   }
   const s = ex.stream;
@@ -696,7 +734,8 @@ function requestHead(req: H1Request, hostDefault: string, framing: string): stri
     head += `${name}: ${value}\r\n`;
   });
   if (!hasHost) head += `host: ${hostDefault}\r\n`;
-  return head + framing + "\r\n";
+  // Explicit, as fetch() sends it (HTTP/1.1 implies it; some upstreams log or expect it).
+  return head + framing + "connection: keep-alive\r\n\r\n";
 }
 
 export class H1Pool {
