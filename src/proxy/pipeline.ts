@@ -16,7 +16,7 @@ import { acceptTraceId, newTraceId } from "./ids.ts";
 import { normalizePath } from "../routing/normalize.ts";
 import type { MatchInput } from "../routing/router.ts";
 import type { Runtime } from "./runtime.ts";
-import { forward, releaseTarget } from "../upstreams/forward.ts";
+import { forward, releaseTarget, type UpstreamResponse } from "../upstreams/forward.ts";
 import { BodyLimitError, peekBody } from "../upstreams/body.ts";
 import {
   applyDeferredResponseOps,
@@ -197,12 +197,16 @@ async function requestFilter(ctx: RequestContext): Promise<{ response?: Response
   }
 }
 
+function cancel(body: UpstreamResponse["body"]): void {
+  if (body instanceof ReadableStream) body.cancel().catch(() => {});
+}
+
 /** Phase 5 — response filter: sanitise, agents on response headers and body, policies. */
-async function responseFilter(ctx: RequestContext, upstream: Response): Promise<Response> {
+async function responseFilter(ctx: RequestContext, upstream: UpstreamResponse): Promise<Response> {
   const plan = ctx.plan!;
   const headers = downstreamResponseHeaders(upstream.headers);
   if (!headers) {
-    upstream.body?.cancel().catch(() => {});
+    cancel(upstream.body);
     ctx.error = "upstream response head too large";
     return errorResponse(502, ctx.traceId);
   }
@@ -211,14 +215,29 @@ async function responseFilter(ctx: RequestContext, upstream: Response): Promise<
 
   const denied = await responseHeadersPhase(ctx, upstream.status, headers);
   if (denied) {
-    upstream.body?.cancel().catch(() => {});
+    cancel(upstream.body);
     return denied;
   }
   headers.set("x-correlation-id", ctx.traceId);
   const bodyless = ctx.method === "HEAD" || upstream.status === 204 || upstream.status === 304 || upstream.body === null;
   if (bodyless) {
-    upstream.body?.cancel().catch(() => {});
+    cancel(upstream.body);
     return new Response(null, { status: upstream.status, statusText: upstream.statusText, headers });
+  }
+  if (upstream.body instanceof Uint8Array) {
+    // Complete and already framed correctly (h1client): answered as bytes, with no stream to
+    // relay or peek into, unless response-body agents want to see it.
+    let body: Uint8Array | ReadableStream<Uint8Array> = upstream.body;
+    if (plan.responseBodyAgents.length > 0) {
+      const inspected = await responseBodyPhase(ctx, new Blob([upstream.body]).stream());
+      if (inspected.response) return inspected.response;
+      body = inspected.body;
+    }
+    if (body instanceof Uint8Array) {
+      ctx.bytesOut = body.byteLength;
+      sized.add(ctx);
+    }
+    return new Response(body, { status: upstream.status, statusText: upstream.statusText, headers });
   }
   // A body whose framing is broken from its first byte is a 502, not a truncated answer.
   const peeked = await peekBody(upstream.body!, PEEK_WINDOW_MS);
@@ -247,10 +266,14 @@ function finish(ctx: RequestContext, state: ProxyState): void {
   requestCompletePhase(ctx, durationMs);
 }
 
+/** Requests answered with a byte array of known size (bytesOut already counted). */
+const sized = new WeakSet<RequestContext>();
+
 /** Wrap the response body so that `finish` runs when it has been fully sent (or abandoned). */
 function finishOnBodyEnd(ctx: RequestContext, state: ProxyState, res: Response): Response {
   ctx.status = res.status;
-  if (res.body === null) {
+  if (sized.has(ctx) || res.body === null) {
+    // No body, or bytes handed to Bun whole (reading res.body would turn them into a stream).
     finish(ctx, state);
     return res;
   }

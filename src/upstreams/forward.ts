@@ -1,10 +1,22 @@
 // The one upstream-call module: always decompress:false, redirect:manual, duplex:half, our own
 // deadlines on AbortController, client disconnect propagated, retries only where safe.
+// Plain-HTTP targets go through the Bun.connect HTTP/1.1 client (h1client.ts: same contract,
+// a fraction of fetch()'s CPU per request, small bodies as bytes); TLS targets through fetch().
 import type { Pool, Target } from "./pool.ts";
 import { BodyLimitError } from "./body.ts";
+import { H1Pool, H1TimeoutError } from "./h1client.ts";
+
+/** What the pipeline gets back: a fetch() Response fits, and so does an h1client answer. */
+export interface UpstreamResponse {
+  status: number;
+  statusText: string;
+  headers: Headers;
+  /** A complete body as bytes (h1client, small responses), a stream, or null. */
+  body: Uint8Array | ReadableStream<Uint8Array> | null;
+}
 
 export type ForwardResult =
-  | { ok: true; response: Response; target: Target; abort: AbortController }
+  | { ok: true; response: UpstreamResponse; target: Target }
   | { ok: false; status: 502 | 503 | 504 | 413 | 499; reason: string; target?: Target; connectFailed?: boolean };
 
 export interface ForwardInput {
@@ -55,7 +67,55 @@ function tlsOptions(pool: Pool): Record<string, unknown> | undefined {
   return o;
 }
 
+const h1Pools = new WeakMap<Target, H1Pool>();
+
+function h1PoolFor(pool: Pool, target: Target): H1Pool {
+  let p = h1Pools.get(target);
+  if (p === undefined) {
+    const c = pool.config.pool;
+    p = new H1Pool(target.config.host, target.config.port, { maxIdle: c.maxIdle, idleTimeoutMs: c.idleTimeoutMs });
+    h1Pools.set(target, p);
+  }
+  return p;
+}
+
+function cancelBody(body: UpstreamResponse["body"]): void {
+  if (body instanceof ReadableStream) body.cancel().catch(() => {});
+}
+
+async function attemptH1(input: ForwardInput, target: Target, body: ForwardInput["body"]): Promise<ForwardResult> {
+  if (input.signal.aborted) return { ok: false, status: 499, reason: "client went away", target };
+  target.active++;
+  input.onAttempt?.(target);
+  const t0 = performance.now();
+  try {
+    const response = await h1PoolFor(input.pool, target).request({
+      method: input.method,
+      path: input.pathAndQuery,
+      headers: input.headers,
+      body,
+      signal: input.signal,
+      timeoutMs: input.timeoutMs,
+      bodyIdleMs: input.pool.config.readTimeoutMs,
+    });
+    attemptObserver?.(input.pool, target, (performance.now() - t0) / 1000, null, response.status);
+    if (response.status === 101) return { ok: false, status: 502, reason: "unsolicited 101 from upstream", target };
+    return { ok: true, response, target };
+  } catch (err) {
+    target.active--;
+    if (input.signal.aborted) return { ok: false, status: 499, reason: "client went away", target };
+    const timedOut = err instanceof H1TimeoutError;
+    const bodyLimit = err instanceof BodyLimitError || (err as Error)?.name === "BodyLimitError";
+    if (attemptObserver && !bodyLimit) attemptObserver(input.pool, target, (performance.now() - t0) / 1000, timedOut ? "timeout" : isConnectError(err) ? "connect" : "error", 0);
+    if (timedOut) return { ok: false, status: 504, reason: `upstream ${target.address} timed out after ${input.timeoutMs} ms`, target };
+    if (bodyLimit) return { ok: false, status: 413, reason: "request body too large", target };
+    const detail = (err as { code?: string })?.code ?? (err as Error)?.name ?? "error";
+    return { ok: false, status: 502, reason: `upstream ${target.address}: ${detail}`, target, connectFailed: isConnectError(err) };
+  }
+}
+
 async function attempt(input: ForwardInput, target: Target, body: ForwardInput["body"]): Promise<ForwardResult> {
+  if (!input.pool.config.tls) return attemptH1(input, target, body);
   const abort = new AbortController();
   const onClientAbort = () => abort.abort(new DOMException("client went away", "AbortError"));
   if (input.signal.aborted) return { ok: false, status: 499, reason: "client went away", target };
@@ -90,7 +150,7 @@ async function attempt(input: ForwardInput, target: Target, body: ForwardInput["
       abort.abort();
       return { ok: false, status: 502, reason: "unsolicited 101 from upstream", target };
     }
-    return { ok: true, response, target, abort };
+    return { ok: true, response, target };
   } catch (err) {
     clearTimeout(timer);
     target.active--;
@@ -152,7 +212,7 @@ export async function forward(input: ForwardInput): Promise<ForwardResult & { at
       input.pool.report(target, result.response.status < 500);
       const retryable = idempotent && replayable && policy.retryableStatusCodes.includes(result.response.status);
       if (!retryable || n + 1 >= policy.maxAttempts) return { ...result, attempts: n + 1 };
-      result.response.body?.cancel().catch(() => {});
+      cancelBody(result.response.body);
       releaseTarget(target);
       continue;
     }
