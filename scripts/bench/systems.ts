@@ -155,11 +155,7 @@ listeners {
     listener "main" { address "127.0.0.1:${port}"; }
 }
 upstreams {
-    upstream "app" {
-        target "127.0.0.1:${env.upstreamPort}"
-        // as nginx's "keepalive 128" (the default max-idle, 20, churns connections at -c50)
-        connection-pool { max-idle 128; }
-    }
+    upstream "app" { target "127.0.0.1:${env.upstreamPort}"; }
 }
 ${def.agents.length ? `agents {\n${agents}\n}\nfilters {\n${filters}\n}\n` : ""}routes {
     route "all" {

@@ -120,6 +120,17 @@ describe("h1client against Bun.serve", () => {
     expect(p.size).toBeGreaterThan(1);
   });
 
+  test("max-idle is a soft bound: a wider burst keeps its connections, the excess is trimmed after a second idle", async () => {
+    const p = pool(server.port!, { maxIdle: 2 });
+    for (let round = 0; round < 3; round++) {
+      const rs = await Promise.all(Array.from({ length: 10 }, () => get(p)));
+      for (const r of rs) expect(await text(r)).toBe("Hello, World!");
+    }
+    expect(p.size).toBe(10); // reused across rounds, not closed and reopened
+    await Bun.sleep(2300);
+    expect(p.size).toBe(2);
+  });
+
   test("a body larger than maxBufferedBody streams, byte for byte", async () => {
     const p = pool(server.port!);
     const r = await get(p, "/big");

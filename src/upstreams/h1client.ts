@@ -74,7 +74,7 @@ export class H1TimeoutError extends Error {
 }
 
 export interface PoolOptions {
-  /** Idle connections kept per target (default 256). */
+  /** Idle connections kept per target once idle for a second (default 256; see release()). */
   maxIdle?: number;
   /** Idle connections are closed after this long (default 60 s). */
   idleTimeoutMs?: number;
@@ -102,6 +102,8 @@ const CRLF2 = Buffer.from("\r\n\r\n");
 const NON_ASCII = /[^\x00-\x7f]/;
 const STATUS_LINE = /^HTTP\/1\.[01] [1-9]\d\d(?: |$)/;
 const EMPTY = new Uint8Array(0);
+/** Idle connections beyond max-idle are closed once idle this long (and checked this often). */
+const TRIM_AFTER_MS = 1000;
 
 // Response parser states.
 const S_HEAD = 0;
@@ -779,7 +781,10 @@ export class H1Pool {
 
   /** @internal */
   release(c: Conn): void {
-    if (this.closed || this.idle.length >= this.maxIdle) {
+    // max-idle is a soft bound (trimmed by the sweeper once connections have been idle for
+    // TRIM_AFTER_MS), so that a burst wider than it does not close and reopen connections on
+    // every request; the hard bound keeps a flood from hoarding sockets.
+    if (this.closed || this.idle.length >= Math.max(2 * this.maxIdle, this.maxIdle + 256)) {
       c.destroy(new H1Error("pool full", "ECONNRESET"));
       return;
     }
@@ -787,15 +792,17 @@ export class H1Pool {
     c.idleSince = performance.now();
     this.idle.push(c);
     if (this.sweeper === null) {
-      this.sweeper = setInterval(() => this.sweep(), Math.max(1000, Math.min(this.idleTimeoutMs, 10_000)));
+      this.sweeper = setInterval(() => this.sweep(), TRIM_AFTER_MS);
       (this.sweeper as { unref?: () => void }).unref?.();
     }
   }
 
   private sweep(): void {
-    const limit = performance.now() - this.idleTimeoutMs;
+    const now = performance.now();
+    const limit = now - this.idleTimeoutMs;
     // Oldest first: the stack's bottom holds the longest-idle connections.
     while (this.idle.length > 0 && this.idle[0]!.idleSince < limit) this.idle[0]!.destroy(new H1Error("idle", "ECONNRESET"));
+    while (this.idle.length > this.maxIdle && this.idle[0]!.idleSince < now - TRIM_AFTER_MS) this.idle[0]!.destroy(new H1Error("over max-idle", "ECONNRESET"));
     if (this.all.size === 0 && this.sweeper !== null) {
       clearInterval(this.sweeper);
       this.sweeper = null;
