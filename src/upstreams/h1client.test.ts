@@ -286,6 +286,15 @@ describe("h1client framing and errors (raw upstream)", () => {
     expect(performance.now() - t0).toBeLessThan(2000);
   });
 
+  test("a response head over maxHeadBytes is a protocol error, whether it arrives whole or in pieces", async () => {
+    const s = raw(() => `HTTP/1.1 200 OK\r\nx-big: ${"b".repeat(100_000)}\r\ncontent-length: 2\r\n\r\nok`);
+    cleanups.push(s.stop);
+    const e = await get(pool(s.port, { maxHeadBytes: 64 * 1024 })).catch((err) => err);
+    expect((e as H1Error).code).toBe("EPROTO");
+    const small = await get(pool(s.port, { maxHeadBytes: 1024 })).catch((err) => err);
+    expect((small as H1Error).code).toBe("EPROTO");
+  });
+
   test("conflicting content-length and a bad status line are protocol errors", async () => {
     const s = raw((req) => (req.includes("/cl") ? "HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nabc" : "HTTP/9 200 OK\r\n\r\n"));
     cleanups.push(s.stop);

@@ -373,6 +373,7 @@ function onData(c: Conn, ex: Exchange, chunk: Buffer): void {
       return;
     }
     ex.head = null;
+    if (end > ex.pool.maxHeadBytes) throw protocolError("response head too large");
     const state = parseHead(ex, buf.toString("latin1", 0, end));
     const rest = buf.subarray(end + 4);
     if (ex.status < 200) {
