@@ -106,7 +106,9 @@ export function upstreamRequestHeaders(incoming: Headers, fwd: ForwardingInfo): 
     }
   }
   const drop: string[] = [];
-  for (const name of headers.keys()) if (HOP_BY_HOP.has(name) || PROXY_OWNED.has(name) || name.includes("_")) drop.push(name);
+  incoming.forEach((_value, name) => {
+    if (HOP_BY_HOP.has(name) || PROXY_OWNED.has(name) || name.includes("_")) drop.push(name);
+  });
   for (const name of drop) headers.delete(name);
 
   const nominates = (n: string) => connection !== null && connection.toLowerCase().split(",").some((x) => x.trim() === n);
@@ -129,6 +131,7 @@ export function upstreamRequestHeaders(incoming: Headers, fwd: ForwardingInfo): 
 export function finishUpstreamRequestHeaders(u: UpstreamRequestHeaders, agentOps: readonly HeaderOp[], policyOps: readonly HeaderOpConfig[]): void {
   const h = u.headers;
   for (const name of u.nominated) h.delete(name);
+  if (agentOps.length === 0 && policyOps.length === 0) return; // the own headers set in step 1 are intact
   if (agentOps.length > 0) {
     for (const op of agentOps) if (op.op !== "remove") h.delete(op.name);
     applyHeaderOps(h, agentOps);
@@ -143,7 +146,9 @@ export function finishUpstreamRequestHeaders(u: UpstreamRequestHeaders, agentOps
  */
 export function downstreamResponseHeaders(upstream: Headers): Headers | null {
   let size = 0;
-  for (const [name, value] of upstream) size += name.length + value.length + 4;
+  upstream.forEach((value, name) => {
+    size += name.length + value.length + 4;
+  });
   if (size > MAX_RESPONSE_HEAD_BYTES) return null;
   const headers = new Headers(upstream);
   stripHopByHop(headers);
@@ -156,14 +161,14 @@ export function downstreamResponseHeaders(upstream: Headers): Headers | null {
 /** Headers → protocol header map (lower-case name → values), built once per request. */
 export function toHeaderMap(headers: Headers): HeaderMap {
   const map: HeaderMap = {};
-  for (const [name, value] of headers) {
-    if (name === "set-cookie") continue; // handled below: Headers joins them when iterating
+  // forEach: markedly cheaper than for…of over Headers in Bun.
+  headers.forEach((value, name) => {
+    if (name === "set-cookie") return; // handled below: Headers joins them when iterating
     const list = map[name];
     if (list) list.push(value);
     else map[name] = [value];
-  }
-  const cookies = headers.getSetCookie();
-  if (cookies.length > 0) map["set-cookie"] = cookies;
+  });
+  if (headers.has("set-cookie")) map["set-cookie"] = headers.getSetCookie();
   return map;
 }
 
