@@ -10,8 +10,11 @@
 //                              max-body-size                                   (CL: at once; chunked: when crossing)   guardRequestBody
 //   request body idle        system idle-timeout-secs (60)                     408 / abort    guardRequestBody
 //   slow request head        fixed by Bun: 10 s (observed 10–12 s)             close (Bun)
-//   idle / stalled connection  listener keepalive-timeout-secs, request-       close (Bun idleTimeout, server.ts)
-//                              timeout-secs, system idle-timeout-secs: max + 5 s
+//   idle keep-alive          listener keepalive-timeout-secs (75; at least     close          keepAliveIdleSecs
+//     connection               5 s, Bun's timer has 4 s ticks)
+//   request in progress      5 s after the longest timeout that applies to     close          inFlightIdleSecs
+//     with no I/O Bun sees     the request (request-timeout-secs, idle-timeout-
+//     (backstop)               secs, the route's upstream timeouts)
 //   agent call               agent timeout-ms, max-concurrent-calls, body       503/504/413 by failure mode (src/agents)
 //                              limits, circuit-breaker
 //   upstream response head   route timeout-secs, else upstream timeouts        504            forward.ts (per attempt)
@@ -23,7 +26,9 @@
 //     size
 //   agent block body         fixed 64 KiB (truncated)                                         agent-phases.ts
 //   WebSocket message        fixed 16 MiB, idle 120 s                          close 1009     websocket.ts
-import type { LimitsConfig } from "../config/types.ts";
+import type { Server } from "bun";
+import type { ListenerConfig, LimitsConfig, SentinelConfig } from "../config/types.ts";
+import type { RoutePlan } from "./runtime.ts";
 import { meteredStream, type Meter } from "../upstreams/body.ts";
 
 /** Largest upstream response head (status line excluded) relayed to a client. */
@@ -54,4 +59,41 @@ export function guardRequestBody(body: ReadableStream<Uint8Array>, maxBodySize: 
 /** The response body as relayed: aborted when no byte moves for `idleMs` (upstream or client stalled). */
 export function guardResponseBody(body: ReadableStream<Uint8Array>, idleMs: number, meter: Meter, onEnd: (err?: unknown) => void): ReadableStream<Uint8Array> {
   return meteredStream(body, { limit: Number.MAX_SAFE_INTEGER, idleMs, meter, onEnd });
+}
+
+// ---- connection timers -------------------------------------------------------------------
+// Bun.serve has one idle timer per connection (`idleTimeout`, whole seconds, checked every 4 s,
+// at most 255). Measured on Bun 1.4.5: a request arriving on a kept-alive connection does NOT
+// restart it (a connection idle for 3 s with idleTimeout 4 is cut 1 s into its next request),
+// and `server.timeout(req, n)` re-arms it from now only when n differs from the current value.
+// So every request re-arms it twice: with the in-flight backstop when it starts, with the
+// keep-alive idle time when its response is done.
+
+const clampSecs = (s: number) => Math.min(255, Math.max(1, Math.ceil(s)));
+
+/**
+ * Idle time allowed between requests on a kept-alive connection. Bun counts in 4 s ticks from
+ * the next tick on (n s fire after ⌈n/4⌉ ticks, the first of which may be a moment away), so
+ * values under 5 s are raised to 5: a connection is never cut sooner than 4 s after its last
+ * response (which would race the client's next request).
+ */
+export function keepAliveIdleSecs(listener: ListenerConfig): number {
+  return Math.max(5, clampSecs(listener.keepaliveTimeoutMs / 1000));
+}
+
+/** Backstop for a request in progress: 5 s after the longest of its own timeouts (never equal to the keep-alive value). */
+export function inFlightIdleSecs(listener: ListenerConfig, config: SentinelConfig, plan?: RoutePlan): number {
+  const ms = Math.max(listener.requestTimeoutMs, config.system.idleTimeoutMs, plan?.upstreamTimeoutMs ?? 0, plan?.readTimeoutMs ?? 0);
+  let secs = clampSecs(ms / 1000 + 5);
+  if (secs === keepAliveIdleSecs(listener)) secs = secs === 255 ? 254 : secs + 1;
+  return secs;
+}
+
+/** Re-arm the connection's idle timer (a no-op once the request's connection is gone). */
+export function armConnectionTimer(server: Server<unknown>, req: Request, secs: number): void {
+  try {
+    server.timeout(req, secs);
+  } catch {
+    /* connection already closed or upgraded */
+  }
 }

@@ -11,7 +11,7 @@ import type { ListenerConfig, RouteConfig } from "../config/types.ts";
 import type { RequestContext } from "./context.ts";
 import { errorResponse } from "./errors.ts";
 import { downstreamResponseHeaders, finishUpstreamRequestHeaders, upstreamRequestHeaders } from "./headers.ts";
-import { checkRequestHead, guardRequestBody, guardResponseBody } from "./limits.ts";
+import { armConnectionTimer, checkRequestHead, guardRequestBody, guardResponseBody, inFlightIdleSecs, keepAliveIdleSecs } from "./limits.ts";
 import { acceptTraceId, newTraceId } from "./ids.ts";
 import { normalizePath } from "../routing/normalize.ts";
 import type { MatchInput } from "../routing/router.ts";
@@ -260,6 +260,7 @@ function finish(ctx: RequestContext, state: ProxyState): void {
   ctx.finished = true;
   state.inFlight--;
   ctx.rt.inFlight--;
+  if (ctx.status !== 101) armConnectionTimer(ctx.server, ctx.req, keepAliveIdleSecs(ctx.listener));
   if (ctx.target) releaseTarget(ctx.target);
   const durationMs = performance.now() - ctx.startedAt;
   logRequest(ctx, durationMs);
@@ -297,6 +298,7 @@ export async function handleRequest(req: Request, server: Server<unknown>, liste
   const received = receive(req, server, listener, rt);
   if (received instanceof Response) {
     rejectedRequests.labels(String(received.status)).inc();
+    armConnectionTimer(server, req, keepAliveIdleSecs(listener));
     return received;
   }
   const ctx = received;
@@ -304,6 +306,7 @@ export async function handleRequest(req: Request, server: Server<unknown>, liste
   rt.inFlight++;
   try {
     const r = route(ctx);
+    armConnectionTimer(server, req, inFlightIdleSecs(listener, rt.config, r ? rt.plans.get(r.id) : undefined));
     if (!r) {
       ctx.status = 404;
       finish(ctx, state);

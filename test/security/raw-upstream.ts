@@ -38,6 +38,10 @@ export interface RawUpstream {
   open: Set<number>;
   /** Connection id → time it was closed (by either side). */
   closedAt: Map<number, number>;
+  /** Connection id → target of a request whose head arrived but whose body never completed. */
+  partial: Map<number, string>;
+  /** Connection id → body bytes written for bytes:N answers. */
+  sent: Map<number, number>;
   connections: number;
   /** Requests received (also when not recording). */
   count: number;
@@ -90,6 +94,8 @@ export function startRawUpstream(opts: RawUpstreamOptions = {}): Promise<RawUpst
   let count = 0;
   const open = new Set<number>();
   const closedAt = new Map<number, number>();
+  const partial = new Map<number, string>();
+  const sent = new Map<number, number>();
   let connSeq = 0;
   let reqSeq = 0;
   const sockets = new Set<net.Socket>();
@@ -102,12 +108,13 @@ export function startRawUpstream(opts: RawUpstreamOptions = {}): Promise<RawUpst
     timers.add(t);
   };
 
-  async function writeBig(sock: net.Socket, n: number): Promise<void> {
+  async function writeBig(sock: net.Socket, conn: number, n: number): Promise<void> {
     const block = Buffer.alloc(64 * 1024, 0x61);
-    let sent = 0;
-    while (sent < n && !sock.destroyed) {
-      const len = Math.min(block.length, n - sent);
-      sent += len;
+    let done = 0;
+    while (done < n && !sock.destroyed) {
+      const len = Math.min(block.length, n - done);
+      done += len;
+      sent.set(conn, done);
       if (!sock.write(len === block.length ? block : block.subarray(0, len))) {
         await new Promise<void>((res) => {
           sock.once("drain", res);
@@ -190,7 +197,7 @@ export function startRawUpstream(opts: RawUpstreamOptions = {}): Promise<RawUpst
       case "bytes": {
         const n = Number(param);
         w(`HTTP/1.1 200 OK\r\nContent-Length: ${n}\r\nContent-Type: application/octet-stream\r\n\r\n`);
-        void writeBig(sock, n);
+        void writeBig(sock, r.conn, n);
         return;
       }
       case "drip": {
@@ -257,12 +264,18 @@ export function startRawUpstream(opts: RawUpstreamOptions = {}): Promise<RawUpst
           parts.push(rest.subarray(nl + 2, nl + 2 + size));
           off = nl + 2 + size + 2;
         }
-        if (!complete) return buf;
+        if (!complete) {
+          partial.set(conn, target);
+          return buf;
+        }
         body = Buffer.concat(parts);
         rest = rest.subarray(off);
       } else {
         const cl = Number(get("content-length")[0] ?? 0);
-        if (rest.length < cl) return buf;
+        if (rest.length < cl) {
+          partial.set(conn, target);
+          return buf;
+        }
         body = rest.subarray(0, cl);
         rest = rest.subarray(cl);
       }
@@ -281,6 +294,7 @@ export function startRawUpstream(opts: RawUpstreamOptions = {}): Promise<RawUpst
         servedAdmin: agg === "/admin" || agg.startsWith("/admin/"),
       };
       count++;
+      partial.delete(conn);
       if (keep) records.push(r);
       respond(sock, r);
       buf = rest;
@@ -314,6 +328,8 @@ export function startRawUpstream(opts: RawUpstreamOptions = {}): Promise<RawUpst
         records,
         open,
         closedAt,
+        partial,
+        sent,
         get connections() {
           return connSeq;
         },

@@ -34,6 +34,15 @@ let blackholePort = 0;
 let deadPort = 0;
 let baselineFds = 0;
 
+/** Sequential allowed requests until the auth agent's breaker is closed (half-open needs two successes). */
+async function breakerClosed(): Promise<void> {
+  await waitFor(
+    async () => (await fetch(`${proxy.url}/admin/breaker`, { headers: { authorization: "Bearer good" } })).status === 200 && (await metric(proxy, "sentinel_agent_circuit_state", 'agent="auth"')) === 0,
+    10_000,
+    "auth breaker closed",
+  );
+}
+
 /** Result of one slow connection: when the server closed it (ms after it opened). */
 interface SlowResult {
   closedMs: number | null;
@@ -91,7 +100,9 @@ let slowloris: Promise<SlowResult[]>;
 let slowBody: Promise<SlowResult[]>;
 let idle: { first: Awaited<ReturnType<typeof idleConnections>>; second: Awaited<ReturnType<typeof idleConnections>>; oneClient: Awaited<ReturnType<typeof idleConnections>>; rssBefore: number; rssAfter: number } | undefined;
 let legitDuringAttack: number[] = [];
-let slowReader: Promise<{ closedMs?: number; closed: boolean; bytes: number; upstreamReleasedMs?: number; rssGrowth: number }>;
+let re08: Promise<Array<{ path: string; status: number; ms: number }>>;
+let slowReader: Promise<{ closedMs?: number; closed: boolean; bytes: number; upstreamReleasedMs?: number; upstreamSent: number }>;
+let keepAlive: Promise<{ idleClosedAfterMs: number | null; afterPause: number }>;
 
 beforeAll(async () => {
   up = await startRawUpstream();
@@ -148,7 +159,6 @@ beforeAll(async () => {
     slowConnection(`POST /admin/up HTTP/1.1\r\n${H}Authorization: Bearer good\r\nExpect: 100-continue\r\nContent-Length: 100000\r\n\r\n`, "x", 500, 20_000),
   ]);
   slowReader = (async () => {
-    const rss0 = proxy.rss();
     const mark = up.mark();
     const t0 = performance.now();
     let released: number | undefined;
@@ -156,16 +166,14 @@ beforeAll(async () => {
       const rec = up.since(mark).find((r) => r.target.startsWith("/slowread/"));
       if (rec && released === undefined && up.closedAt.has(rec.conn)) released = performance.now() - t0;
     }, 50);
-    let maxRss = 0;
-    const rssWatch = setInterval(() => (maxRss = Math.max(maxRss, proxy.rss())), 200);
     const r = await exchange(proxy.url, [req("GET", `/slowread/r/bytes:${50 * 1024 * 1024}/x`)], {
       responses: 0,
       timeoutMs: 13_000,
       onSocket: (s) => void setTimeout(() => s.pause(), 50), // stop reading after the first bytes
     });
     clearInterval(watch);
-    clearInterval(rssWatch);
-    return { closed: r.closed, closedMs: r.closedMs, bytes: r.text.length, upstreamReleasedMs: released, rssGrowth: maxRss - rss0 };
+    const rec = up.since(mark).find((x) => x.target.startsWith("/slowread/"));
+    return { closed: r.closed, closedMs: r.closedMs, bytes: r.text.length, upstreamReleasedMs: released, upstreamSent: rec ? (up.sent.get(rec.conn) ?? 0) : Infinity };
   })();
   const rssBefore = proxy.rss();
   const first = await idleConnections(5000);
@@ -179,6 +187,24 @@ beforeAll(async () => {
     await r.text();
     legitDuringAttack.push(r.status === 200 ? performance.now() - t0 : Infinity);
   }
+  // RE-08's four slow cases take the upstream timeout (5 s): they run while the tests do.
+  const timed = async (path: string) => {
+    const t0 = performance.now();
+    const res = await fetch(`${proxy.url}${path}`);
+    await res.text();
+    return { path, status: res.status, ms: performance.now() - t0 };
+  };
+  re08 = Promise.all([timed("/public/r/hang/x"), timed("/public/r/slow:6000/x"), timed("/dead/x"), timed("/blackhole/x")]);
+  // Keep-alive timers: an idle kept-alive connection is closed at keepalive-timeout-secs (3 s,
+  // raised to Bun's minimum useful 5 s: between 4 and 8 s with its 4 s ticks);
+  // a request arriving after a pause still gets its whole in-flight time (Bun does not restart
+  // its idle timer for it by itself).
+  keepAlive = (async () => {
+    const idleConn = exchange(proxy.url, [req("GET", "/public/ka-idle")], { responses: 0, timeoutMs: 12_000 });
+    const paused = exchange(proxy.url, [req("GET", "/public/ka-first"), 2500, req("GET", "/public/r/slow:4000/ka")], { responses: 2, timeoutMs: 12_000 });
+    const [i, p] = await Promise.all([idleConn, paused]);
+    return { idleClosedAfterMs: i.closed ? i.closedMs! : null, afterPause: p.statuses[1] ?? 0 };
+  })();
 });
 
 afterAll(async () => {
@@ -187,62 +213,6 @@ afterAll(async () => {
   await agent?.kill();
   await up?.stop();
   blackhole?.kill();
-});
-
-describe("RE: slow and idle clients", () => {
-  test("RE-01 slowloris: 500 trickling heads are cut at the header timeout; legit requests still fast", async () => {
-    for (const ms of legitDuringAttack) expect(ms).toBeLessThan(200);
-    const rs = await slowloris;
-    for (const r of rs) {
-      expect(r.closedMs).not.toBeNull();
-      expect(r.closedMs!).toBeGreaterThan(8_000);
-      expect(r.closedMs!).toBeLessThan(14_000);
-      expect([0, 408]).toContain(r.status);
-    }
-  });
-
-  test("RE-02 idle connections: 10 000 idle connections cost < 2 KB each, legit traffic served, all closed at the header timeout", async () => {
-    const i = idle!;
-    expect((i.rssAfter - i.rssBefore) / 10_200).toBeLessThan(2048);
-    const closes = [...(await i.first.closed), ...(await i.second.closed), ...(await i.oneClient.closed)];
-    for (const ms of closes) expect(ms).toBeLessThan(15_000);
-    expect(alive(proxy)).toBe(true);
-    expect(await canary(proxy)).toBe(true);
-    await waitFor(() => fdCount(proxy.proc.pid) <= baselineFds + 20, 5000, "fds back to baseline");
-  });
-
-  test("RE-03 slow body: cut by the upstream request timeout (5 s), the upstream sees the abort", async () => {
-    const rs = await slowBody;
-    for (const r of rs) {
-      expect(r.closedMs).not.toBeNull();
-      expect(r.closedMs!).toBeLessThan(12_000);
-      expect([0, 408, 504]).toContain(r.status);
-    }
-    const forwarded = up.records.filter((r) => r.target === "/public/up" || r.target === "/admin/up");
-    expect(forwarded).toEqual([]); // never complete: the upstream never got a whole request
-    await waitFor(() => up.open.size === 0 || [...up.open].length < 3, 5000, "upstream connections released");
-    // The agent slot of /admin/up was released: a full set of concurrent calls is admitted.
-    const again = await Promise.all(Array.from({ length: 10 }, () => fetch(`${proxy.url}/admin/again`, { headers: { authorization: "Bearer good" } }).then((r) => r.status)));
-    expect(again).toEqual(Array(10).fill(200));
-  });
-
-  test("RE-04 slow reader: memory bounded by backpressure; the upstream released after read-secs without progress", async () => {
-    const r = await slowReader;
-    expect(r.bytes).toBeLessThan(50 * 1024 * 1024);
-    expect(r.rssGrowth).toBeLessThan(64 * 1024 * 1024);
-    expect(r.upstreamReleasedMs).toBeDefined();
-    expect(r.upstreamReleasedMs!).toBeLessThan(5000); // read-secs 2 after the stall
-  });
-
-  // Known gap (SECURITY.md): Bun 1.4.5 never times out a connection whose writes are blocked by a
-  // client that stopped reading (bare Bun.serve with idleTimeout 4: still open at 15 s), and a
-  // handler cannot close its connection. The response is abandoned and the upstream released
-  // (above); the client connection itself stays until the client reads or goes away.
-  test.failing("RE-04 slow reader: the client connection is closed at the send timeout", async () => {
-    const r = await slowReader;
-    expect(r.closed).toBe(true);
-    expect(r.closedMs!).toBeLessThan(14_000);
-  });
 });
 
 describe("RE: limits and floods", () => {
@@ -324,24 +294,15 @@ describe("RE: limits and floods", () => {
   }, 60_000);
 
   test("RE-08 slow and dead upstreams: 504 at the 5 s timeout with the upstream request aborted; refused → 502 at once", async () => {
-    const fds0 = fdCount(proxy.proc.pid);
-    const mark = up.mark();
-    const timed = async (path: string) => {
-      const t0 = performance.now();
-      const res = await fetch(`${proxy.url}${path}`);
-      await res.text();
-      return { status: res.status, ms: performance.now() - t0 };
-    };
-    const [hang, slow, dead, hole] = await Promise.all([timed("/public/r/hang/x"), timed("/public/r/slow:6000/x"), timed("/dead/x"), timed("/blackhole/x")]);
-    for (const [name, r] of [["hang", hang], ["slow", slow], ["blackhole", hole]] as const) {
+    const [hang, slow, dead, hole] = await re08;
+    for (const [name, r] of [["hang", hang!], ["slow", slow!], ["blackhole", hole!]] as const) {
       expect({ name, status: r.status }).toEqual({ name, status: 504 });
       expect({ name, ms: r.ms > 4500 && r.ms < 5500 ? "5 s" : r.ms }).toEqual({ name, ms: "5 s" });
     }
-    expect(dead.status).toBe(502);
-    expect(dead.ms).toBeLessThan(500);
-    const hangConn = up.since(mark).find((r) => r.target === "/public/r/hang/x")!.conn;
+    expect(dead!.status).toBe(502);
+    expect(dead!.ms).toBeLessThan(500);
+    const hangConn = up.records.find((r) => r.target === "/public/r/hang/x")!.conn;
     await waitFor(() => up.closedAt.has(hangConn), 2000, "upstream saw the abort");
-    await waitFor(() => fdCount(proxy.proc.pid) <= fds0 + 5, 5000, "sockets back to baseline");
   });
 
   test("RE-09 client abort storm: every per-request resource is released, memory does not keep growing", async () => {
@@ -355,7 +316,7 @@ describe("RE: limits and floods", () => {
       else if (kind === 1) s.write(`POST /public/r/sha/b HTTP/1.1\r\n${H}Content-Length: 100000\r\n\r\n${"x".repeat(1000)}`); // mid-body
       else if (kind === 2) s.write(req("GET", "/admin/wait", "Authorization: Bearer good\r\nX-Chaos: delay:150\r\n")); // waiting for the agent
       else s.write(req("GET", "/public/r/bytes:2000000/x")); // mid-response
-      await Bun.sleep(Math.random() * 60);
+      await Bun.sleep(Math.random() * 30);
       s.destroy();
     };
     const storm = async (n: number) => {
@@ -369,15 +330,18 @@ describe("RE: limits and floods", () => {
       await Bun.sleep(500);
       return proxy.rss();
     };
-    const afterWarmup = await storm(4000);
+    const afterWarmup = await storm(3000);
     const afterStorm = await storm(10_000);
-    // Agent slots are free again: a full set of concurrent calls is admitted.
+    // Agent slots are free again: a full set of concurrent calls is admitted (once the breaker,
+    // which the storm may have opened with agent timeouts, has closed again).
+    await breakerClosed();
     const again = await Promise.all(Array.from({ length: 10 }, () => fetch(`${proxy.url}/admin/after-storm`, { headers: { authorization: "Bearer good" } }).then((r) => r.status)));
     expect(again).toEqual(Array(10).fill(200));
     await waitFor(() => fdCount(proxy.proc.pid) <= fds0 + 10, 10_000, "fds back to baseline");
-    // RSS follows the GC (measured over 6 × 10 000 aborted requests: 96–128 MB, no upward trend);
-    // the long-run flatness check is the soak (RE-10). Here: bounded.
-    expect(afterStorm).toBeLessThan(afterWarmup + 64 * 1024 * 1024);
+    // RSS follows the GC, not the request count (measured over 6 × 10 000 aborted requests: JS heap
+    // 34–127 MB and back, RSS 90–126 MB, no upward trend); the long-run flatness check is the
+    // soak (RE-10, `npm run soak`). Here: bounded.
+    expect(afterStorm).toBeLessThan(afterWarmup + 128 * 1024 * 1024);
     expect(proxy.logs.filter((l) => /unhandled|uncaught/i.test(JSON.stringify(l)))).toEqual([]);
     expect(alive(proxy)).toBe(true);
   }, 60_000);
@@ -392,3 +356,73 @@ test("RE-10 soak (short): faults injected, zero unexpected errors, RSS flat, met
   expect(report.faults.map((f) => f.kind)).toEqual(["agent-kill", "waf-hang", "upstream-restart"]);
   for (const f of report.faults) expect(f.recoveredMs).toBeDefined();
 }, 90_000);
+
+// Checked last: the attacks started in beforeAll and ran while the tests above did.
+describe("RE: slow and idle clients", () => {
+  test("RE-01 slowloris: 500 trickling heads are cut at the header timeout; legit requests still fast", async () => {
+    for (const ms of legitDuringAttack) expect(ms).toBeLessThan(200);
+    const rs = await slowloris;
+    for (const r of rs) {
+      expect(r.closedMs).not.toBeNull();
+      expect(r.closedMs!).toBeGreaterThan(8_000);
+      expect(r.closedMs!).toBeLessThan(14_000);
+      expect([0, 408]).toContain(r.status);
+    }
+  });
+
+  test("RE-02 idle connections: 10 000 idle connections cost < 2 KB each, legit traffic served, all closed at the header timeout", async () => {
+    const i = idle!;
+    expect((i.rssAfter - i.rssBefore) / 10_200).toBeLessThan(2048);
+    const closes = [...(await i.first.closed), ...(await i.second.closed), ...(await i.oneClient.closed)];
+    for (const ms of closes) expect(ms).toBeLessThan(15_000);
+    expect(alive(proxy)).toBe(true);
+    expect(await canary(proxy)).toBe(true);
+    await waitFor(() => fdCount(proxy.proc.pid) <= baselineFds + 20, 5000, "fds back to baseline");
+  });
+
+  test("RE-02 idle keep-alive: closed at keepalive-timeout-secs; a request after a pause gets its whole timeout", async () => {
+    const k = await keepAlive;
+    expect(k.idleClosedAfterMs).not.toBeNull();
+    expect(k.idleClosedAfterMs!).toBeGreaterThan(3900);
+    expect(k.idleClosedAfterMs!).toBeLessThan(8500);
+    expect(k.afterPause).toBe(200);
+  });
+
+  test("RE-03 slow body: cut by the upstream request timeout (5 s), the upstream sees the abort", async () => {
+    const rs = await slowBody;
+    for (const r of rs) {
+      expect(r.closedMs).not.toBeNull();
+      expect(r.closedMs!).toBeLessThan(12_000);
+      expect([0, 408, 504]).toContain(r.status);
+    }
+    const forwarded = up.records.filter((r) => r.target === "/public/up" || r.target === "/admin/up");
+    expect(forwarded).toEqual([]); // never complete: the upstream never got a whole request
+    const conns = [...up.partial].filter(([, t]) => t === "/public/up" || t === "/admin/up").map(([c]) => c);
+    expect(conns.length).toBe(2);
+    await waitFor(() => conns.every((c) => up.closedAt.has(c)), 5000, "upstream connections of the slow bodies released");
+    // The agent slot of /admin/up was released: a full set of concurrent calls is admitted.
+    await breakerClosed();
+    const again = await Promise.all(Array.from({ length: 10 }, () => fetch(`${proxy.url}/admin/again`, { headers: { authorization: "Bearer good" } }).then((r) => r.status)));
+    expect(again).toEqual(Array(10).fill(200));
+  });
+
+  test("RE-04 slow reader: memory bounded by backpressure; the upstream released after read-secs without progress", async () => {
+    const r = await slowReader;
+    expect(r.bytes).toBeLessThan(50 * 1024 * 1024);
+    // Backpressure reached the upstream: it could not push the 50 MB through (what the proxy
+    // holds is bounded by its socket buffers, never the whole body).
+    expect(r.upstreamSent).toBeLessThan(r.bytes + 32 * 1024 * 1024);
+    expect(r.upstreamReleasedMs).toBeDefined();
+    expect(r.upstreamReleasedMs!).toBeLessThan(5000); // read-secs 2 after the stall
+  });
+
+  // Known gap (SECURITY.md): Bun 1.4.5 never times out a connection whose writes are blocked by a
+  // client that stopped reading (bare Bun.serve with idleTimeout 4: still open at 15 s), and a
+  // handler cannot close its connection. The response is abandoned and the upstream released
+  // (above); the client connection itself stays until the client reads or goes away.
+  test.failing("RE-04 slow reader: the client connection is closed at the send timeout", async () => {
+    const r = await slowReader;
+    expect(r.closed).toBe(true);
+    expect(r.closedMs!).toBeLessThan(14_000);
+  });
+});
