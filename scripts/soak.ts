@@ -258,13 +258,16 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
       }
     }
 
+    // The load runs for `requests` requests, and on until every planned fault has been injected
+    // and has recovered (a fast proxy may finish the count before the faults are through).
+    const more = () => issued < opts.requests || faults.length < opts.faults || faultRunning !== null;
     async function worker(): Promise<void> {
       for (;;) {
+        if (!more()) return;
         const i = issued++;
-        if (i >= opts.requests) return;
         await one(i);
         done++;
-        if (done >= nextFault && !faultRunning && faults.length < opts.faults) {
+        if ((done >= nextFault || issued >= opts.requests) && !faultRunning && faults.length < opts.faults) {
           nextFault += faultEvery;
           const kind = KINDS[faults.length % KINDS.length]!;
           faultRunning = inject(kind, done).finally(() => (faultRunning = null));
