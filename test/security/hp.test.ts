@@ -8,6 +8,7 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import * as net from "node:net";
 import { startRawUpstream, type RawUpstream } from "./raw-upstream.ts";
+import { startUpstream, type Upstream } from "../helpers/upstream.ts";
 import {
   alive,
   canary,
@@ -20,6 +21,7 @@ import {
   SM,
   startHostileAgent,
   startProxy,
+  waitFor,
   type Exchange,
   type HostileAgent,
   type ProxyProcess,
@@ -28,6 +30,7 @@ import {
 setDefaultTimeout(20_000);
 
 let up: RawUpstream;
+let wsUp: Upstream;
 let agent: HostileAgent;
 let proxy: ProxyProcess;
 /** A listener that must never be contacted (HP-19, HP-20). */
@@ -44,9 +47,17 @@ beforeAll(async () => {
   });
   await new Promise<void>((r) => forbidden.listen(0, "127.0.0.1", () => r()));
   forbiddenPort = (forbidden.address() as net.AddressInfo).port;
-  proxy = await startProxy(catalogConfig({ upstream: up.address, auth: agent.kdl() }));
+  wsUp = startUpstream("ws");
+  proxy = await startProxy(
+    catalogConfig({
+      upstream: up.address,
+      auth: agent.kdl(),
+      wsUpstream: wsUp.address,
+      // A WebSocket route whose upstream answers 200 to the upgrade (not 101).
+      extraRoutes: `route "ws-no101" { matches { path-prefix "/wsraw" }; upstream "u"; websocket #true }`,
+    }),
+  );
   // Bun fetch and the agent connection are ready once a request through the agent works.
-  const { waitFor } = await import("./harness.ts");
   await waitFor(async () => (await fetch(`${proxy.url}/admin/warm`, { headers: { authorization: "Bearer good" } })).status === 200, 10_000, "agent ready");
 });
 
@@ -54,6 +65,7 @@ afterAll(async () => {
   await proxy?.stop("SIGKILL");
   await agent?.kill();
   await up?.stop();
+  await wsUp?.stop();
   forbidden?.close();
 });
 
@@ -438,6 +450,24 @@ describe("HP: request target and Host", () => {
     if (r.statuses.length === 2) expect(r.statuses[1]).toBe(401);
     expect(up.since(mark).filter((x) => x.target.startsWith("/admin"))).toEqual([]);
     for (const rec of up.since(mark)) expect(up.header(rec, "upgrade")).toEqual([]);
+    // On a WebSocket route: 101 only after the upstream's own 101; the tunnel then works.
+    const ws = new WebSocket(proxy.url.replace("http", "ws") + "/ws/echo");
+    const echoed = await new Promise<string>((resolve, reject) => {
+      ws.onopen = () => ws.send("ping through the tunnel");
+      ws.onmessage = (e) => resolve(String(e.data));
+      ws.onerror = () => reject(new Error("websocket failed"));
+    });
+    ws.close();
+    expect(echoed).toBe("ping through the tunnel");
+    const upgrade = `Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n`;
+    const no101 = await exchange(proxy.url, [req("GET", "/wsraw/x", upgrade), 200, req("GET", "/admin/x")], { responses: 2, timeoutMs: 3000 });
+    expect(no101.statuses).toEqual([502, 401]);
+    // …and pipelined behind it: closed, nothing tunnelled, /admin never reaches the upstream.
+    const m2 = up.mark();
+    const piped = await exchange(proxy.url, [req("GET", "/wsraw/y", upgrade) + `GET /admin/x HTTP/1.1\r\n${H}\r\n`], { responses: 2, timeoutMs: 3000 });
+    expect(piped.statuses).not.toContain(101);
+    expect(piped.statuses.length === 0 ? piped.closed : piped.statuses[0] === 502).toBe(true);
+    expect(up.since(m2).filter((x) => x.target.startsWith("/admin"))).toEqual([]);
     // An unsolicited 101 from the upstream is a 502, never a tunnel.
     const s101 = await exchange(proxy.url, [req("GET", "/public/r/s101", "Connection: close\r\n")], { responses: 1 });
     expect(s101.statuses).toEqual([502]);
@@ -476,4 +506,46 @@ test("every response header set the client sees is well-formed (spot check)", as
   const r = await exchange(proxy.url, [req("GET", "/public/spot", "Connection: close\r\n")], { responses: 1 });
   for (const [k] of r.responses[0]!.headers) expect(k).toMatch(/^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/);
   expect(header(r.responses[0]!, "x-correlation-id").length).toBe(1);
+});
+
+describe("HTTP/1.1 pipelining (the guarantee documented in SECURITY.md)", () => {
+  const three = (path: string, extra = "") => [1, 2, 3].map((i) => req("GET", `${path}${i}`, extra)).join("");
+
+  test("PIPELINING requests sent together that need an upstream or an agent: the connection is closed, nothing reaches either", async () => {
+    for (const [path, extra] of [
+      ["/public/pipe", ""],
+      ["/admin/pipe", "Authorization: Bearer good\r\n"],
+      ["/open/pipe", ""],
+    ] as const) {
+      const mark = up.mark();
+      const events = agent.events("request_headers").length;
+      const r = await exchange(proxy.url, [three(path, extra)], { responses: 3, timeoutMs: 2000 });
+      expect({ path, statuses: r.statuses, closed: r.closed }).toEqual({ path, statuses: [], closed: true });
+      expect(up.since(mark)).toEqual([]);
+      expect(agent.events("request_headers").slice(events).filter((e) => e.uri?.startsWith(path))).toEqual([]);
+    }
+    expect(await canary(proxy)).toBe(true);
+  });
+
+  test("PIPELINING requests the proxy answers by itself are all answered, in order", async () => {
+    // (a 400 closes the connection, so it comes last)
+    const bytes = req("GET", "/nowhere/1") + req("TRACE", "/public/t") + req("GET", "/nowhere/2") + `GET /public/x HTTP/1.1\r\nHost: a b\r\n\r\n`;
+    const r = await exchange(proxy.url, [bytes], { responses: 4, timeoutMs: 2000 });
+    expect(r.statuses).toEqual([404, 405, 404, 400]);
+    // After self-answered ones, the last request of the batch may go upstream.
+    const mark = up.mark();
+    const mixed = await exchange(proxy.url, [req("GET", "/nowhere/3") + req("GET", "/public/last")], { responses: 2, timeoutMs: 2000 });
+    expect(mixed.statuses).toEqual([404, 200]);
+    expect(up.since(mark).map((x) => x.target)).toEqual(["/public/last"]);
+  });
+
+  test("PIPELINING a request that arrives while the previous one is in progress closes the connection and is never executed", async () => {
+    const mark = up.mark();
+    const r = await exchange(proxy.url, [req("GET", "/public/r/slow:400/first"), 100, req("GET", "/public/second")], { responses: 2, timeoutMs: 2000 });
+    expect(r.closed).toBe(true);
+    expect(r.statuses).toEqual([]); // the first is aborted too (its upstream request is cancelled)
+    expect(up.since(mark).map((x) => x.target)).toEqual(["/public/r/slow:400/first"]);
+    const first = up.since(mark)[0]!;
+    await waitFor(() => up.closedAt.has(first.conn), 2000, "the first request's upstream call aborted");
+  });
 });
