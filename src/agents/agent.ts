@@ -56,7 +56,8 @@ import {
 } from "./endpoints.ts";
 import { TransportError, type AgentEvent, type AgentReply, type AgentTransport, type TransportOptions } from "./types.ts";
 import { createUdsTransport } from "./uds/client.ts";
-import { createGrpcTransport } from "./grpc/client.ts";
+// Lazy: the gRPC stack loads only when a gRPC agent is configured (start-up time, idle RSS).
+import { createLazyGrpcTransport } from "./grpc/lazy.ts";
 
 export type AgentFailureKind = "timeout" | "connect" | "protocol" | "closed" | "circuit_open" | "overload";
 
@@ -115,7 +116,7 @@ export function createTransportFor(config: AgentConfig, address: string = config
       ? (level, msg, fields) => log(level, msg, { agent: config.id, endpoint: address, ...fields })
       : (level, msg, fields) => log(level, msg, { agent: config.id, ...fields }),
   };
-  return config.transport.kind === "grpc" ? createGrpcTransport(opts) : createUdsTransport(opts);
+  return config.transport.kind === "grpc" ? createLazyGrpcTransport(opts) : createUdsTransport(opts);
 }
 
 /** Several endpoints, or a DNS name: calls are balanced over endpoints (endpoints.ts). */
