@@ -19,7 +19,7 @@
 // endpoint that goes away are removed.
 
 import { lookup as dnsLookup } from "node:dns/promises";
-import client from "prom-client";
+import client from "../observability/prom.ts";
 import { MAX_AGENT_ENDPOINTS, type AgentConfig } from "../config/types.ts";
 import { registry } from "../observability/metrics.ts";
 import { CircuitBreaker, type CircuitState } from "./breaker.ts";

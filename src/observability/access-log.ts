@@ -12,7 +12,7 @@
 // logrotate's copytruncate); a reload opens it again, which is how rotation by rename works:
 // rename the file, then send SIGHUP.
 import { close as closeFd, openSync, write as writeFd } from "node:fs";
-import client from "prom-client";
+import client from "./prom.ts";
 import { registry } from "./metrics.ts";
 
 const MAX_BUFFER = 1024 * 1024;

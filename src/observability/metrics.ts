@@ -1,7 +1,7 @@
 // One prom-client registry for the whole process. Metric objects are created once here and
 // imported where they are moved; label values are always bounded (ids from config, status
 // classes, fixed kinds), never raw paths.
-import client from "prom-client";
+import client from "./prom.ts";
 
 export const registry = new client.Registry();
 

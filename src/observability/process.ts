@@ -5,11 +5,11 @@
 // sentinel_build_info. Left out: prom-client's event-loop-lag histogram (perf_hooks
 // monitorEventLoopDelay is only partly implemented by Bun: it reports 0 and NaN), heap spaces,
 // handles/requests/resources and GC (all zero or absent on Bun).
-import client from "prom-client";
+import client from "./prom.ts";
 import { registry } from "./metrics.ts";
 import { VERSION } from "../version.ts";
 
-type Collector = (registry: client.Registry, config: { prefix: string }) => void;
+type Collector = (registry: InstanceType<typeof client.Registry>, config: { prefix: string }) => void;
 // Static requires (the bundler must see them); these modules are what collectDefaultMetrics runs.
 const DEFAULT_COLLECTORS: Collector[] = [
   require("prom-client/lib/metrics/processCpuTotal.js"),
