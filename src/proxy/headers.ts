@@ -158,6 +158,18 @@ export function downstreamResponseHeaders(upstream: Headers): Headers | null {
   return headers;
 }
 
+/**
+ * The upstream client's own response headers (h1client): hop-by-hop and Connection-nominated
+ * names are already gone and the head is already bounded (64 KiB, else 502), so only
+ * Content-Length and Via are left to do, in place.
+ */
+export function downstreamResponseHeadersSanitized(headers: Headers): Headers {
+  headers.delete("content-length");
+  const via = headers.get("via");
+  headers.set("via", via ? `${via}, ${VIA}` : VIA);
+  return headers;
+}
+
 /** Headers → protocol header map (lower-case name → values), built once per request. */
 export function toHeaderMap(headers: Headers): HeaderMap {
   const map: HeaderMap = {};

@@ -39,10 +39,10 @@ export function checkRequestHead(targetLength: number, headers: Headers, limits:
   if (targetLength > limits.maxUriLength) return 414;
   let count = 0;
   let size = 0;
-  for (const [name, value] of headers) {
+  headers.forEach((value, name) => {
     count++;
     size += name.length + value.length + 4;
-  }
+  });
   return count > limits.maxHeaderCount || size > limits.maxHeaderSize ? 431 : 0;
 }
 

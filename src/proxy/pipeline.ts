@@ -10,7 +10,7 @@ import type { Server } from "bun";
 import type { ListenerConfig, RouteConfig } from "../config/types.ts";
 import type { RequestContext } from "./context.ts";
 import { errorResponse } from "./errors.ts";
-import { downstreamResponseHeaders, finishUpstreamRequestHeaders, upstreamRequestHeaders } from "./headers.ts";
+import { downstreamResponseHeaders, downstreamResponseHeadersSanitized, finishUpstreamRequestHeaders, upstreamRequestHeaders } from "./headers.ts";
 import { armConnectionTimer, checkRequestHead, guardRequestBody, guardResponseBody, inFlightIdleSecs, keepAliveIdleSecs } from "./limits.ts";
 import { acceptTraceId, newTraceId } from "./ids.ts";
 import { normalizePath } from "../routing/normalize.ts";
@@ -204,7 +204,7 @@ function cancel(body: UpstreamResponse["body"]): void {
 /** Phase 5 — response filter: sanitise, agents on response headers and body, policies. */
 async function responseFilter(ctx: RequestContext, upstream: UpstreamResponse): Promise<Response> {
   const plan = ctx.plan!;
-  const headers = downstreamResponseHeaders(upstream.headers);
+  const headers = upstream.sanitized ? downstreamResponseHeadersSanitized(upstream.headers) : downstreamResponseHeaders(upstream.headers);
   if (!headers) {
     cancel(upstream.body);
     ctx.error = "upstream response head too large";

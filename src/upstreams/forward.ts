@@ -13,6 +13,8 @@ export interface UpstreamResponse {
   headers: Headers;
   /** A complete body as bytes (h1client, small responses), a stream, or null. */
   body: Uint8Array | ReadableStream<Uint8Array> | null;
+  /** True when `headers` is the client's own sanitised copy (h1client): hop-by-hop gone, head bounded. */
+  sanitized?: boolean;
 }
 
 export type ForwardResult =
@@ -100,7 +102,7 @@ async function attemptH1(input: ForwardInput, target: Target, body: ForwardInput
     });
     attemptObserver?.(input.pool, target, (performance.now() - t0) / 1000, null, response.status);
     if (response.status === 101) return { ok: false, status: 502, reason: "unsolicited 101 from upstream", target };
-    return { ok: true, response, target };
+    return { ok: true, response: { status: response.status, statusText: response.statusText, headers: response.headers, body: response.body, sanitized: true }, target };
   } catch (err) {
     target.active--;
     if (input.signal.aborted) return { ok: false, status: 499, reason: "client went away", target };
