@@ -3,6 +3,7 @@
 import { loadConfig } from "./config/load.ts";
 import { formatDiagnostic } from "./config/types.ts";
 import { startProxy } from "./proxy/server.ts";
+import { adaptWorkerConfig, superviseWorkers, workerRole } from "./proxy/workers.ts";
 import { log } from "./observability/log.ts";
 import { VERSION } from "./version.ts";
 
@@ -77,6 +78,10 @@ async function main(): Promise<number> {
     process.stderr.write(`sentinel: ${args.config}: configuration is invalid; not starting\n`);
     return 1;
   }
+  // system { worker-threads N ≥ 2 }: supervise N reusePort worker processes (src/proxy/workers.ts).
+  const role = workerRole(result.config);
+  if (role === "supervisor") return superviseWorkers(result.config), -1;
+  if (role === "worker") adaptWorkerConfig(result.config);
   // Signal handlers first: as PID 1 (a container) the defaults do nothing for SIGTERM/SIGINT, and
   // SIGHUP's default would kill a process that is still starting.
   let proxy: Awaited<ReturnType<typeof startProxy>> | undefined;

@@ -1,0 +1,173 @@
+// Multi-process mode: `system { worker-threads N }` with N ≥ 2.
+//
+// The process started by the user becomes a supervisor: it spawns N workers (the same
+// executable with the same arguments, plus SENTINEL_WORKER=i) and serves nothing itself. Each
+// worker runs the whole proxy and binds the listeners with reusePort, so the kernel spreads new
+// connections over the workers. The supervisor
+//   - forwards SIGTERM/SIGINT (graceful drain) and SIGHUP (reload: every worker re-reads the
+//     file) to every worker, and exits once they have all exited (0, or 1 if one failed);
+//   - restarts a worker that exits unexpectedly (backoff 100 ms doubling to 5 s), and gives up
+//     (stopping the others, exit 1) when a worker cannot stay up 2 s five times in a row;
+//   - owns the pid-file; listeners configured with port 0 get one free port chosen up front,
+//     shared by all workers.
+// Per worker, not shared: Prometheus metrics (only worker 1 binds the metrics listener, so a
+// scrape shows worker 1's share of the traffic), circuit breakers, health state and the agent
+// connections (every worker connects to every agent).
+//
+// `worker-threads 0` ("one per CPU" in Zentinel) and 1 keep the single-process proxy for now:
+// with per-process metrics, turning every default config into N processes would silently
+// split its counters (see docs/benchmarks.md for the measured scaling).
+import { writeFileSync, unlinkSync } from "node:fs";
+import type { Subprocess } from "bun";
+import type { SentinelConfig } from "../config/types.ts";
+import { log } from "../observability/log.ts";
+
+const ENV_WORKER = "SENTINEL_WORKER";
+const ENV_PORTS = "SENTINEL_WORKER_PORTS";
+
+export type Role = "single" | "supervisor" | "worker";
+
+/** Worker processes the config asks for (1 = no supervisor). */
+export function workerCount(config: SentinelConfig): number {
+  const n = config.system.workerThreads;
+  return n >= 2 ? Math.floor(n) : 1;
+}
+
+/** What this process is for this config. */
+export function workerRole(config: SentinelConfig): Role {
+  if (process.env[ENV_WORKER]) return "worker";
+  return workerCount(config) > 1 ? "supervisor" : "single";
+}
+
+/** This worker's number (1-based), or 0 outside multi-process mode. */
+export function workerIndex(): number {
+  return Number(process.env[ENV_WORKER] ?? 0) || 0;
+}
+
+/**
+ * In a worker: adapt the config before the proxy starts. The pid-file is the supervisor's, the
+ * metrics listener is worker 1's, and port-0 listeners use the port the supervisor chose.
+ */
+export function adaptWorkerConfig(config: SentinelConfig): void {
+  config.system.pidFile = undefined;
+  if (workerIndex() !== 1) config.observability.metrics = undefined;
+  const ports = (process.env[ENV_PORTS] ?? "").split(",").filter(Boolean);
+  for (const entry of ports) {
+    const [i, port] = entry.split("=").map(Number);
+    const l = config.listeners[i!];
+    if (l && l.port === 0 && port! > 0) {
+      l.port = port!;
+      l.address = l.address.replace(/:0$/, `:${port}`);
+    }
+  }
+}
+
+/** The command that starts this same program again (compiled binary or `bun file.ts`). */
+function selfCommand(): string[] {
+  const a1 = process.argv[1] ?? "";
+  // A compiled executable reports its embedded entry as argv[1] (/$bunfs/root/…).
+  const args = a1.startsWith("/$bunfs/") || a1.startsWith("B:/~BUN/") ? process.argv.slice(2) : process.argv.slice(1);
+  return [process.execPath, ...args];
+}
+
+/** Pick a port for every listener configured with port 0 (bound and released at once). */
+function choosePorts(config: SentinelConfig): string {
+  const out: string[] = [];
+  config.listeners.forEach((l, i) => {
+    if (l.port !== 0) return;
+    const probe = Bun.listen({ hostname: l.host, port: 0, socket: { data() {} } });
+    out.push(`${i}=${probe.port}`);
+    probe.stop(true);
+  });
+  return out.join(",");
+}
+
+interface Slot {
+  index: number;
+  proc: Subprocess | null;
+  startedAt: number;
+  quickFailures: number;
+  backoffMs: number;
+}
+
+/** Run as the supervisor of `workerCount(config)` workers. Never returns control (exits itself). */
+export function superviseWorkers(config: SentinelConfig): void {
+  const n = workerCount(config);
+  const cmd = selfCommand();
+  const ports = choosePorts(config);
+  const pidFile = config.system.pidFile;
+  if (pidFile) writeFileSync(pidFile, `${process.pid}\n`);
+  let stopping = false;
+  let failed = false;
+  const slots: Slot[] = Array.from({ length: n }, (_, i) => ({ index: i + 1, proc: null, startedAt: 0, quickFailures: 0, backoffMs: 100 }));
+
+  const finish = () => {
+    if (slots.some((s) => s.proc !== null)) return;
+    if (pidFile) {
+      try {
+        unlinkSync(pidFile);
+      } catch {
+        /* already gone */
+      }
+    }
+    log("info", "sentinel supervisor stopped", { workers: n });
+    process.exit(failed ? 1 : 0);
+  };
+
+  const signalAll = (sig: NodeJS.Signals) => {
+    for (const s of slots) {
+      try {
+        s.proc?.kill(sig);
+      } catch {
+        /* exited */
+      }
+    }
+  };
+
+  const stop = (sig: NodeJS.Signals) => {
+    if (!stopping) log("info", "signal received; stopping workers", { signal: sig, workers: n });
+    stopping = true;
+    signalAll(sig);
+    finish();
+  };
+
+  const spawn = (s: Slot) => {
+    s.startedAt = performance.now();
+    const proc = Bun.spawn(cmd, {
+      env: { ...process.env, [ENV_WORKER]: String(s.index), [ENV_PORTS]: ports },
+      stdin: "ignore",
+      stdout: "inherit",
+      stderr: "inherit",
+    });
+    s.proc = proc;
+    void proc.exited.then((code) => {
+      s.proc = null;
+      if (stopping) {
+        if (code !== 0) failed = true;
+        return finish();
+      }
+      const upMs = performance.now() - s.startedAt;
+      s.quickFailures = upMs < 2000 ? s.quickFailures + 1 : 0;
+      if (upMs >= 2000) s.backoffMs = 100;
+      if (s.quickFailures >= 5) {
+        log("error", "worker keeps failing at start; stopping", { worker: s.index, exit_code: code });
+        failed = true;
+        return stop("SIGTERM");
+      }
+      log("warn", "worker exited; restarting", { worker: s.index, exit_code: code, signal: proc.signalCode, restart_in_ms: s.backoffMs });
+      setTimeout(() => {
+        if (!stopping) spawn(s);
+      }, s.backoffMs);
+      s.backoffMs = Math.min(s.backoffMs * 2, 5000);
+    });
+  };
+
+  process.on("SIGTERM", () => stop("SIGTERM"));
+  process.on("SIGINT", () => stop("SIGINT"));
+  process.on("SIGHUP", () => {
+    log("info", "signal received; reloading every worker", { signal: "SIGHUP", workers: n });
+    signalAll("SIGHUP");
+  });
+  for (const s of slots) spawn(s);
+  log("info", "sentinel supervisor started", { workers: n, pids: slots.map((s) => s.proc?.pid), pid: process.pid });
+}

@@ -1,0 +1,65 @@
+// system { worker-threads 2 }: a supervisor and two reusePort workers, through the compiled binary.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { startProxy, waitFor, type ProxyProcess } from "./helpers/proxy.ts";
+
+describe("worker processes", () => {
+  const upstream = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response(`pid ${process.pid}`) });
+  let proxy: ProxyProcess;
+  let pidFile: string;
+
+  beforeAll(async () => {
+    proxy = await startProxy(
+      `
+system { worker-threads 2; pid-file "sentinel.pid"; graceful-shutdown-timeout-secs 5 }
+listeners { listener "main" { address "127.0.0.1:0" } }
+upstreams { upstream "u" { target "127.0.0.1:${upstream.port}" } }
+routes { route "all" { matches { path-prefix "/" }; upstream "u" } }
+observability { metrics { enabled #true; address "127.0.0.1:0" } }
+`,
+    );
+    pidFile = join(proxy.dir, "sentinel.pid");
+    // Both workers report; they share the one port the supervisor chose for "127.0.0.1:0".
+    await proxy.waitForLog((l) => l.msg === "sentinel started" && l.pid !== proxy.logs.find((x) => x.msg === "sentinel started")!.pid);
+  });
+  afterAll(async () => {
+    await proxy?.stop("SIGKILL");
+    upstream.stop(true);
+  });
+
+  const started = () => proxy.logs.filter((l) => l.msg === "sentinel started");
+
+  test("a supervisor owns the pid-file and two workers serve the same port", async () => {
+    const sup = proxy.logs.find((l) => l.msg === "sentinel supervisor started")!;
+    expect(sup.workers).toBe(2);
+    expect(readFileSync(pidFile, "utf8").trim()).toBe(String(proxy.proc.pid));
+    const s = started();
+    expect(new Set(s.map((l) => l.pid)).size).toBe(2);
+    expect(new Set(s.map((l) => JSON.stringify(l.listeners))).size).toBe(1);
+    // Only worker 1 binds the metrics listener.
+    expect(s.filter((l) => l.metrics !== null).length).toBe(1);
+    const rs = await Promise.all(Array.from({ length: 40 }, () => fetch(proxy.url).then((r) => r.status)));
+    expect(rs.every((st) => st === 200)).toBe(true);
+  });
+
+  test("SIGHUP reloads every worker", async () => {
+    const before = proxy.logs.filter((l) => l.msg === "config reloaded").length;
+    proxy.proc.kill("SIGHUP");
+    await waitFor(() => proxy.logs.filter((l) => l.msg === "config reloaded").length >= before + 2, 10_000, "two reloads");
+  });
+
+  test("a worker that dies is restarted; the port keeps answering", async () => {
+    const victim = Number(started()[0]!.pid);
+    process.kill(victim, "SIGKILL");
+    await proxy.waitForLog((l) => l.msg === "worker exited; restarting");
+    await waitFor(() => started().length >= 3, 10_000, "a replacement worker");
+    expect((await fetch(proxy.url)).status).toBe(200);
+  });
+
+  test("SIGTERM drains the workers, removes the pid-file and exits 0", async () => {
+    expect(await proxy.stop("SIGTERM")).toBe(0);
+    expect(existsSync(pidFile)).toBe(false);
+    expect(proxy.logs.some((l) => l.msg === "sentinel supervisor stopped")).toBe(true);
+  });
+});
