@@ -41,6 +41,7 @@ import { PushQueue } from "../src/agents/grpc/queue.ts";
 import { log as defaultLog } from "../src/observability/log.ts";
 import { allowReply, type AgentEvent } from "../src/agents/types.ts";
 import { completeReply } from "./reply.ts";
+import { runDecisionHook, supportedEvents } from "./dispatch.ts";
 import type { AgentHandler, ReplyInit, RunningServer } from "./types.ts";
 
 type Log = (level: "debug" | "info" | "warn" | "error", msg: string, fields?: Record<string, unknown>) => void;
@@ -54,37 +55,16 @@ export interface ServeGrpcOptions {
   tls?: { cert: string; key: string; ca?: string };
 }
 
-/** EventType numbers announced in the handshake: explicit, or derived from the hooks defined. */
-function supportedEvents(h: AgentHandler): number[] {
-  if (h.supportedEvents) return h.supportedEvents;
-  const out: number[] = [];
-  if (h.onRequestHeaders) out.push(1);
-  if (h.onRequestBodyChunk) out.push(2);
-  if (h.onResponseHeaders) out.push(3);
-  if (h.onResponseBodyChunk) out.push(4);
-  if (h.onRequestComplete) out.push(5);
-  if (h.onConfigure) out.push(8);
-  return out.length > 0 ? out : [1];
-}
-
 async function runHandler(handler: AgentHandler, event: AgentEvent): Promise<ReplyInit | void> {
   switch (event.type) {
-    case "request_headers":
-      return handler.onRequestHeaders?.(event);
-    // sdk/types.ts EventOf<"request_body_chunk"> resolves to never (the body-chunk member of
-    // AgentEvent has a union `type`), hence the casts.
-    case "request_body_chunk":
-      return handler.onRequestBodyChunk?.(event as never);
-    case "response_headers":
-      return handler.onResponseHeaders?.(event);
-    case "response_body_chunk":
-      return handler.onResponseBodyChunk?.(event as never);
     case "request_complete":
       await handler.onRequestComplete?.(event);
       return;
     case "configure":
       await handler.onConfigure?.(event.config);
       return;
+    default:
+      return runDecisionHook(handler, event);
   }
 }
 

@@ -30,6 +30,7 @@ import {
 } from "../src/agents/uds/json.ts";
 import { WriteQueue } from "../src/agents/uds/writer.ts";
 import { block, completeReply } from "./reply.ts";
+import { runDecisionHook, supportedEvents } from "./dispatch.ts";
 import type { AgentHandler, ReplyInit, RunningServer } from "./types.ts";
 
 type Log = (level: "debug" | "info" | "warn" | "error", msg: string, fields?: Record<string, unknown>) => void;
@@ -52,18 +53,6 @@ interface ServerConn {
 type Sock = import("bun").Socket<ServerConn>;
 
 /** EventType numbers (proto numbering, configure = 8) derived from the hooks a handler defines. */
-function supportedEvents(h: AgentHandler): number[] {
-  if (h.supportedEvents) return h.supportedEvents;
-  const out: number[] = [];
-  if (h.onRequestHeaders) out.push(1);
-  if (h.onRequestBodyChunk) out.push(2);
-  if (h.onResponseHeaders) out.push(3);
-  if (h.onResponseBodyChunk) out.push(4);
-  if (h.onRequestComplete) out.push(5);
-  if (h.onConfigure) out.push(8);
-  return out.length > 0 ? out : [1];
-}
-
 function removeStaleSocket(path: string): void {
   let st;
   try {
@@ -117,18 +106,10 @@ export async function serveUds(path: string, handler: AgentHandler, options: Ser
     try {
       switch (ev.type) {
         case "request_headers":
-          init = handler.onRequestHeaders ? await handler.onRequestHeaders(ev) : undefined;
-          break;
-        // `as never`: sdk/types.ts EventOf<"request_body_chunk"> resolves to never because the
-        // model declares both body chunk kinds in one union member; the runtime value is right.
         case "request_body_chunk":
-          init = handler.onRequestBodyChunk ? await handler.onRequestBodyChunk(ev as never) : undefined;
-          break;
         case "response_headers":
-          init = handler.onResponseHeaders ? await handler.onResponseHeaders(ev) : undefined;
-          break;
         case "response_body_chunk":
-          init = handler.onResponseBodyChunk ? await handler.onResponseBodyChunk(ev as never) : undefined;
+          init = await runDecisionHook(handler, ev);
           break;
         case "request_complete":
           try {
