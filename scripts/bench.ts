@@ -6,7 +6,8 @@
 //
 // Options: --rounds N, --duration S, --warmup S, --systems id,id (see scripts/bench/systems.ts),
 // --json PATH, --md PATH (also for --quick), --no-md, --binary PATH (skip the build),
-// --max-foreign CORES (wait until other tenants use less; default 0.5, quick: no wait), --keep.
+// --max-foreign CORES (wait until other tenants use less; default 0.5, quick: no wait), --keep,
+// --without wrk,h2load,nginx,haproxy (behave as if those were not installed: tests the fallbacks).
 //
 // Method (research/peers.md §3, §6): one Bun upstream (13-byte body, /big = 64 KiB) shared by all
 // systems; every system is started once, then measured in interleaved rounds (order reversed
@@ -89,6 +90,7 @@ interface Measurement {
 
 async function main(): Promise<number> {
   const tools = toolPaths();
+  for (const t of (opt("--without") ?? "").split(",").filter(Boolean)) if (t in tools) tools[t as keyof typeof tools] = null;
   const notes: string[] = [];
   if (!tools.wrk) {
     const n = "wrk is not installed: using the built-in Bun load generator (scripts/bench/loadgen.ts), which costs more CPU per request and\nshares the cores with the systems under test; its numbers are NOT comparable with wrk's. Install: apt-get install -y wrk";
@@ -336,7 +338,9 @@ async function main(): Promise<number> {
   log("\n== targets ==");
   for (const t of targets) log(`${t.pass === null ? "  ?  " : t.pass ? " met " : "MISS "} ${t.name}: ${t.value} (bar ${t.bar})`);
   for (const [p, v] of Object.entries(scaling)) log(`scaling 1 → 2 workers (${p}): ${fx(v)}×`);
-  log(`\nload average: start ${loadStart.join(" ")}, end ${loadEnd.join(" ")}; ${minutes.toFixed(1)} min`);
+  const load1 = rows.map((r) => r.load1).sort((a, b) => a - b);
+  const during = { min: load1[0] ?? NaN, median: median(load1), max: load1[load1.length - 1] ?? NaN, foreign_cores_median: median(rows.map((r) => r.foreignCores)) };
+  log(`\nload average: start ${loadStart.join(" ")}, end ${loadEnd.join(" ")}; 1-min load during the runs ${fx(during.min)}–${fx(during.max)} (median ${fx(during.median)}); other tenants' CPU median ${fx(during.foreign_cores_median)} cores; ${minutes.toFixed(1)} min`);
 
   const result = {
     date: new Date().toISOString(),
@@ -345,7 +349,7 @@ async function main(): Promise<number> {
     versions,
     notes,
     settings: { rounds: ROUNDS, duration_s: DURATION, warmup_s: WARMUP, profiles: PROFILES.map((p) => p.id), fixed: { rate: FIXED_RATE, clients: FIXED_CLIENTS, seconds: FIXED_SECONDS, rounds: fixedRounds } },
-    load_average: { start: loadStart, end: loadEnd },
+    load_average: { start: loadStart, end: loadEnd, during },
     commands: [...commands],
     start_ms: startTimes,
     idle_rss_mb: Object.fromEntries([...running].filter(([, r]) => r.main).map(([id, r]) => [id, { start: r.idleRssStart / 1048576, after_load: (idleAfter.get(id) ?? 0) / 1048576 }])),
@@ -373,7 +377,7 @@ type Result = {
   versions: Record<string, string>;
   notes: string[];
   settings: { rounds: number; duration_s: number; warmup_s: number; profiles: string[]; fixed: { rate: number; clients: number; seconds: number; rounds: number } };
-  load_average: { start: number[]; end: number[] };
+  load_average: { start: number[]; end: number[]; during: { min: number; median: number; max: number; foreign_cores_median: number } };
   commands: string[];
   start_ms: number[];
   scaling: Record<string, number>;
@@ -416,8 +420,9 @@ Everything below the notes is rewritten by the next run; the notes between the m
 ${handNotes}
 
 **Machine**: ${m.cpu}, ${m.cores} cores, ${m.memory_gib} GiB, ${m.os}, kernel ${m.kernel}. Shared with other sessions running
-their own test suites: load average ${r.load_average.start.join(" ")} at the start and ${r.load_average.end.join(" ")} at the end of the run;
-the "foreign cores" column of the raw table is the CPU other tenants used during each measurement.
+their own test suites: load average ${r.load_average.start.join(" ")} at the start and ${r.load_average.end.join(" ")} at the end of the run,
+1-minute load ${r.load_average.during.min.toFixed(2)}–${r.load_average.during.max.toFixed(2)} (median ${r.load_average.during.median.toFixed(2)}) during the measurements; other tenants used a median
+${r.load_average.during.foreign_cores_median.toFixed(2)} cores while we measured (the "foreign cores" column of the raw table, per measurement).
 
 **Versions**: ${Object.entries(r.versions)
     .map(([k, v]) => `${k}: ${v}`)
