@@ -283,12 +283,13 @@ async function inspectBody(
  */
 export async function requestBodyPhase(
   ctx: RequestContext,
-  body: ReadableStream<Uint8Array>,
+  body: ReadableStream<Uint8Array> | Uint8Array,
 ): Promise<{ response?: Response; body: ReadableStream<Uint8Array> | Uint8Array }> {
   const steps = ctx.plan!.requestBodyAgents;
   let limit = 0;
   for (const s of steps) limit = Math.max(limit, s.agent.config.maxRequestBodyBytes);
-  const prefix = await readPrefix(body, limit);
+  // A body already read whole (declared length within every limit) needs no prefix reading.
+  const prefix = body instanceof Uint8Array ? { data: body, done: true, rest: null } : await readPrefix(body, limit);
   let current = prefix.data;
   let failed: Outcome | undefined;
   for (const step of steps) {

@@ -192,6 +192,24 @@ async function requestFilter(ctx: RequestContext): Promise<{ response?: Response
     }
     return { body: ctx.req.body! };
   }
+  let inspectLimit = 0;
+  for (const st of plan.requestBodyAgents) inspectLimit = Math.max(inspectLimit, st.agent.config.maxRequestBodyBytes);
+  if (declared !== undefined && declared <= inspectLimit) {
+    // Declared and within what the inspecting agents take: read whole (one native call) rather
+    // than through two JS streams; Bun holds it to the declared length, its idle timeout cuts a
+    // stalled client.
+    let bytes: Uint8Array;
+    try {
+      bytes = await ctx.req.bytes();
+    } catch (err) {
+      ctx.error = `request body: ${(err as Error)?.message ?? err}`;
+      return { response: errorResponse(ctx.signal.aborted ? 499 : 408, ctx.traceId, { connection: "close" }), body: null };
+    }
+    ctx.bytesIn = bytes.byteLength;
+    const inspected = await requestBodyPhase(ctx, bytes);
+    if (inspected.body instanceof Uint8Array && !inspected.response) headers.set("content-length", String(inspected.body.byteLength));
+    return inspected;
+  }
   const meter = { bytes: 0 };
   const stream = guardRequestBody(ctx.req.body!, plan.maxBodySize, ctx.rt.config.system.idleTimeoutMs, meter, () => {
     ctx.bytesIn = meter.bytes;
