@@ -61,6 +61,9 @@ const JSON_OUT = opt("--json") ?? (QUICK ? join(ROOT, ".tmp", "bench", "bench-qu
 const MD_OUT = flag("--no-md") ? null : (opt("--md") ?? (QUICK ? null : join(ROOT, "docs", "benchmarks.md")));
 const ONLY = opt("--systems")?.split(",");
 
+/** Configs, sockets, logs and the binary of this run; removed at the end (also on failure) unless --keep. */
+const WORK = join(tmpdir(), `sentinel-bench-${process.pid}`);
+
 const PROFILES: Profile[] = QUICK ? [{ id: "t1c50", threads: 1, connections: 50 }] : [{ id: "t1c50", threads: 1, connections: 50 }, { id: "t2c100", threads: 2, connections: 100 }];
 
 const log = (s: string) => process.stdout.write(s + "\n");
@@ -108,8 +111,8 @@ async function main(): Promise<number> {
     notes.push(n.replace(/\n/g, " "));
   }
 
-  const work = join(tmpdir(), `sentinel-bench-${process.pid}`);
-  mkdirSync(work, { recursive: true });
+  mkdirSync(WORK, { recursive: true });
+  const work = WORK;
   const bun = process.execPath;
 
   // 1. The binary under test, built from this checkout (not dist/, which others may rebuild).
@@ -366,7 +369,6 @@ async function main(): Promise<number> {
     writeFileSync(MD_OUT, markdown(result, { main1, t2: PROFILES.slice(1).map((p) => [p.id, pick("get", p.id)] as const), big: pick("get64k", T1), post: pick("post16k", T1), fixed, labels, rows, idleAfter, running, minutes }));
     log(`wrote ${MD_OUT}`);
   }
-  if (!flag("--keep")) rmSync(work, { recursive: true, force: true });
   return 0;
 }
 
@@ -487,17 +489,22 @@ ${rawTable(x.rows, x.labels)}
 }
 
 process.on("SIGINT", () => {
-  void stopAll().then(() => process.exit(130));
+  void cleanup().then(() => process.exit(130));
 });
+
+const cleanup = async () => {
+  await stopAll();
+  if (!flag("--keep")) rmSync(WORK, { recursive: true, force: true });
+};
 
 main()
   .then(async (code) => {
-    await stopAll();
+    await cleanup();
     process.exit(code);
   })
   .catch(async (err) => {
     process.stderr.write(`bench failed: ${(err as Error)?.stack ?? err}\n`);
-    await stopAll();
+    await cleanup();
     process.exit(1);
   });
 
