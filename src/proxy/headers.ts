@@ -20,20 +20,9 @@ import type { HeaderMap, HeaderOp } from "../agents/types.ts";
 import type { HeaderOpConfig } from "../config/types.ts";
 import { applyPolicyOps } from "./policies.ts";
 import { MAX_RESPONSE_HEAD_BYTES } from "./limits.ts";
+import { HOP_BY_HOP } from "../http/hop-by-hop.ts";
 
-/** Hop-by-hop headers: never forwarded in either direction. */
-export const HOP_BY_HOP = new Set([
-  "connection",
-  "keep-alive",
-  "proxy-connection",
-  "te",
-  "trailer",
-  "transfer-encoding",
-  "upgrade",
-  "proxy-authenticate",
-  "proxy-authorization",
-  "http2-settings",
-]);
+export { HOP_BY_HOP };
 
 /** Headers an agent (or policy) may never set, add or remove. */
 const PROTECTED = new Set([...HOP_BY_HOP, "host", "content-length"]);

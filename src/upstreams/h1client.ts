@@ -23,6 +23,7 @@
 //     when the request can be replayed (no streamed body).
 import { sharedDeadlines, type DeadlineHandle } from "../agents/deadline.ts";
 import { unwatchIdle, watchIdle, type IdleWatch } from "./idle.ts";
+import { HOP_BY_HOP } from "../http/hop-by-hop.ts";
 
 type BunSocket = import("bun").Socket<Conn>;
 
@@ -84,18 +85,6 @@ export interface PoolOptions {
   maxHeadBytes?: number;
 }
 
-const HOP_BY_HOP = new Set([
-  "connection",
-  "keep-alive",
-  "proxy-connection",
-  "te",
-  "trailer",
-  "transfer-encoding",
-  "upgrade",
-  "proxy-authenticate",
-  "proxy-authorization",
-  "http2-settings",
-]);
 const BODYLESS_STATUS = (s: number) => s === 204 || s === 304 || (s >= 100 && s < 200);
 const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"]);
 const CRLF2 = Buffer.from("\r\n\r\n");
