@@ -694,6 +694,20 @@ const AGENT_EVENTS: Record<string, AgentEventName> = {
 const FILTER_TYPES_CORE = ["agent", "headers", "timeout"];
 const FILTER_TYPES_EXT = ["rate-limit", "compress", "cors", "log", "geo", "redirect", "url-rewrite"];
 
+/** `healthy-threshold` / `unhealthy-threshold`, shared by upstream and agent health checks. */
+function thresholdKeys(r: Reader, where: string, hc: { healthyThreshold: number; unhealthyThreshold: number }) {
+  return {
+    "healthy-threshold": (c: KdlNode) => {
+      const v = r.int(c, where, 1, 1000);
+      if (v !== undefined) hc.healthyThreshold = v;
+    },
+    "unhealthy-threshold": (c: KdlNode) => {
+      const v = r.int(c, where, 1, 1000);
+      if (v !== undefined) hc.unhealthyThreshold = v;
+    },
+  };
+}
+
 class Converter {
   readonly d: Diags;
   readonly r: Reader;
@@ -1757,14 +1771,7 @@ class Converter {
         const v = r.secs(c, hw, 1);
         if (v !== undefined) hc.timeoutMs = v;
       },
-      "healthy-threshold": (c) => {
-        const v = r.int(c, hw, 1, 1000);
-        if (v !== undefined) hc.healthyThreshold = v;
-      },
-      "unhealthy-threshold": (c) => {
-        const v = r.int(c, hw, 1, 1000);
-        if (v !== undefined) hc.unhealthyThreshold = v;
-      },
+      ...thresholdKeys(r, hw, hc),
     });
     return ok ? hc : undefined;
   }
@@ -2127,14 +2134,7 @@ class Converter {
             const v = r.ms(cc, hw, 1);
             if (v !== undefined) hc.timeoutMs = v;
           },
-          "healthy-threshold": (cc) => {
-            const v = r.int(cc, hw, 1, 1000);
-            if (v !== undefined) hc.healthyThreshold = v;
-          },
-          "unhealthy-threshold": (cc) => {
-            const v = r.int(cc, hw, 1, 1000);
-            if (v !== undefined) hc.unhealthyThreshold = v;
-          },
+          ...thresholdKeys(r, hw, hc),
         });
       },
       retry: (c) => {
