@@ -5,17 +5,27 @@
 //   open ProcessStream -> write the handshake -> read exactly one handshake answer within
 //   connectTimeoutMs (no event is written before it; anything else first is a protocol error;
 //   success:false closes the stream and counts as a failed connect) -> ready: events are written
-//   to a push queue and answers are matched by AgentResponse.correlation_id.
+//   to the stream as they come and answers are matched by AgentResponse.correlation_id.
 // Stream end or error: every pending call rejects ("closed", or "protocol" for status codes that
 // mean a message was refused), connectivity listeners hear `false`, and a reconnect is scheduled
 // with exponential backoff (100 ms doubling, capped at 2 s, with jitter), forever until close().
 //
 // Hot path (call -> answer): no timer, one Map entry, one abort listener that is the pending
 // object itself (handleEvent), no encode-to-measure (the size check is an upper-bound estimate).
+//
+// Wire: our own HTTP/2 client (h2/connection.ts, on Bun.connect: h2c with prior knowledge, or TLS
+// with ALPN h2) carrying one gRPC bidi call (h2/grpc.ts) per connection; messages are the
+// generated protobuf-es types, encoded with toBinary / decoded with fromBinary. Each stream
+// attempt gets a fresh connection, closed when the stream ends.
 import { readFileSync } from "node:fs";
-import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
-import { createGrpcTransport as createConnectGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
-import { AgentServiceV2, type AgentResponse, type AgentToProxy, type ProxyToAgent } from "../../gen/zentinel/agent/v2/agent_v2_pb.js";
+import { fromBinary, toBinary } from "@bufbuild/protobuf";
+import {
+  AgentToProxySchema,
+  ProxyToAgentSchema,
+  type AgentResponse,
+  type AgentToProxy,
+  type ProxyToAgent,
+} from "../../gen/zentinel/agent/v2/agent_v2_pb.js";
 import { log as defaultLog } from "../../observability/log.ts";
 import {
   TransportError,
@@ -35,7 +45,8 @@ import {
   pingToProto,
   replyFromProto,
 } from "./map.ts";
-import { PushQueue } from "./queue.ts";
+import { H2Connection, type H2TlsOptions } from "./h2/connection.ts";
+import { GrpcCall, GrpcStatusError, Status } from "./h2/grpc.ts";
 
 export const PROXY_ID = "sentinel";
 const BACKOFF_MIN_MS = 100;
@@ -45,6 +56,13 @@ const STABLE_MS = 1_000;
 /** How long an expected-but-unwanted answer (notify, aborted call) is waited for. */
 const QUIET_TTL_MS = 10_000;
 const DROP_LOG_INTERVAL_MS = 5_000;
+const PROCESS_STREAM_PATH = "/zentinel.agent.v2.AgentServiceV2/ProcessStream";
+/** Largest message accepted from an agent / sent to it (§6.1 rule 6). */
+const READ_MAX_BYTES = 16 * 1024 * 1024;
+const WRITE_MAX_BYTES = 4 * 1024 * 1024;
+/** HTTP/2 keepalive: PING after this much silence, give up when it is not answered in time. */
+const KEEPALIVE_INTERVAL_MS = 15_000;
+const KEEPALIVE_TIMEOUT_MS = 5_000;
 
 type Logger = NonNullable<TransportOptions["log"]>;
 
@@ -63,13 +81,18 @@ class Pending {
 }
 
 class StreamState {
-  readonly queue = new PushQueue<ProxyToAgent>();
-  readonly ac = new AbortController();
+  conn: H2Connection | null = null;
+  call: GrpcCall | null = null;
   ready = false;
   ended = false;
   readyAt = 0;
   handshakeTimer: ReturnType<typeof setTimeout> | undefined;
-  done: Promise<void> = Promise.resolve();
+  /** Resolves when the call has ended (trailers, reset or connection loss). */
+  readonly done: Promise<void>;
+  resolveDone!: () => void;
+  constructor() {
+    this.done = new Promise<void>((r) => (this.resolveDone = r));
+  }
 }
 
 interface QuietEntry {
@@ -77,13 +100,25 @@ interface QuietEntry {
   t: number;
 }
 
-function parseEndpoint(endpoint: string): { baseUrl: string; secure: boolean } {
+interface Target {
+  host: string;
+  port: number;
+  /** ":authority" */
+  authority: string;
+  secure: boolean;
+}
+
+function parseEndpoint(endpoint: string): Target {
   let e = endpoint.trim();
   if (e.startsWith("grpc://")) e = "http://" + e.slice(7);
   else if (e.startsWith("grpcs://")) e = "https://" + e.slice(8);
   else if (!/^https?:\/\//i.test(e)) e = "http://" + e;
   const u = new URL(e);
-  return { baseUrl: `${u.protocol}//${u.host}`, secure: u.protocol === "https:" };
+  const secure = u.protocol === "https:";
+  const host = u.hostname.startsWith("[") && u.hostname.endsWith("]") ? u.hostname.slice(1, -1) : u.hostname;
+  if (host === "") throw new Error(`gRPC endpoint ${JSON.stringify(endpoint)} has no host`);
+  const port = u.port === "" ? (secure ? 443 : 80) : Number(u.port);
+  return { host, port, authority: u.host, secure };
 }
 
 /** PEM text, or a path to a PEM file. */
@@ -92,20 +127,17 @@ function pem(value: string | undefined): string | undefined {
   return value.includes("-----BEGIN") ? value : readFileSync(value, "utf8");
 }
 
-function errorKind(err: unknown): TransportErrorKind {
-  if (err instanceof ConnectError) {
-    switch (err.code) {
-      // The agent refused what we sent (message too large, not decodable, no such service).
-      // Internal is not here: a killed connection surfaces as "[internal] missing status".
-      case Code.ResourceExhausted:
-      case Code.InvalidArgument:
-      case Code.Unimplemented:
-        return "protocol";
-      default:
-        return "closed";
-    }
+function errorKind(err: GrpcStatusError): TransportErrorKind {
+  switch (err.code) {
+    // The agent refused what we sent (message too large, not decodable, no such service).
+    // Internal is not here: a killed connection can surface as a missing status.
+    case Status.RESOURCE_EXHAUSTED:
+    case Status.INVALID_ARGUMENT:
+    case Status.UNIMPLEMENTED:
+      return "protocol";
+    default:
+      return "closed";
   }
-  return "closed";
 }
 
 export class GrpcAgentTransport implements AgentTransport {
@@ -114,8 +146,8 @@ export class GrpcAgentTransport implements AgentTransport {
 
   private readonly opts: TransportOptions;
   private readonly log: Logger;
-  private client: Client<typeof AgentServiceV2> | null = null;
-  private sessionManager: Http2SessionManager | null = null;
+  private target: Target | null = null;
+  private tls: H2TlsOptions | undefined;
   private setupError: Error | null = null;
 
   private stream: StreamState | null = null;
@@ -143,28 +175,16 @@ export class GrpcAgentTransport implements AgentTransport {
     this.endpoint = opts.endpoint;
     this.log = opts.log ?? defaultLog;
     try {
-      const { baseUrl, secure } = parseEndpoint(opts.endpoint);
-      const nodeOptions = secure
-        ? {
-            ca: pem(opts.tls?.caCert),
-            cert: pem(opts.tls?.clientCert),
-            key: pem(opts.tls?.clientKey),
-            rejectUnauthorized: !(opts.tls?.insecure ?? false),
-          }
-        : {};
-      this.sessionManager = new Http2SessionManager(
-        baseUrl,
-        { pingIntervalMs: 15_000, pingTimeoutMs: 5_000, idleConnectionTimeoutMs: 60_000 },
-        nodeOptions,
-      );
-      const transport = createConnectGrpcTransport({
-        baseUrl,
-        sessionManager: this.sessionManager,
-        acceptCompression: [],
-        readMaxBytes: 16 * 1024 * 1024,
-        writeMaxBytes: 4 * 1024 * 1024,
-      });
-      this.client = createClient(AgentServiceV2, transport);
+      const target = parseEndpoint(opts.endpoint);
+      if (target.secure) {
+        this.tls = {
+          ca: pem(opts.tls?.caCert),
+          cert: pem(opts.tls?.clientCert),
+          key: pem(opts.tls?.clientKey),
+          rejectUnauthorized: !(opts.tls?.insecure ?? false),
+        };
+      }
+      this.target = target;
     } catch (err) {
       this.setupError = err instanceof Error ? err : new Error(String(err));
       this.log("error", "grpc agent transport setup failed", { endpoint: this.endpoint, error: this.setupError.message });
@@ -212,12 +232,24 @@ export class GrpcAgentTransport implements AgentTransport {
         new TransportError("protocol", `${event.type} event exceeds the gRPC message limit (${MAX_GRPC_MESSAGE_BYTES} bytes); chunk it`, true),
       );
     }
-    const msg = eventToProto(event);
+    let bytes: Uint8Array;
+    try {
+      bytes = toBinary(ProxyToAgentSchema, eventToProto(event));
+      if (bytes.length > WRITE_MAX_BYTES) throw new Error(`encoded ${event.type} event of ${bytes.length} bytes exceeds ${WRITE_MAX_BYTES}`);
+    } catch (err) {
+      return Promise.reject(new TransportError("protocol", `cannot send ${event.type}: ${String((err as Error)?.message ?? err)}`, true));
+    }
     return new Promise<AgentReply>((resolve, reject) => {
       const p = new Pending(this, id, resolve, reject, signal);
       this.pending.set(id, p);
       signal.addEventListener("abort", p, { once: true });
-      s.queue.push(msg);
+      try {
+        s.call!.send(bytes);
+      } catch (err) {
+        this.pending.delete(id);
+        signal.removeEventListener("abort", p);
+        reject(new TransportError("closed", `agent ${this.endpoint}: ${err instanceof Error ? err.message : String(err)}`, true));
+      }
     });
   }
 
@@ -235,7 +267,7 @@ export class GrpcAgentTransport implements AgentTransport {
       if (event.type === "configure") {
         // TS agents answer configure with an empty-id Allow; Rust agents do not answer.
         this.addQuiet("");
-        s.queue.push(eventToProto(event));
+        this.send(s, eventToProto(event));
         return;
       }
       const id = event.correlationId;
@@ -248,7 +280,7 @@ export class GrpcAgentTransport implements AgentTransport {
         return;
       }
       this.addQuiet(id);
-      s.queue.push(eventToProto(event));
+      this.send(s, eventToProto(event));
     } catch (err) {
       this.log("warn", "grpc agent notify failed", { endpoint: this.endpoint, error: String(err) });
     }
@@ -265,7 +297,7 @@ export class GrpcAgentTransport implements AgentTransport {
         if (this.pings.delete(seq)) reject(new TransportError("timeout", `agent ${this.endpoint}: no pong within ${timeoutMs} ms`));
       }, timeoutMs);
       this.pings.set(seq, { resolve, reject, timer });
-      s.queue.push(pingToProto(seq));
+      this.send(s, pingToProto(seq));
     });
   }
 
@@ -275,6 +307,11 @@ export class GrpcAgentTransport implements AgentTransport {
   }
 
   // ------------------------------------------------------------------------- internals
+
+  /** Encode and write one message on the stream (not for calls: they reject on failure). */
+  private send(s: StreamState, msg: ProxyToAgent): void {
+    s.call!.send(toBinary(ProxyToAgentSchema, msg));
+  }
 
   /** Abort listener of a pending call (the caller's timeout or client disconnect). */
   abortPending(p: Pending): void {
@@ -377,100 +414,124 @@ export class GrpcAgentTransport implements AgentTransport {
 
   private openStream(): void {
     if (this.closing) return;
-    if (this.client === null) {
+    const target = this.target;
+    if (target === null) {
       this.scheduleReconnect(false);
       return;
     }
     const s = new StreamState();
     this.stream = s;
-    s.queue.push(handshakeToProto(PROXY_ID, this.opts.proxyVersion, this.opts.config));
     s.handshakeTimer = setTimeout(() => {
       this.endStream(s, "connect", `no handshake answer within ${this.opts.connectTimeoutMs} ms`);
     }, this.opts.connectTimeoutMs);
-    let responses: AsyncIterable<AgentToProxy>;
     try {
-      responses = this.client.processStream(s.queue, { signal: s.ac.signal });
+      s.conn = new H2Connection({
+        host: target.host,
+        port: target.port,
+        tls: this.tls,
+        keepaliveIntervalMs: KEEPALIVE_INTERVAL_MS,
+        keepaliveTimeoutMs: KEEPALIVE_TIMEOUT_MS,
+        onGoaway: (code, last, debug) => {
+          // The agent is shutting down. Our stream (id 1, always <= last when it is still
+          // open) keeps running until the agent closes it; then we reconnect.
+          this.log("info", "grpc agent sent GOAWAY", { endpoint: this.endpoint, code, lastStreamId: last, debug });
+        },
+      });
+      s.call = new GrpcCall(
+        s.conn,
+        { authority: target.authority, scheme: target.secure ? "https" : "http", path: PROCESS_STREAM_PATH, maxReceiveBytes: READ_MAX_BYTES, maxSendBytes: WRITE_MAX_BYTES },
+        { onMessage: (bytes) => this.onMessage(s, bytes), onEnd: (err) => this.onCallEnd(s, err) },
+      );
+      this.send(s, handshakeToProto(PROXY_ID, this.opts.proxyVersion, this.opts.config));
     } catch (err) {
-      this.endStream(s, "connect", String(err));
-      return;
+      this.endStream(s, "connect", err instanceof Error ? err.message : String(err));
     }
-    s.done = this.readLoop(s, responses);
   }
 
-  private async readLoop(s: StreamState, responses: AsyncIterable<AgentToProxy>): Promise<void> {
-    let kind: TransportErrorKind = "closed";
-    let reason = "agent ended the stream";
+  /** One message from the agent (a view into the received bytes, valid during this call). */
+  private onMessage(s: StreamState, bytes: Uint8Array): void {
+    if (s.ended) return;
+    let msg: AgentToProxy;
     try {
-      for await (const msg of responses) {
-        if (s.ended) break;
-        const m = msg.message;
-        if (m.case === "response" && s.ready) {
-          this.onResponse(m.value);
-          continue;
-        }
-        if (!s.ready) {
-          if (m.case !== "handshake") {
-            kind = "protocol";
-            reason = `first message from the agent was ${m.case ?? "empty"}, not a handshake`;
-            break;
-          }
-          const hs = m.value;
-          if (!hs.success) {
-            kind = "connect";
-            reason = `agent rejected the handshake: ${hs.error ?? "(no error given)"}`;
-            break;
-          }
-          clearTimeout(s.handshakeTimer);
-          if (this.closing) break; // close() raced the handshake: never report ready
-          s.ready = true;
-          s.readyAt = performance.now();
-          this.capabilities = capabilitiesFromProto(hs);
-          this.log("info", "grpc agent connected", {
-            endpoint: this.endpoint,
-            agentId: this.capabilities.agentId,
-            agentName: this.capabilities.name,
-            agentVersion: this.capabilities.version,
-          });
-          this.emit(true);
-          continue;
-        }
-        switch (m.case) {
-          case "pong": {
-            const seq = Number(m.value.sequence);
-            const w = this.pings.get(seq);
-            if (w) {
-              this.pings.delete(seq);
-              clearTimeout(w.timer);
-              w.resolve();
-            }
-            break;
-          }
-          case "handshake":
-            this.log("warn", "grpc agent sent a second handshake answer; ignored", { endpoint: this.endpoint });
-            break;
-          case "log":
-            this.log("debug", "grpc agent log", { endpoint: this.endpoint, message: m.value.message, level: m.value.level });
-            break;
-          default:
-            // health, metrics, config_update, flow_control: no effect (spec §8.4)
-            break;
-        }
-      }
+      msg = fromBinary(AgentToProxySchema, bytes);
     } catch (err) {
-      if (s.ready || !s.ended) {
-        kind = s.ready ? errorKind(err) : "connect";
-        reason = err instanceof Error ? err.message : String(err);
-      }
+      this.endStream(s, "protocol", `undecodable message from the agent: ${err instanceof Error ? err.message : String(err)}`);
+      return;
     }
-    this.endStream(s, kind, reason);
+    const m = msg.message;
+    if (m.case === "response" && s.ready) {
+      this.onResponse(m.value);
+      return;
+    }
+    if (!s.ready) {
+      if (m.case !== "handshake") {
+        this.endStream(s, "protocol", `first message from the agent was ${m.case ?? "empty"}, not a handshake`);
+        return;
+      }
+      const hs = m.value;
+      if (!hs.success) {
+        this.endStream(s, "connect", `agent rejected the handshake: ${hs.error ?? "(no error given)"}`);
+        return;
+      }
+      clearTimeout(s.handshakeTimer);
+      if (this.closing) {
+        // close() raced the handshake: never report ready
+        this.endStream(s, "closed", "transport closed");
+        return;
+      }
+      s.ready = true;
+      s.readyAt = performance.now();
+      this.capabilities = capabilitiesFromProto(hs);
+      this.log("info", "grpc agent connected", {
+        endpoint: this.endpoint,
+        agentId: this.capabilities.agentId,
+        agentName: this.capabilities.name,
+        agentVersion: this.capabilities.version,
+      });
+      this.emit(true);
+      return;
+    }
+    switch (m.case) {
+      case "pong": {
+        const seq = Number(m.value.sequence);
+        const w = this.pings.get(seq);
+        if (w) {
+          this.pings.delete(seq);
+          clearTimeout(w.timer);
+          w.resolve();
+        }
+        break;
+      }
+      case "handshake":
+        this.log("warn", "grpc agent sent a second handshake answer; ignored", { endpoint: this.endpoint });
+        break;
+      case "log":
+        this.log("debug", "grpc agent log", { endpoint: this.endpoint, message: m.value.message, level: m.value.level });
+        break;
+      default:
+        // health, metrics, config_update, flow_control: no effect (spec §8.4)
+        break;
+    }
+  }
+
+  /** The call ended: status OK (the agent ended the stream), an error status, or a lost connection. */
+  private onCallEnd(s: StreamState, err: GrpcStatusError | null): void {
+    s.resolveDone();
+    if (s.ended) return;
+    if (err === null) {
+      this.endStream(s, "closed", "agent ended the stream");
+      return;
+    }
+    this.endStream(s, s.ready ? errorKind(err) : "connect", err.message);
   }
 
   private endStream(s: StreamState, kind: TransportErrorKind, reason: string): void {
     if (s.ended) return;
     s.ended = true;
     clearTimeout(s.handshakeTimer);
-    s.queue.clear();
-    s.ac.abort();
+    s.call?.cancel();
+    s.conn?.close();
+    s.resolveDone();
     if (this.stream === s) this.stream = null;
     const wasReady = s.ready;
     s.ready = false;
@@ -535,7 +596,12 @@ export class GrpcAgentTransport implements AgentTransport {
       // Nothing is outstanding any more (or the grace ran out): half-close, give the agent a
       // moment to finish the stream, then cancel whatever is left.
       if (this.pending.size === 0) {
-        s.queue.end();
+        try {
+          s.call?.end();
+          s.conn?.flush();
+        } catch {
+          // already closed
+        }
         await Promise.race([s.done, new Promise((r) => setTimeout(r, 200))]);
       }
       this.endStream(s, "closed", "transport closed");
@@ -544,7 +610,6 @@ export class GrpcAgentTransport implements AgentTransport {
       clearInterval(this.quietTimer);
       this.quietTimer = undefined;
     }
-    this.sessionManager?.abort();
   }
 }
 

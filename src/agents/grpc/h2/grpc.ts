@@ -1,0 +1,338 @@
+// gRPC over one HTTP/2 stream (https://github.com/grpc/grpc/blob/master/doc/PROTOCOL-HTTP2.md):
+// request headers, length-prefixed messages (5-byte prefix; compression is not negotiated and a
+// compressed message is refused), response headers, trailers with grpc-status / grpc-message,
+// trailers-only responses, message size limits, and the mapping of HTTP/2 failures to status
+// codes. Messages are raw bytes here; protobuf encoding is the caller's.
+import type { H2Connection, H2Stream, H2StreamHandler } from "./connection.ts";
+import { ErrorCode } from "./frames.ts";
+import type { HeaderField } from "./hpack.ts";
+
+/** gRPC status codes. */
+export const Status = {
+  OK: 0,
+  CANCELLED: 1,
+  UNKNOWN: 2,
+  INVALID_ARGUMENT: 3,
+  DEADLINE_EXCEEDED: 4,
+  NOT_FOUND: 5,
+  ALREADY_EXISTS: 6,
+  PERMISSION_DENIED: 7,
+  RESOURCE_EXHAUSTED: 8,
+  FAILED_PRECONDITION: 9,
+  ABORTED: 10,
+  OUT_OF_RANGE: 11,
+  UNIMPLEMENTED: 12,
+  INTERNAL: 13,
+  UNAVAILABLE: 14,
+  DATA_LOSS: 15,
+  UNAUTHENTICATED: 16,
+} as const;
+
+const STATUS_NAMES = Object.fromEntries(Object.entries(Status).map(([k, v]) => [v, k.toLowerCase()])) as Record<number, string>;
+
+export function statusName(code: number): string {
+  return STATUS_NAMES[code] ?? `code ${code}`;
+}
+
+/** How a call ended: the agent's trailers, or a local/transport failure mapped to a status. */
+export class GrpcStatusError extends Error {
+  constructor(
+    readonly code: number,
+    readonly detail: string,
+  ) {
+    super(`[${statusName(code)}] ${detail}`);
+  }
+}
+
+export interface GrpcCallHandler {
+  /** One whole message: a view valid only during the call. */
+  onMessage(bytes: Uint8Array): void;
+  /** Called once: `null` for status OK, else the failure. */
+  onEnd(err: GrpcStatusError | null): void;
+}
+
+export interface GrpcCallOptions {
+  /** ":authority" (host:port). */
+  authority: string;
+  scheme: "http" | "https";
+  /** "/package.Service/Method". */
+  path: string;
+  /** Largest message accepted from the peer (default 16 MiB). */
+  maxReceiveBytes?: number;
+  /** Largest message we send (default 4 MiB). */
+  maxSendBytes?: number;
+  userAgent?: string;
+}
+
+/** HTTP status -> gRPC status, for responses that are not gRPC (PROTOCOL-HTTP2.md). */
+function statusFromHttp(status: number): number {
+  switch (status) {
+    case 400:
+      return Status.INTERNAL;
+    case 401:
+      return Status.UNAUTHENTICATED;
+    case 403:
+      return Status.PERMISSION_DENIED;
+    case 404:
+      return Status.UNIMPLEMENTED;
+    case 429:
+    case 502:
+    case 503:
+    case 504:
+      return Status.UNAVAILABLE;
+    default:
+      return Status.UNKNOWN;
+  }
+}
+
+/** RST_STREAM error code -> gRPC status. */
+function statusFromReset(code: number): number {
+  switch (code) {
+    case ErrorCode.REFUSED_STREAM:
+      return Status.UNAVAILABLE;
+    case ErrorCode.CANCEL:
+      return Status.CANCELLED;
+    case ErrorCode.ENHANCE_YOUR_CALM:
+      return Status.RESOURCE_EXHAUSTED;
+    case ErrorCode.INADEQUATE_SECURITY:
+      return Status.PERMISSION_DENIED;
+    default:
+      return Status.INTERNAL;
+  }
+}
+
+/** grpc-message is percent-encoded UTF-8. */
+export function decodeGrpcMessage(raw: string): string {
+  if (!raw.includes("%")) return utf8FromLatin1(raw);
+  const bytes: number[] = [];
+  for (let i = 0; i < raw.length; i++) {
+    const c = raw.charCodeAt(i);
+    if (c === 0x25 && i + 2 < raw.length && /^[0-9a-fA-F]{2}$/.test(raw.slice(i + 1, i + 3))) {
+      bytes.push(parseInt(raw.slice(i + 1, i + 3), 16));
+      i += 2;
+    } else {
+      bytes.push(c & 0xff);
+    }
+  }
+  return new TextDecoder().decode(Uint8Array.from(bytes));
+}
+
+function utf8FromLatin1(s: string): string {
+  for (let i = 0; i < s.length; i++) if (s.charCodeAt(i) > 0x7f) return new TextDecoder().decode(Uint8Array.from(s, (ch) => ch.charCodeAt(0)));
+  return s;
+}
+
+const EMPTY = new Uint8Array(0);
+
+/**
+ * One gRPC call on its own HTTP/2 stream. Streaming in both directions: send() any number of
+ * messages, end() to half-close; messages and the final status arrive through the handler.
+ */
+export class GrpcCall implements H2StreamHandler {
+  private readonly stream: H2Stream;
+  private readonly maxReceive: number;
+  private readonly maxSend: number;
+  private ended = false;
+  private gotHeaders = false;
+  private encoding = "identity";
+
+  // Message reassembly across DATA frames.
+  private readonly prefix = new Uint8Array(5);
+  private prefixHave = 0;
+  private msg: Uint8Array | null = null;
+  private msgHave = 0;
+
+  constructor(
+    private readonly conn: H2Connection,
+    opts: GrpcCallOptions,
+    private readonly handler: GrpcCallHandler,
+  ) {
+    this.maxReceive = opts.maxReceiveBytes ?? 16 * 1024 * 1024;
+    this.maxSend = opts.maxSendBytes ?? 4 * 1024 * 1024;
+    const headers: HeaderField[] = [
+      [":method", "POST"],
+      [":scheme", opts.scheme],
+      [":path", opts.path],
+      [":authority", opts.authority],
+      ["content-type", "application/grpc"],
+      ["te", "trailers"],
+      ["grpc-accept-encoding", "identity"],
+      ["user-agent", opts.userAgent ?? "sentinel-grpc"],
+    ];
+    this.stream = conn.openStream(headers, this);
+  }
+
+  get isEnded(): boolean {
+    return this.ended;
+  }
+
+  /**
+   * Send one message (raw protobuf bytes). Throws GrpcStatusError(RESOURCE_EXHAUSTED) when it is
+   * larger than maxSendBytes (nothing is sent), or an Error when the stream is closed.
+   */
+  send(bytes: Uint8Array): void {
+    if (this.ended) throw new Error("gRPC call has ended");
+    const n = bytes.length;
+    if (n > this.maxSend) throw new GrpcStatusError(Status.RESOURCE_EXHAUSTED, `message of ${n} bytes exceeds the send limit of ${this.maxSend} bytes`);
+    const head = new Uint8Array(5);
+    head[1] = (n >>> 24) & 0xff;
+    head[2] = (n >>> 16) & 0xff;
+    head[3] = (n >>> 8) & 0xff;
+    head[4] = n & 0xff;
+    this.conn.writeData(this.stream, head, bytes);
+  }
+
+  /** Half-close: no more messages from us. */
+  end(): void {
+    if (this.ended) return;
+    this.conn.endStream(this.stream);
+  }
+
+  /** Abandon the call (RST_STREAM CANCEL). The handler hears nothing more. */
+  cancel(): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.conn.resetStream(this.stream, ErrorCode.CANCEL);
+  }
+
+  private finish(err: GrpcStatusError | null, reset: boolean): void {
+    if (this.ended) return;
+    this.ended = true;
+    if (reset) this.conn.resetStream(this.stream, ErrorCode.CANCEL);
+    this.handler.onEnd(err);
+  }
+
+  // ------------------------------------------------------------------------- H2StreamHandler
+
+  onHeaders(_st: H2Stream, fields: HeaderField[], endStream: boolean): void {
+    if (this.ended) return;
+    if (!this.gotHeaders) {
+      this.gotHeaders = true;
+      let status = "";
+      let contentType = "";
+      for (const [name, value] of fields) {
+        if (name === ":status") status = value;
+        else if (name === "content-type") contentType = value;
+        else if (name === "grpc-encoding") this.encoding = value;
+      }
+      if (status !== "200") {
+        const code = statusFromHttp(Number(status));
+        this.finish(new GrpcStatusError(code, `HTTP status ${status || "(none)"} from the agent`), !endStream);
+        return;
+      }
+      if (!endStream && !/^application\/grpc(?:[+;]|$)/.test(contentType)) {
+        this.finish(new GrpcStatusError(Status.UNKNOWN, `unexpected content-type ${JSON.stringify(contentType)} from the agent`), true);
+        return;
+      }
+      if (!endStream) return;
+      // Trailers-only response: status in the same block.
+    } else if (!endStream) {
+      this.finish(new GrpcStatusError(Status.INTERNAL, "unexpected second header block without END_STREAM"), true);
+      return;
+    }
+    this.onTrailers(fields);
+  }
+
+  private onTrailers(fields: HeaderField[]): void {
+    let code = -1;
+    let message = "";
+    for (const [name, value] of fields) {
+      if (name === "grpc-status") code = /^\d+$/.test(value) ? Number(value) : Status.UNKNOWN;
+      else if (name === "grpc-message") message = decodeGrpcMessage(value);
+    }
+    if (code < 0) {
+      this.finish(new GrpcStatusError(Status.INTERNAL, "missing grpc-status in the agent's trailers"), false);
+      return;
+    }
+    if (this.prefixHave > 0 || this.msg !== null) {
+      this.finish(new GrpcStatusError(Status.INTERNAL, "stream ended in the middle of a message"), false);
+      return;
+    }
+    this.finish(code === Status.OK ? null : new GrpcStatusError(code, message || "(no message)"), false);
+  }
+
+  onData(_st: H2Stream, data: Uint8Array, endStream: boolean): void {
+    if (this.ended) return;
+    if (!this.gotHeaders) {
+      this.finish(new GrpcStatusError(Status.INTERNAL, "DATA before response headers"), true);
+      return;
+    }
+    let pos = 0;
+    const n = data.length;
+    while (pos < n && !this.ended) {
+      if (this.msg !== null) {
+        // Continue a message that spans frames.
+        const take = Math.min(n - pos, this.msg.length - this.msgHave);
+        this.msg.set(data.subarray(pos, pos + take), this.msgHave);
+        this.msgHave += take;
+        pos += take;
+        if (this.msgHave === this.msg.length) {
+          const m = this.msg;
+          this.msg = null;
+          this.msgHave = 0;
+          this.handler.onMessage(m);
+        }
+        continue;
+      }
+      let len: number;
+      if (this.prefixHave === 0 && n - pos >= 5) {
+        if (!this.checkFlag(data[pos]!)) return;
+        len = ((data[pos + 1]! << 24) | (data[pos + 2]! << 16) | (data[pos + 3]! << 8) | data[pos + 4]!) >>> 0;
+        pos += 5;
+        if (!this.checkLength(len)) return;
+        if (n - pos >= len) {
+          // Whole message inside this frame: hand out a view, no copy.
+          const m = data.subarray(pos, pos + len);
+          pos += len;
+          this.handler.onMessage(m);
+          continue;
+        }
+      } else {
+        const take = Math.min(5 - this.prefixHave, n - pos);
+        this.prefix.set(data.subarray(pos, pos + take), this.prefixHave);
+        this.prefixHave += take;
+        pos += take;
+        if (this.prefixHave < 5) break;
+        this.prefixHave = 0;
+        const p = this.prefix;
+        if (!this.checkFlag(p[0]!)) return;
+        len = ((p[1]! << 24) | (p[2]! << 16) | (p[3]! << 8) | p[4]!) >>> 0;
+        if (!this.checkLength(len)) return;
+        if (len === 0) {
+          this.handler.onMessage(EMPTY);
+          continue;
+        }
+      }
+      this.msg = new Uint8Array(len);
+      this.msgHave = 0;
+    }
+    if (endStream && !this.ended) {
+      this.finish(new GrpcStatusError(Status.INTERNAL, "stream ended without trailers (missing grpc-status)"), false);
+    }
+  }
+
+  private checkFlag(flag: number): boolean {
+    if (flag === 0) return true;
+    if (flag === 1) {
+      this.finish(
+        new GrpcStatusError(Status.INTERNAL, `the agent sent a compressed message (grpc-encoding ${this.encoding}); compression is not supported`),
+        true,
+      );
+    } else {
+      this.finish(new GrpcStatusError(Status.INTERNAL, `invalid message flags 0x${flag.toString(16)}`), true);
+    }
+    return false;
+  }
+
+  private checkLength(len: number): boolean {
+    if (len <= this.maxReceive) return true;
+    this.finish(new GrpcStatusError(Status.RESOURCE_EXHAUSTED, `message of ${len} bytes exceeds the receive limit of ${this.maxReceive} bytes`), true);
+    return false;
+  }
+
+  onReset(_st: H2Stream, code: number, reason: string, connectionError?: Error): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.handler.onEnd(new GrpcStatusError(connectionError ? Status.UNAVAILABLE : statusFromReset(code), reason));
+  }
+}
