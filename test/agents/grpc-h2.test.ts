@@ -1,0 +1,502 @@
+// The HTTP/2 client (src/agents/grpc/h2/connection.ts) and the gRPC call layer (h2/grpc.ts)
+// against a scripted raw HTTP/2 server on Bun.listen: flow control and frame sizes in both
+// directions, HPACK with Huffman and the dynamic table across blocks, CONTINUATION, padding,
+// PING, GOAWAY, RST_STREAM, trailers-only answers, compressed messages, size limits, keepalive,
+// and a peer that answers HTTP/1.1.
+import { afterEach, describe, expect, test } from "bun:test";
+import type { Socket, TCPSocketListener } from "bun";
+import { H2Connection, type H2ConnectionOptions } from "../../src/agents/grpc/h2/connection.ts";
+import {
+  ErrorCode,
+  Flag,
+  FrameReader,
+  FrameType,
+  PREFACE,
+  Setting,
+  frame,
+  goawayFrame,
+  pingFrame,
+  readU32,
+  rstStreamFrame,
+  settingsAckFrame,
+  settingsFrame,
+  windowUpdateFrame,
+} from "../../src/agents/grpc/h2/frames.ts";
+import { GrpcCall, GrpcStatusError, Status, decodeGrpcMessage } from "../../src/agents/grpc/h2/grpc.ts";
+import { HpackDecoder } from "../../src/agents/grpc/h2/hpack.ts";
+import { huffmanEncode } from "../../src/agents/grpc/h2/huffman.ts";
+
+type Frame = { type: number; flags: number; stream: number; payload: Uint8Array };
+
+/** A raw HTTP/2 peer: records every frame the client sends; the test writes frames by hand. */
+class RawServer {
+  listener!: TCPSocketListener<undefined>;
+  socket: Socket<undefined> | null = null;
+  frames: Frame[] = [];
+  preface = false;
+  headers: Array<[string, string]>[] = [];
+  dataBytes = 0;
+  messages: Uint8Array[] = [];
+  closed = false;
+  private buf = new Uint8Array(0);
+  private reader = new FrameReader((type, flags, stream, payload) => this.onFrame({ type, flags, stream, payload: payload.slice() }));
+  private hpack = new HpackDecoder();
+  private data = new Uint8Array(0);
+  onFrameHook: ((f: Frame) => void) | null = null;
+  raw = false;
+  rawReceived = "";
+
+  constructor(private readonly script: (srv: RawServer) => void = () => {}) {}
+
+  async start(): Promise<number> {
+    this.listener = Bun.listen<undefined>({
+      hostname: "127.0.0.1",
+      port: 0,
+      socket: {
+        open: (s) => {
+          this.socket = s;
+          this.script(this);
+        },
+        data: (_s, d) => this.onData(new Uint8Array(d)),
+        drain: () => this.drain(),
+        close: () => void (this.closed = true),
+        error: () => {},
+      },
+    });
+    return this.listener.port;
+  }
+
+  stop(): void {
+    this.socket?.terminate();
+    this.listener?.stop(true);
+  }
+
+  private backlog: Uint8Array[] = [];
+
+  /** Bun sockets do not keep what write() did not take: queue it until drain. */
+  write(bytes: Uint8Array): void {
+    this.backlog.push(bytes);
+    if (this.backlog.length === 1) this.drain();
+  }
+
+  drain(): void {
+    while (this.backlog.length > 0 && this.socket) {
+      const b = this.backlog[0]!;
+      const w = this.socket.write(b);
+      if (w < b.length) {
+        this.backlog[0] = b.subarray(Math.max(0, w));
+        return;
+      }
+      this.backlog.shift();
+    }
+  }
+
+  private onData(d: Uint8Array): void {
+    if (this.raw) {
+      this.rawReceived += new TextDecoder().decode(d);
+      return;
+    }
+    if (!this.preface) {
+      const joined = new Uint8Array(this.buf.length + d.length);
+      joined.set(this.buf);
+      joined.set(d, this.buf.length);
+      if (joined.length < PREFACE.length) {
+        this.buf = joined;
+        return;
+      }
+      expect(Buffer.from(joined.subarray(0, PREFACE.length)).toString()).toBe("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+      this.preface = true;
+      this.buf = new Uint8Array(0);
+      d = joined.subarray(PREFACE.length);
+    }
+    this.reader.maxFrameSize = 16_777_215;
+    this.reader.push(d);
+  }
+
+  private onFrame(f: Frame): void {
+    this.frames.push(f);
+    if (f.type === FrameType.HEADERS) this.headers.push(this.hpack.decode(f.payload));
+    if (f.type === FrameType.DATA) {
+      this.dataBytes += f.payload.length;
+      const joined = new Uint8Array(this.data.length + f.payload.length);
+      joined.set(this.data);
+      joined.set(f.payload, this.data.length);
+      this.data = joined;
+      while (this.data.length >= 5) {
+        const len = readU32(this.data, 1);
+        if (this.data.length < 5 + len) break;
+        this.messages.push(this.data.slice(5, 5 + len));
+        this.data = this.data.slice(5 + len);
+      }
+    }
+    this.onFrameHook?.(f);
+  }
+
+  ofType(type: number): Frame[] {
+    return this.frames.filter((f) => f.type === type);
+  }
+}
+
+const cleanup: (() => unknown)[] = [];
+afterEach(() => {
+  while (cleanup.length) cleanup.pop()!();
+});
+
+async function server(script?: (srv: RawServer) => void): Promise<{ srv: RawServer; port: number }> {
+  const srv = new RawServer(script);
+  const port = await srv.start();
+  cleanup.push(() => srv.stop());
+  return { srv, port };
+}
+
+function connect(port: number, extra: Partial<H2ConnectionOptions> = {}): { conn: H2Connection; closed: Error[] } {
+  const closed: Error[] = [];
+  const conn = new H2Connection({ host: "127.0.0.1", port, onClose: (e) => closed.push(e), ...extra });
+  cleanup.push(() => conn.destroy(new Error("test done")));
+  return { conn, closed };
+}
+
+interface CallLog {
+  call: GrpcCall;
+  messages: string[];
+  sizes: number[];
+  end: GrpcStatusError | null | undefined;
+}
+
+function grpcCall(conn: H2Connection, maxReceiveBytes?: number): CallLog {
+  const log: CallLog = { call: null as unknown as GrpcCall, messages: [], sizes: [], end: undefined };
+  log.call = new GrpcCall(
+    conn,
+    { authority: "agent.test:50051", scheme: "http", path: "/zentinel.agent.v2.AgentServiceV2/ProcessStream", maxReceiveBytes },
+    {
+      onMessage: (b) => {
+        log.sizes.push(b.length);
+        log.messages.push(b.length <= 64 ? new TextDecoder().decode(b) : `<${b.length}>`);
+      },
+      onEnd: (e) => void (log.end = e),
+    },
+  );
+  return log;
+}
+
+async function until(cond: () => boolean, ms = 3000, what = "condition"): Promise<void> {
+  const end = performance.now() + ms;
+  while (!cond()) {
+    if (performance.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await Bun.sleep(2);
+  }
+}
+
+const enc = (s: string) => new TextEncoder().encode(s);
+
+function grpcMessage(body: Uint8Array | string, flag = 0): Uint8Array {
+  const b = typeof body === "string" ? enc(body) : body;
+  const out = new Uint8Array(5 + b.length);
+  out[0] = flag;
+  out[1] = (b.length >>> 24) & 0xff;
+  out[2] = (b.length >>> 16) & 0xff;
+  out[3] = (b.length >>> 8) & 0xff;
+  out[4] = b.length & 0xff;
+  out.set(b, 5);
+  return out;
+}
+
+/** HPACK string literal, Huffman-coded. */
+function hstr(s: string): number[] {
+  const h = huffmanEncode(s);
+  if (h.length >= 127) throw new Error("test helper: string too long");
+  return [0x80 | h.length, ...h];
+}
+/** Literal with incremental indexing, new name (both Huffman-coded). */
+const litIndexed = (name: string, value: string) => [0x40, ...hstr(name), ...hstr(value)];
+/** Literal without indexing, indexed name (4-bit prefix integer). */
+const litNameRef = (index: number, value: string) => [...(index < 15 ? [index] : [0x0f, index - 15]), ...hstr(value)];
+
+/** :status 200 (static 8), content-type application/grpc added to the dynamic table, plus x-srv. */
+const RESPONSE_HEADERS = Uint8Array.from([0x88, ...litIndexed("content-type", "application/grpc"), ...litIndexed("x-srv", "raw")]);
+
+function serverSettings(srv: RawServer, entries: Array<[number, number]> = []): void {
+  srv.write(settingsFrame(entries));
+}
+
+describe("HTTP/2 client on Bun.connect", () => {
+  test("preface, SETTINGS, request headers; response with Huffman + dynamic table + CONTINUATION, padded and split DATA, trailers", async () => {
+    const { srv, port } = await server((s) => serverSettings(s));
+    const { conn } = connect(port);
+    const c = grpcCall(conn);
+    c.call.send(enc("hello"));
+    await until(() => srv.messages.length === 1, 3000, "first message");
+    // Our SETTINGS: push disabled, a large initial window; the server's SETTINGS are acked.
+    const ours = srv.ofType(FrameType.SETTINGS).find((f) => !(f.flags & Flag.ACK))!;
+    const settings = new Map<number, number>();
+    for (let i = 0; i < ours.payload.length; i += 6) settings.set((ours.payload[i]! << 8) | ours.payload[i + 1]!, readU32(ours.payload, i + 2));
+    expect(settings.get(Setting.ENABLE_PUSH)).toBe(0);
+    expect(settings.get(Setting.INITIAL_WINDOW_SIZE)).toBeGreaterThanOrEqual(1 << 20);
+    await until(() => srv.ofType(FrameType.SETTINGS).some((f) => f.flags & Flag.ACK), 3000, "SETTINGS ACK");
+    expect(Object.fromEntries(srv.headers[0]!)).toMatchObject({
+      ":method": "POST",
+      ":scheme": "http",
+      ":path": "/zentinel.agent.v2.AgentServiceV2/ProcessStream",
+      ":authority": "agent.test:50051",
+      "content-type": "application/grpc",
+      te: "trailers",
+    });
+    expect(new TextDecoder().decode(srv.messages[0]!)).toBe("hello");
+
+    // Response headers split into HEADERS + CONTINUATION.
+    srv.write(frame(FrameType.HEADERS, 0, 1, RESPONSE_HEADERS.subarray(0, 5)));
+    srv.write(frame(FrameType.CONTINUATION, Flag.END_HEADERS, 1, RESPONSE_HEADERS.subarray(5)));
+    // A padded DATA frame with one message and the first half of another.
+    const m1 = grpcMessage("one");
+    const m2 = grpcMessage("two-split");
+    const pad = 7;
+    const body = new Uint8Array(1 + m1.length + 6 + pad);
+    body[0] = pad;
+    body.set(m1, 1);
+    body.set(m2.subarray(0, 6), 1 + m1.length);
+    srv.write(frame(FrameType.DATA, Flag.PADDED, 1, body));
+    await Bun.sleep(20);
+    // The rest of the second message, written byte by byte across TCP segments.
+    const rest = frame(FrameType.DATA, 0, 1, m2.subarray(6));
+    for (const b of rest) {
+      srv.write(Uint8Array.of(b));
+      await Bun.sleep(1);
+    }
+    // Trailers that reference the dynamic table entry "x-srv: raw" (index 62) and use a
+    // percent-encoded grpc-message.
+    srv.write(frame(FrameType.HEADERS, Flag.END_HEADERS | Flag.END_STREAM, 1, Uint8Array.from([...litIndexed("grpc-status", "0"), 0xbe])));
+    await until(() => c.end !== undefined, 3000, "trailers");
+    expect(c.messages).toEqual(["one", "two-split"]);
+    expect(c.end).toBeNull();
+  });
+
+  test("outgoing DATA honours the peer's stream window, connection window and SETTINGS_MAX_FRAME_SIZE", async () => {
+    const { srv, port } = await server((s) => serverSettings(s, [[Setting.INITIAL_WINDOW_SIZE, 1000]]));
+    const { conn } = connect(port);
+    const c = grpcCall(conn);
+    await until(() => srv.ofType(FrameType.SETTINGS).some((f) => f.flags & Flag.ACK), 3000, "SETTINGS ACK");
+    const big = new Uint8Array(100_000).fill(7);
+    c.call.send(big);
+    await Bun.sleep(50);
+    expect(srv.dataBytes).toBe(1000); // stream window
+    srv.write(windowUpdateFrame(1, 200_000));
+    await Bun.sleep(50);
+    expect(srv.dataBytes).toBe(65_535); // now the connection window (default) limits
+    srv.write(windowUpdateFrame(0, 100_000));
+    await until(() => srv.messages.length === 1, 3000, "whole message");
+    expect(srv.messages[0]!.length).toBe(100_000);
+    expect(srv.messages[0]!.every((b) => b === 7)).toBe(true);
+    for (const f of srv.ofType(FrameType.DATA)) expect(f.payload.length).toBeLessThanOrEqual(16_384);
+  });
+
+  test("a SETTINGS_INITIAL_WINDOW_SIZE decrease can make a stream window negative (RFC 9113 §6.9.2)", async () => {
+    const { srv, port } = await server((s) => {
+      serverSettings(s, [[Setting.INITIAL_WINDOW_SIZE, 1000]]);
+      s.write(windowUpdateFrame(0, 1_000_000));
+    });
+    const { conn } = connect(port);
+    const c = grpcCall(conn);
+    await until(() => srv.ofType(FrameType.SETTINGS).some((f) => f.flags & Flag.ACK), 3000, "SETTINGS ACK");
+    c.call.send(new Uint8Array(5000));
+    await until(() => srv.dataBytes === 1000, 3000, "first 1000 bytes");
+    srv.write(settingsFrame([[Setting.INITIAL_WINDOW_SIZE, 500]])); // window 0 -> -500
+    srv.write(windowUpdateFrame(1, 400)); // -100: still nothing may be sent
+    await Bun.sleep(50);
+    expect(srv.dataBytes).toBe(1000);
+    srv.write(windowUpdateFrame(1, 4105)); // 4005: exactly the rest (5000 + 5-byte prefix - 1000)
+    await until(() => srv.messages.length === 1, 3000, "the rest");
+    expect(srv.dataBytes).toBe(5005);
+  });
+
+  test("incoming DATA: WINDOW_UPDATE credit is returned for the stream and the connection", async () => {
+    const { srv, port } = await server((s) => serverSettings(s));
+    const { conn } = connect(port);
+    const c = grpcCall(conn, 32 * 1024 * 1024);
+    c.call.send(enc("go"));
+    await until(() => srv.messages.length === 1);
+    srv.write(frame(FrameType.HEADERS, Flag.END_HEADERS, 1, RESPONSE_HEADERS));
+    // 6 MiB in one message, 16 KiB frames: more than half of both receive windows.
+    const payload = grpcMessage(new Uint8Array(6 * 1024 * 1024).fill(1));
+    for (let off = 0; off < payload.length; off += 16_384) srv.write(frame(FrameType.DATA, 0, 1, payload.subarray(off, off + 16_384)));
+    await until(() => c.sizes.length === 1, 10_000, "6 MiB message");
+    expect(c.sizes[0]).toBe(6 * 1024 * 1024);
+    const updates = () => srv.ofType(FrameType.WINDOW_UPDATE).filter((f) => readU32(f.payload, 0) > 0);
+    // initial connection bump + credit for the connection and the stream
+    await until(() => updates().some((f) => f.stream === 1) && updates().filter((f) => f.stream === 0).length >= 2, 3000, "WINDOW_UPDATE credit");
+  });
+
+  test("PING is answered with the same payload; SETTINGS are acknowledged", async () => {
+    const { srv, port } = await server((s) => serverSettings(s));
+    connect(port);
+    await until(() => srv.preface);
+    srv.write(pingFrame(enc("12345678"), false));
+    await until(() => srv.ofType(FrameType.PING).length === 1, 3000, "PING ACK");
+    const ack = srv.ofType(FrameType.PING)[0]!;
+    expect(ack.flags & Flag.ACK).toBe(Flag.ACK);
+    expect(new TextDecoder().decode(ack.payload)).toBe("12345678");
+  });
+
+  test("trailers-only error answer: status and percent-decoded UTF-8 message", async () => {
+    const { srv, port } = await server((s) => serverSettings(s));
+    const { conn } = connect(port);
+    const c = grpcCall(conn);
+    await until(() => srv.headers.length === 1);
+    const block = Uint8Array.from([0x88, ...litIndexed("grpc-status", "12"), ...litIndexed("grpc-message", "no%20such%20method%20%E2%9C%93")]);
+    srv.write(frame(FrameType.HEADERS, Flag.END_HEADERS | Flag.END_STREAM, 1, block));
+    await until(() => c.end !== undefined);
+    expect(c.end).toBeInstanceOf(GrpcStatusError);
+    expect(c.end!.code).toBe(Status.UNIMPLEMENTED);
+    expect(c.end!.detail).toBe("no such method ✓");
+    expect(decodeGrpcMessage("100%25%20done")).toBe("100% done");
+  });
+
+  test("a compressed message is refused with a clear error and the stream is reset", async () => {
+    const { srv, port } = await server((s) => serverSettings(s));
+    const { conn } = connect(port);
+    const c = grpcCall(conn);
+    await until(() => srv.headers.length === 1);
+    srv.write(frame(FrameType.HEADERS, Flag.END_HEADERS, 1, Uint8Array.from([...RESPONSE_HEADERS, ...litIndexed("grpc-encoding", "gzip")])));
+    srv.write(frame(FrameType.DATA, 0, 1, grpcMessage("zzz", 1)));
+    await until(() => c.end !== undefined);
+    expect(c.end!.code).toBe(Status.INTERNAL);
+    expect(c.end!.message).toContain("compressed message (grpc-encoding gzip)");
+    await until(() => srv.ofType(FrameType.RST_STREAM).length === 1, 3000, "RST_STREAM");
+    expect(readU32(srv.ofType(FrameType.RST_STREAM)[0]!.payload, 0)).toBe(ErrorCode.CANCEL);
+  });
+
+  test("a message above the receive limit is RESOURCE_EXHAUSTED; a send above the send limit throws and sends nothing", async () => {
+    const { srv, port } = await server((s) => serverSettings(s));
+    const { conn } = connect(port);
+    const c = grpcCall(conn, 1000);
+    expect(() => c.call.send(new Uint8Array(4 * 1024 * 1024 + 1))).toThrow(/exceeds the send limit/);
+    await until(() => srv.headers.length === 1);
+    srv.write(frame(FrameType.HEADERS, Flag.END_HEADERS, 1, RESPONSE_HEADERS));
+    srv.write(frame(FrameType.DATA, 0, 1, grpcMessage(new Uint8Array(1001)).subarray(0, 100)));
+    await until(() => c.end !== undefined);
+    expect(c.end!.code).toBe(Status.RESOURCE_EXHAUSTED);
+    expect(srv.dataBytes).toBe(0);
+  });
+
+  test("missing grpc-status, non-200 :status and a non-gRPC content-type are errors", async () => {
+    const { srv, port } = await server((s) => serverSettings(s));
+    const { conn } = connect(port);
+    const a = grpcCall(conn);
+    const b = grpcCall(conn);
+    const d = grpcCall(conn);
+    await until(() => srv.headers.length === 3);
+    srv.write(frame(FrameType.HEADERS, Flag.END_HEADERS, 1, RESPONSE_HEADERS));
+    srv.write(frame(FrameType.HEADERS, Flag.END_HEADERS | Flag.END_STREAM, 1, Uint8Array.from([0xbe])));
+    srv.write(frame(FrameType.HEADERS, Flag.END_HEADERS | Flag.END_STREAM, 3, Uint8Array.from([0x8d]))); // :status 404
+    srv.write(frame(FrameType.HEADERS, Flag.END_HEADERS, 5, Uint8Array.from([0x88, ...litNameRef(31, "text/html")]))); // content-type text/html
+    await until(() => a.end !== undefined && b.end !== undefined && d.end !== undefined);
+    expect(a.end!.message).toContain("missing grpc-status");
+    expect(b.end!.code).toBe(Status.UNIMPLEMENTED);
+    expect(d.end!.message).toContain("content-type");
+  });
+
+  test("RST_STREAM from the peer ends the call; GOAWAY refuses streams above last-stream-id", async () => {
+    const { srv, port } = await server((s) => serverSettings(s));
+    const goaways: number[] = [];
+    const { conn } = connect(port, { onGoaway: (code, last) => goaways.push(code, last) });
+    const a = grpcCall(conn);
+    const b = grpcCall(conn);
+    await until(() => srv.headers.length === 2);
+    srv.write(rstStreamFrame(1, ErrorCode.REFUSED_STREAM));
+    await until(() => a.end !== undefined);
+    expect(a.end!.code).toBe(Status.UNAVAILABLE);
+    expect(a.end!.message).toContain("REFUSED_STREAM");
+    srv.write(goawayFrame(1, ErrorCode.NO_ERROR, "bye"));
+    await until(() => b.end !== undefined);
+    expect(b.end!.code).toBe(Status.UNAVAILABLE);
+    expect(goaways).toEqual([ErrorCode.NO_ERROR, 1]);
+    expect(() => grpcCall(conn)).toThrow(/going away/);
+  });
+
+  test("GOAWAY with an error code closes the connection; every stream fails UNAVAILABLE", async () => {
+    const { srv, port } = await server((s) => serverSettings(s));
+    const { conn, closed } = connect(port);
+    const a = grpcCall(conn);
+    await until(() => srv.headers.length === 1);
+    srv.write(goawayFrame(1, ErrorCode.ENHANCE_YOUR_CALM, "too many pings"));
+    await until(() => a.end !== undefined && closed.length === 1);
+    expect(a.end!.code).toBe(Status.UNAVAILABLE);
+    expect(closed[0]!.message).toContain("ENHANCE_YOUR_CALM: too many pings");
+    expect(conn.isClosed).toBe(true);
+  });
+
+  test("protocol violations end the connection with GOAWAY: frame on an idle stream, bad HPACK, oversized frame", async () => {
+    for (const bad of [
+      frame(FrameType.HEADERS, Flag.END_HEADERS, 7, Uint8Array.from([0x88])), // stream 7 never opened
+      frame(FrameType.HEADERS, Flag.END_HEADERS, 1, Uint8Array.from([0xff, 0x00])), // index out of the tables
+      (() => {
+        const f = frame(FrameType.DATA, 0, 1, new Uint8Array(0));
+        f[0] = 0x01; // 65 536+ bytes announced: above our SETTINGS_MAX_FRAME_SIZE (16 384)
+        return f;
+      })(),
+    ]) {
+      const { srv, port } = await server((s) => serverSettings(s));
+      const { conn, closed } = connect(port);
+      const a = grpcCall(conn);
+      await until(() => srv.headers.length === 1);
+      srv.write(bad);
+      await until(() => closed.length === 1 && a.end !== undefined);
+      await until(() => srv.ofType(FrameType.GOAWAY).length === 1, 3000, "GOAWAY");
+      expect(a.end!.code).toBe(Status.UNAVAILABLE);
+    }
+  });
+
+  test("a first frame other than SETTINGS, or an HTTP/1.1 answer, is refused", async () => {
+    const h1 = await server((s) => {
+      s.raw = true;
+      s.write(enc("HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n"));
+    });
+    const a = connect(h1.port);
+    await until(() => a.closed.length === 1);
+    expect(a.closed[0]!.message).toContain("HTTP/1.x");
+
+    const noSettings = await server((s) => s.write(pingFrame(new Uint8Array(8), false)));
+    const b = connect(noSettings.port);
+    await until(() => b.closed.length === 1);
+    expect(b.closed[0]!.message).toContain("first frame was not SETTINGS");
+  });
+
+  test("keepalive: a silent peer gets a PING, and the connection closes when it is not answered", async () => {
+    const { srv, port } = await server((s) => {
+      serverSettings(s);
+      s.write(settingsAckFrame());
+    });
+    const { closed } = connect(port, { keepaliveIntervalMs: 60, keepaliveTimeoutMs: 60 });
+    await until(() => srv.ofType(FrameType.PING).length >= 1, 3000, "keepalive PING");
+    expect(srv.ofType(FrameType.PING)[0]!.flags & Flag.ACK).toBe(0);
+    await until(() => closed.length === 1, 3000, "keepalive timeout");
+    expect(closed[0]!.message).toContain("keepalive PING");
+  });
+
+  test("connection refused surfaces as a connection error", async () => {
+    const { srv, port } = await server();
+    srv.stop();
+    await Bun.sleep(10);
+    const { conn, closed } = connect(port);
+    const c = grpcCall(conn);
+    await until(() => closed.length === 1 && c.end !== undefined);
+    expect(c.end!.code).toBe(Status.UNAVAILABLE);
+  });
+
+  test("half-close sends END_STREAM after queued data; cancel sends RST_STREAM(CANCEL)", async () => {
+    const { srv, port } = await server((s) => serverSettings(s, [[Setting.INITIAL_WINDOW_SIZE, 10]]));
+    const { conn } = connect(port);
+    const a = grpcCall(conn);
+    const b = grpcCall(conn);
+    await until(() => srv.ofType(FrameType.SETTINGS).some((f) => f.flags & Flag.ACK));
+    a.call.send(enc("0123456789abcdef")); // 21 bytes with the prefix: more than the window
+    a.call.end();
+    await Bun.sleep(30);
+    expect(srv.ofType(FrameType.DATA).some((f) => f.flags & Flag.END_STREAM)).toBe(false);
+    srv.write(windowUpdateFrame(1, 100));
+    await until(() => srv.ofType(FrameType.DATA).some((f) => f.stream === 1 && f.flags & Flag.END_STREAM), 3000, "END_STREAM");
+    expect(srv.messages.map((m) => new TextDecoder().decode(m))).toEqual(["0123456789abcdef"]);
+    b.call.cancel();
+    await until(() => srv.ofType(FrameType.RST_STREAM).some((f) => f.stream === 3));
+    expect(b.end).toBeUndefined(); // a cancelled call hears nothing more
+  });
+});
