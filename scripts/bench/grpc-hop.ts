@@ -11,6 +11,7 @@
 // artificially batched into one write; --gap none issues it at once from the answer's microtask. Reports, for this process only
 // (process.cpuUsage(): user + system), CPU µs per call and calls/s. The agent's own CPU is not
 // counted (it runs in its own process), but it shares the machine, so calls/s depends on it too.
+// With --runs N > 1 a last line gives the medians (the numbers vary run to run on a busy host).
 import { join } from "node:path";
 import { createGrpcTransport } from "../../src/agents/grpc/client.ts";
 import type { AgentEvent, AgentTransport } from "../../src/agents/types.ts";
@@ -114,6 +115,7 @@ async function main(): Promise<void> {
     }
     await drive(t, WARMUP, 0);
     Bun.gc(true);
+    const results: { cpu: number; rate: number }[] = [];
     for (let r = 0; r < RUNS; r++) {
       const cpu0 = process.cpuUsage();
       const t0 = performance.now();
@@ -121,6 +123,7 @@ async function main(): Promise<void> {
       const ms = performance.now() - t0;
       const cpu = process.cpuUsage(cpu0);
       const usPerCall = (cpu.user + cpu.system) / N;
+      results.push({ cpu: usPerCall, rate: (N * 1000) / ms });
       console.log(
         JSON.stringify({
           agent: AGENT,
@@ -132,6 +135,19 @@ async function main(): Promise<void> {
           sys_us_per_call: Number((cpu.system / N).toFixed(1)),
           calls_per_s: Math.round((N * 1000) / ms),
           wall_ms: Math.round(ms),
+        }),
+      );
+    }
+    if (RUNS > 1) {
+      const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+      console.log(
+        JSON.stringify({
+          summary: "median",
+          agent: AGENT,
+          runs: RUNS,
+          inflight: INFLIGHT,
+          cpu_us_per_call: Number(median(results.map((r) => r.cpu)).toFixed(1)),
+          calls_per_s: Math.round(median(results.map((r) => r.rate))),
         }),
       );
     }

@@ -1,5 +1,5 @@
-// The gRPC agent transport, loaded on first use: the gRPC stack (node:http2, Connect, the
-// generated protobuf code) is a large share of the proxy's start-up time and idle memory, and a
+// The gRPC agent transport, loaded on first use: the gRPC stack (our HTTP/2 client in h2/, the
+// generated protobuf code and protobuf-es) is a share of the proxy's start-up time and idle memory, and a
 // proxy with only UDS agents (or none) never needs it. Until the module has loaded (one tick
 // after construction, in practice) the transport behaves exactly like one that is still
 // connecting: not connected, calls fail "connect" (not sent), start/close are remembered.
