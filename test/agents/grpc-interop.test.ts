@@ -1,6 +1,6 @@
 // Interop with an independent gRPC stack: @grpc/grpc-js + @grpc/proto-loader under Node
 // (test/helpers/grpcjs-agent.mjs), loading our .proto at run time.
-//   - our client transport (Connect on Bun) -> grpc-js agent: bidi ProcessStream
+//   - our client transport (our HTTP/2 client on Bun.connect) -> grpc-js agent: bidi ProcessStream
 //   - grpc-js probe client (Node) -> our serveGrpc: unary ProcessEvent and bidi ProcessStream
 import { afterEach, describe, expect, test } from "bun:test";
 import { join } from "node:path";

@@ -31,6 +31,7 @@ beforeAll(() => {
   run(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=sentinel-test-ca"]);
   issue("server", "127.0.0.1", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n");
   issue("client", "sentinel-proxy", "extendedKeyUsage=clientAuth\n");
+  issue("elsewhere", "elsewhere.example", "subjectAltName=IP:10.9.9.9,DNS:elsewhere.example\nextendedKeyUsage=serverAuth\n");
 });
 afterAll(() => {
   if (dir) rmSync(dir, { recursive: true, force: true });
@@ -124,6 +125,13 @@ describe.skipIf(!openssl)("gRPC over TLS", () => {
     expect(without.logs.some((l) => /CERTIFICATE_REQUIRED|certificate/i.test(l))).toBe(true);
     const withCert = transport(port, { caCert: pemPath("ca.pem"), clientCert: pemPath("client.pem"), clientKey: pemPath("client.key"), insecure: false });
     expect(await waitConnected(withCert.t)).toBe(true);
+  });
+
+  test("a certificate from the right CA but for another host is refused", async () => {
+    const port = await serveTls({ cert: pem("elsewhere.pem"), key: pem("elsewhere.key") });
+    const { t, logs } = transport(port, { caCert: pemPath("ca.pem"), insecure: false });
+    expect(await waitConnected(t, 600)).toBe(false);
+    expect(logs.some((l) => /does not match|altnames/i.test(l))).toBe(true);
   });
 
   test("a missing CA file never throws synchronously; the transport just cannot connect", async () => {
