@@ -151,7 +151,7 @@ export async function requestHeadersPhase(ctx: RequestContext): Promise<Response
     metadata: metadata(ctx),
     method: ctx.method,
     uri: ctx.path + ctx.query,
-    headers: toHeaderMap(ctx.upstreamHeaders!),
+    headers: toHeaderMap(ctx.upstreamHeaders!.list),
   };
   const results =
     steps.length === 1

@@ -4,6 +4,7 @@ import type { ListenerConfig } from "../config/types.ts";
 import type { HeaderOp } from "../agents/types.ts";
 import type { Runtime, RoutePlan } from "./runtime.ts";
 import type { Target } from "../upstreams/pool.ts";
+import type { UpstreamRequestHeaders } from "./headers.ts";
 
 export interface AgentTrace {
   agent: string;
@@ -31,7 +32,7 @@ export interface RequestContext {
   query: string; // "" or "?…", forwarded unchanged
   plan?: RoutePlan;
   /** Headers to send upstream (sanitised; policies and agent mutations applied). */
-  upstreamHeaders?: Headers;
+  upstreamHeaders?: UpstreamRequestHeaders;
   /** Response header operations from agents' request phase (applied at response time). */
   deferredResponseOps: HeaderOp[];
   target?: Target;

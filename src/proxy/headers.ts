@@ -21,6 +21,7 @@ import type { HeaderOpConfig } from "../config/types.ts";
 import { applyPolicyOps } from "./policies.ts";
 import { MAX_RESPONSE_HEAD_BYTES } from "./limits.ts";
 import { HOP_BY_HOP } from "../http/hop-by-hop.ts";
+import { listDelete, listSet, listToHeaders, type HeaderList } from "../http/header-list.ts";
 
 export { HOP_BY_HOP };
 
@@ -75,34 +76,50 @@ export interface ForwardingInfo {
 }
 
 export interface UpstreamRequestHeaders {
-  /** The headers agents see, then (finished) what the upstream receives. */
-  headers: Headers;
+  /**
+   * The headers agents see, then (finished) what the upstream receives: a flat name/value list
+   * (src/http/header-list.ts) while nothing mutates them, replaced by `headers` when agents or
+   * policies do.
+   */
+  list: HeaderList;
+  /** Set by `finishUpstreamRequestHeaders` when agents or policies changed something. */
+  headers: Headers | null;
   /** Names the client listed in Connection (removed after the agents have seen them). */
   nominated: string[];
   /** The proxy's own headers, set before the agents and again last. */
   own: Array<[string, string]>;
 }
 
-/** Step 1: the sanitised view of the client's headers plus the proxy's own (see the top). */
+/** Step 1: the sanitised view of the client's headers plus the proxy's own (see the top), in one pass. */
 export function upstreamRequestHeaders(incoming: Headers, fwd: ForwardingInfo): UpstreamRequestHeaders {
-  const headers = new Headers(incoming);
+  const list: HeaderList = [];
+  let connection: string | null = null;
+  let priorXff: string | null = null;
+  let priorVia: string | null = null;
+  incoming.forEach((value, name) => {
+    if (HOP_BY_HOP.has(name)) {
+      if (name === "connection") connection = value;
+      return;
+    }
+    if (PROXY_OWNED.has(name)) {
+      if (name === "x-forwarded-for") priorXff = value;
+      else if (name === "via") priorVia = value;
+      return;
+    }
+    if (name.includes("_")) return;
+    list.push(name, value);
+  });
   const nominated: string[] = [];
-  const connection = incoming.get("connection");
-  if (connection) {
-    for (const raw of connection.split(",")) {
+  if (connection !== null) {
+    for (const raw of (connection as string).split(",")) {
       const name = raw.trim().toLowerCase();
-      if (name && !PROTECTED_FROM_CONNECTION.has(name) && !HOP_BY_HOP.has(name) && !PROXY_OWNED.has(name)) nominated.push(name);
+      if (!name) continue;
+      // A client may not use Connection to hide the forwarding chain it sent.
+      if (name === "x-forwarded-for") priorXff = null;
+      else if (name === "via") priorVia = null;
+      if (!PROTECTED_FROM_CONNECTION.has(name) && !HOP_BY_HOP.has(name) && !PROXY_OWNED.has(name)) nominated.push(name);
     }
   }
-  const drop: string[] = [];
-  incoming.forEach((_value, name) => {
-    if (HOP_BY_HOP.has(name) || PROXY_OWNED.has(name) || name.includes("_")) drop.push(name);
-  });
-  for (const name of drop) headers.delete(name);
-
-  const nominates = (n: string) => connection !== null && connection.toLowerCase().split(",").some((x) => x.trim() === n);
-  const priorXff = nominates("x-forwarded-for") ? null : incoming.get("x-forwarded-for");
-  const priorVia = nominates("via") ? null : incoming.get("via");
   const own: Array<[string, string]> = [
     ["x-forwarded-for", priorXff ? `${priorXff}, ${fwd.clientIp}` : fwd.clientIp],
     ["x-forwarded-proto", fwd.proto],
@@ -112,21 +129,36 @@ export function upstreamRequestHeaders(incoming: Headers, fwd: ForwardingInfo): 
     ["via", priorVia ? `${priorVia}, ${VIA}` : VIA],
   ];
   if (fwd.hostHeader) own.push(["x-forwarded-host", fwd.hostHeader]);
-  for (const [n, v] of own) headers.set(n, v);
-  return { headers, nominated, own };
+  // Every own name is PROXY_OWNED, so none of them is in the list yet.
+  for (const [n, v] of own) list.push(n, v);
+  return { list, headers: null, nominated, own };
 }
 
 /** Step 3: Connection-nominated names out, agent operations, policies, the proxy's own headers. */
 export function finishUpstreamRequestHeaders(u: UpstreamRequestHeaders, agentOps: readonly HeaderOp[], policyOps: readonly HeaderOpConfig[]): void {
-  const h = u.headers;
-  for (const name of u.nominated) h.delete(name);
+  for (const name of u.nominated) listDelete(u.list, name);
   if (agentOps.length === 0 && policyOps.length === 0) return; // the own headers set in step 1 are intact
+  const h = (u.headers = listToHeaders(u.list));
   if (agentOps.length > 0) {
     for (const op of agentOps) if (op.op !== "remove") h.delete(op.name);
     applyHeaderOps(h, agentOps);
   }
   if (policyOps.length > 0) applyPolicyOps(h, policyOps);
   for (const [n, v] of u.own) h.set(n, v);
+}
+
+/** What the upstream receives (after step 3). */
+export function upstreamHeadersOf(u: UpstreamRequestHeaders): Headers | HeaderList {
+  return u.headers ?? u.list;
+}
+
+/** Set (or, with null, remove) one header on the upstream request, in whichever form it is. */
+export function setUpstreamHeader(u: UpstreamRequestHeaders, name: string, value: string | null): void {
+  if (u.headers !== null) {
+    if (value === null) u.headers.delete(name);
+    else u.headers.set(name, value);
+  } else if (value === null) listDelete(u.list, name);
+  else listSet(u.list, name, value);
 }
 
 /**
@@ -159,9 +191,18 @@ export function downstreamResponseHeadersSanitized(headers: Headers): Headers {
   return headers;
 }
 
-/** Headers → protocol header map (lower-case name → values), built once per request. */
-export function toHeaderMap(headers: Headers): HeaderMap {
+/** Headers (or a header list) → protocol header map (lower-case name → values), built once per request. */
+export function toHeaderMap(headers: Headers | HeaderList): HeaderMap {
   const map: HeaderMap = {};
+  if (Array.isArray(headers)) {
+    for (let i = 0; i < headers.length; i += 2) {
+      const name = headers[i]!;
+      const list = map[name];
+      if (list) list.push(headers[i + 1]!);
+      else map[name] = [headers[i + 1]!];
+    }
+    return map;
+  }
   // forEach: markedly cheaper than for…of over Headers in Bun.
   headers.forEach((value, name) => {
     if (name === "set-cookie") return; // handled below: Headers joins them when iterating

@@ -10,7 +10,14 @@ import type { Server } from "bun";
 import type { ListenerConfig, RouteConfig } from "../config/types.ts";
 import type { RequestContext } from "./context.ts";
 import { errorResponse } from "./errors.ts";
-import { downstreamResponseHeaders, downstreamResponseHeadersSanitized, finishUpstreamRequestHeaders, upstreamRequestHeaders } from "./headers.ts";
+import {
+  downstreamResponseHeaders,
+  downstreamResponseHeadersSanitized,
+  finishUpstreamRequestHeaders,
+  setUpstreamHeader,
+  upstreamHeadersOf,
+  upstreamRequestHeaders,
+} from "./headers.ts";
 import { armConnectionTimer, checkRequestHead, guardRequestBody, guardResponseBody, inFlightIdleSecs, keepAliveIdleSecs } from "./limits.ts";
 import { acceptTraceId, newTraceId } from "./ids.ts";
 import { normalizePath } from "../routing/normalize.ts";
@@ -152,7 +159,7 @@ async function requestFilter(ctx: RequestContext): Promise<{ response?: Response
     hostHeader: ctx.hostHeader,
     traceId: ctx.traceId,
   });
-  const headers = (ctx.upstreamHeaders = upstream.headers);
+  ctx.upstreamHeaders = upstream;
 
   const verdict = await requestHeadersPhase(ctx);
   if (verdict instanceof Response) return { response: verdict, body: null };
@@ -165,11 +172,11 @@ async function requestFilter(ctx: RequestContext): Promise<{ response?: Response
     const parts = cl.split(",").map((s) => s.trim());
     if (parts.some((p) => p !== parts[0])) return { response: errorResponse(400, ctx.traceId, { connection: "close" }), body: null };
     declared = Number(parts[0]);
-    headers.set("content-length", parts[0]!);
+    setUpstreamHeader(upstream, "content-length", parts[0]!);
   }
   const hasBody = !BODYLESS_METHODS.has(ctx.method) && ctx.req.body !== null && (declared === undefined ? ctx.req.headers.has("transfer-encoding") : declared > 0);
   if (!hasBody) {
-    headers.delete("content-length");
+    setUpstreamHeader(upstream, "content-length", null);
     return { body: null };
   }
   if (declared !== undefined && declared > plan.maxBodySize) {
@@ -207,7 +214,7 @@ async function requestFilter(ctx: RequestContext): Promise<{ response?: Response
     }
     ctx.bytesIn = bytes.byteLength;
     const inspected = await requestBodyPhase(ctx, bytes);
-    if (inspected.body instanceof Uint8Array && !inspected.response) headers.set("content-length", String(inspected.body.byteLength));
+    if (inspected.body instanceof Uint8Array && !inspected.response) setUpstreamHeader(upstream, "content-length", String(inspected.body.byteLength));
     return inspected;
   }
   const meter = { bytes: 0 };
@@ -217,7 +224,7 @@ async function requestFilter(ctx: RequestContext): Promise<{ response?: Response
   if (plan.requestBodyAgents.length === 0) return { body: stream };
   try {
     const inspected = await requestBodyPhase(ctx, stream);
-    if (inspected.body instanceof Uint8Array && !inspected.response) headers.set("content-length", String(inspected.body.byteLength));
+    if (inspected.body instanceof Uint8Array && !inspected.response) setUpstreamHeader(upstream, "content-length", String(inspected.body.byteLength));
     return inspected;
   } catch (err) {
     if (err instanceof BodyLimitError) return { response: errorResponse(413, ctx.traceId, { connection: "close" }), body: null };
@@ -395,7 +402,7 @@ export async function handleRequest(req: Request, server: Server<unknown>, liste
       pool,
       method: ctx.method,
       pathAndQuery: ctx.path + ctx.query,
-      headers: ctx.upstreamHeaders!,
+      headers: upstreamHeadersOf(ctx.upstreamHeaders!),
       body: filtered.body,
       clientIp: ctx.clientIp,
       hashKey: ctx.path,

@@ -4,6 +4,8 @@
 import type { ServerWebSocket, WebSocketHandler } from "bun";
 import type { RequestContext } from "./context.ts";
 import { errorResponse } from "./errors.ts";
+import { upstreamHeadersOf } from "./headers.ts";
+import { eachHeader } from "../http/header-list.ts";
 
 const HANDSHAKE_HEADERS = ["sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol", "content-length"];
 const MAX_PENDING = 1024; // messages from upstream waiting for the client socket to open
@@ -44,7 +46,9 @@ export async function proxyWebSocket(ctx: RequestContext, done: () => void): Pro
   target.active++;
   ctx.attempts = 1;
   const headers: Record<string, string> = {};
-  for (const [k, v] of ctx.upstreamHeaders!) if (!HANDSHAKE_HEADERS.includes(k)) headers[k] = v;
+  eachHeader(upstreamHeadersOf(ctx.upstreamHeaders!), (v, k) => {
+    if (!HANDSHAKE_HEADERS.includes(k)) headers[k] = v;
+  });
   const protocols = (ctx.req.headers.get("sec-websocket-protocol") ?? "")
     .split(",")
     .map((s) => s.trim())

@@ -5,6 +5,7 @@
 import type { Pool, Target } from "./pool.ts";
 import { BodyLimitError } from "./body.ts";
 import { H1Pool, H1TimeoutError } from "./h1client.ts";
+import { listToHeaders, type HeaderList } from "../http/header-list.ts";
 
 /** What the pipeline gets back: a fetch() Response fits, and so does an h1client answer. */
 export interface UpstreamResponse {
@@ -25,7 +26,8 @@ export interface ForwardInput {
   pool: Pool;
   method: string;
   pathAndQuery: string;
-  headers: Headers;
+  /** Sanitised request headers: a Headers, or a flat name/value list (src/http/header-list.ts). */
+  headers: Headers | HeaderList;
   body: ReadableStream<Uint8Array> | Uint8Array | null;
   clientIp: string;
   hashKey: string;
@@ -133,7 +135,7 @@ async function attempt(input: ForwardInput, target: Target, body: ForwardInput["
   try {
     const init: RequestInit & Record<string, unknown> = {
       method: input.method,
-      headers: input.headers,
+      headers: Array.isArray(input.headers) ? listToHeaders(input.headers) : input.headers,
       body,
       redirect: "manual",
       decompress: false,

@@ -24,6 +24,7 @@
 import { sharedDeadlines, type DeadlineHandle } from "../agents/deadline.ts";
 import { unwatchIdle, watchIdle, type IdleWatch } from "./idle.ts";
 import { HOP_BY_HOP } from "../http/hop-by-hop.ts";
+import { eachHeader, headerValue, type HeaderList } from "../http/header-list.ts";
 
 type BunSocket = import("bun").Socket<Conn>;
 
@@ -31,7 +32,8 @@ export interface H1Request {
   method: string;
   /** Path and query, forwarded as is. */
   path: string;
-  headers: Headers;
+  /** A Headers object, or a flat lower-case name/value list (src/http/header-list.ts). */
+  headers: Headers | HeaderList;
   body: Uint8Array | ReadableStream<Uint8Array> | null;
   /** Client disconnect. */
   signal?: AbortSignal;
@@ -719,7 +721,7 @@ function requestHead(req: H1Request, hostDefault: string, framing: string): stri
   let head = `${req.method} ${req.path} HTTP/1.1\r\n`;
   let hasHost = false;
   // forEach is markedly cheaper than for…of over Headers in Bun.
-  req.headers.forEach((value, name) => {
+  eachHeader(req.headers, (value, name) => {
     // Framing is ours; hop-by-hop was removed by the caller (removed again here for safety).
     if (name === "content-length" || name === "transfer-encoding" || name === "connection" || name === "keep-alive") return;
     if (name === "host") hasHost = true;
@@ -888,7 +890,7 @@ export class H1Pool {
       ex.requestDone = true;
       return;
     }
-    const declared = req.headers.get("content-length");
+    const declared = headerValue(req.headers, "content-length");
     const length = declared !== null && /^\d+$/.test(declared) ? Number(declared) : -1;
     const head = requestHead(req, this.address, length >= 0 ? `content-length: ${length}\r\n` : "transfer-encoding: chunked\r\n");
     c.write(Buffer.from(head, "latin1"));
