@@ -7,7 +7,9 @@ import { freePort, spawnChild, stopChild, waitForPort, which, type Child } from 
 export interface SystemDef {
   id: string;
   label: string;
-  kind: "direct" | "sentinel" | "nginx" | "haproxy";
+  kind: "direct" | "sentinel" | "nginx" | "haproxy" | "reference";
+  /** Reference proxies (scripts/bench/floor.ts): which floor. */
+  mode?: "fetch" | "serve" | "raw";
   /** Agent processes this system needs (each gets its own process). */
   agents: AgentDef[];
   /** Sentinel worker processes (system { worker-threads }). */
@@ -43,6 +45,9 @@ export const SYSTEMS: SystemDef[] = [
   { id: "sentinel_grpc", label: "sentinel + gRPC agent", kind: "sentinel", agents: [ECHO_GRPC], workers: 1, quick: true },
   { id: "sentinel_uds_grpc", label: "sentinel + UDS + gRPC agents", kind: "sentinel", agents: [{ ...ECHO_UDS, name: "echo_uds2" }, { ...ECHO_GRPC, name: "echo_grpc2" }], workers: 1, quick: false },
   { id: "sentinel_body", label: "sentinel + body-inspecting agent (UDS)", kind: "sentinel", agents: [WAF_BODY], workers: 1, quick: true },
+  { id: "floor_fetch", label: "reference: Bun.serve + fetch (naive)", kind: "reference", mode: "fetch", agents: [], quick: false },
+  { id: "floor_serve", label: "reference: Bun.serve + Bun.connect, no logic", kind: "reference", mode: "serve", agents: [], quick: false },
+  { id: "floor_raw", label: "reference: Bun.listen + Bun.connect, no logic", kind: "reference", mode: "raw", agents: [], quick: false },
   { id: "sentinel_w2", label: "sentinel, no agents, 2 workers", kind: "sentinel", agents: [], workers: 2, quick: false },
 ];
 
@@ -193,6 +198,9 @@ export async function startSystem(def: SystemDef, env: Env): Promise<Running> {
     configText = nginxConfig(env, port, dir);
     writeFileSync(join(dir, "nginx.conf"), configText);
     cmd = [env.nginx!, "-c", join(dir, "nginx.conf"), "-p", dir, "-e", join(dir, "nginx-error.log")];
+  } else if (def.kind === "reference") {
+    configText = `(scripts/bench/floor.ts --mode ${def.mode})`;
+    cmd = [env.bun, join(env.root, "scripts", "bench", "floor.ts"), "--mode", def.mode!, "--port", String(port), "--upstream", String(env.upstreamPort)];
   } else if (def.kind === "haproxy") {
     configText = haproxyConfig(env, port, dir);
     writeFileSync(join(dir, "haproxy.cfg"), configText);

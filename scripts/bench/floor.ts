@@ -1,0 +1,185 @@
+// Reference proxies for the benchmark: no logic at all, to show what the runtime itself costs.
+// They are measured in the same run as sentinel, so "what limits the rest" is a figure, not a guess.
+//   bun scripts/bench/floor.ts --mode fetch|serve|raw --port N --upstream PORT
+//
+//   fetch  Bun.serve + fetch(): the naive Bun proxy the performance issue describes.
+//   serve  Bun.serve + a minimal keep-alive HTTP/1.1 client on Bun.connect: the floor of any
+//          proxy built on Bun.serve's Request/Response (sentinel's architecture).
+//   raw    Bun.listen + Bun.connect, bytes relayed with a minimal HTTP/1.1 parser (requests
+//          without bodies, responses with Content-Length): the floor of the runtime's sockets.
+// None of them is safe to expose (no validation, no limits, no timeouts); they exist to be measured.
+import type { Socket } from "bun";
+
+const arg = (name: string) => {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 ? process.argv[i + 1] : undefined;
+};
+const mode = arg("mode") ?? "serve";
+const port = Number(arg("port") ?? 0);
+const upPort = Number(arg("upstream"));
+const UP_HOST = "127.0.0.1";
+const CRLF2 = Buffer.from("\r\n\r\n");
+
+/** Content-Length of a response head (lower-case match on the usual spelling). */
+function contentLength(head: string): number {
+  const i = head.search(/\r\ncontent-length:/i);
+  if (i < 0) return 0;
+  return parseInt(head.slice(i + 17, head.indexOf("\r\n", i + 2)).trim(), 10) || 0;
+}
+
+interface UpState {
+  onHead: ((head: string, body: Buffer) => void) | null;
+  onBody: ((chunk: Buffer) => void) | null;
+  buf: Buffer | null;
+  remaining: number;
+}
+
+const idle: Socket<UpState>[] = [];
+
+/** Send a request head on a pooled upstream connection; callbacks get the head, then body bytes. */
+function upstreamRequest(head: string, onHead: UpState["onHead"], onBody: UpState["onBody"]): void {
+  const s = idle.pop();
+  if (s) {
+    Object.assign(s.data, { onHead, onBody, buf: null, remaining: -1 });
+    s.write(head);
+    return;
+  }
+  void Bun.connect<UpState>({
+    hostname: UP_HOST,
+    port: upPort,
+    data: { onHead, onBody, buf: null, remaining: -1 },
+    socket: {
+      open(sock) {
+        sock.setNoDelay(true);
+        sock.write(head);
+      },
+      data(sock, chunk) {
+        const d = sock.data;
+        let bytes = chunk as Buffer;
+        if (d.remaining < 0) {
+          if (d.buf) bytes = Buffer.concat([d.buf, bytes]);
+          const end = bytes.indexOf(CRLF2);
+          if (end < 0) {
+            d.buf = bytes;
+            return;
+          }
+          d.buf = null;
+          const headText = bytes.toString("latin1", 0, end + 4);
+          d.remaining = contentLength(headText);
+          bytes = bytes.subarray(end + 4);
+          d.remaining -= bytes.byteLength;
+          const cb = d.onHead!;
+          if (d.remaining <= 0) idle.push(sock);
+          cb(headText, bytes);
+          return;
+        }
+        d.remaining -= bytes.byteLength;
+        const cb = d.onBody!;
+        if (d.remaining <= 0) idle.push(sock);
+        cb(bytes);
+      },
+      close() {},
+      error() {},
+    },
+  });
+}
+
+function serveMode(): void {
+  Bun.serve({
+    hostname: "127.0.0.1",
+    port,
+    development: false,
+    fetch(req, server) {
+      const url = req.url;
+      let head = `${req.method} ${url.slice(url.indexOf("/", 8))} HTTP/1.1\r\n`;
+      req.headers.forEach((v, k) => {
+        if (k !== "connection") head += `${k}: ${v}\r\n`;
+      });
+      head += `x-forwarded-for: ${server.requestIP(req)?.address ?? ""}\r\n\r\n`;
+      return new Promise<Response>((resolve) => {
+        let status = 200;
+        const parts: Buffer[] = [];
+        let left = 0;
+        const done = () => resolve(new Response(parts.length === 1 ? parts[0] : Buffer.concat(parts), { status }));
+        upstreamRequest(
+          head,
+          (h, body) => {
+            status = Number(h.slice(9, 12));
+            left = contentLength(h) - body.byteLength;
+            parts.push(body);
+            if (left <= 0) done();
+          },
+          (chunk) => {
+            parts.push(chunk);
+            left -= chunk.byteLength;
+            if (left <= 0) done();
+          },
+        );
+      });
+    },
+  });
+}
+
+function fetchMode(): void {
+  const base = `http://${UP_HOST}:${upPort}`;
+  Bun.serve({
+    hostname: "127.0.0.1",
+    port,
+    development: false,
+    fetch(req) {
+      const url = req.url;
+      return fetch(base + url.slice(url.indexOf("/", 8)), { method: req.method, headers: req.headers, body: req.body, redirect: "manual" });
+    },
+  });
+}
+
+interface ClientState {
+  buf: Buffer | null;
+}
+
+function rawMode(): void {
+  Bun.listen<ClientState>({
+    hostname: "127.0.0.1",
+    port,
+    data: { buf: null },
+    socket: {
+      open(s) {
+        s.data = { buf: null };
+        s.setNoDelay(true);
+      },
+      data(s, chunk) {
+        let bytes = chunk as Buffer;
+        if (s.data.buf) bytes = Buffer.concat([s.data.buf, bytes]);
+        const end = bytes.indexOf(CRLF2);
+        if (end < 0) {
+          s.data.buf = bytes;
+          return;
+        }
+        s.data.buf = null;
+        const text = bytes.toString("latin1", 0, end);
+        const lineEnd = text.indexOf("\r\n");
+        const sp = text.lastIndexOf(" ", lineEnd);
+        let head = text.slice(0, sp) + " HTTP/1.1\r\n";
+        for (const line of text.slice(lineEnd + 2).split("\r\n")) if (!/^connection:/i.test(line)) head += line + "\r\n";
+        head += `x-forwarded-for: ${s.remoteAddress}\r\n\r\n`;
+        upstreamRequest(
+          head,
+          (h, body) => {
+            s.write(h);
+            if (body.byteLength) s.write(body);
+          },
+          (c) => s.write(c),
+        );
+      },
+      close() {},
+      error() {},
+    },
+  });
+}
+
+if (mode === "raw") rawMode();
+else if (mode === "fetch") fetchMode();
+else serveMode();
+process.stdout.write(`READY ${port}\n`);
+process.on("SIGTERM", () => process.exit(0));
+process.on("SIGINT", () => process.exit(0));
