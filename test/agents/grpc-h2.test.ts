@@ -499,4 +499,50 @@ describe("HTTP/2 client on Bun.connect", () => {
     await until(() => srv.ofType(FrameType.RST_STREAM).some((f) => f.stream === 3));
     expect(b.end).toBeUndefined(); // a cancelled call hears nothing more
   });
+
+  test("a call the agent ended (trailers) while our side was still open releases its stream (RST_STREAM NO_ERROR)", async () => {
+    const { srv, port } = await server((s) => serverSettings(s, [[Setting.MAX_CONCURRENT_STREAMS, 1]]));
+    const { conn } = connect(port);
+    const a = grpcCall(conn);
+    await until(() => srv.headers.length === 1 && srv.ofType(FrameType.SETTINGS).some((f) => f.flags & Flag.ACK));
+    srv.write(frame(FrameType.HEADERS, Flag.END_HEADERS, 1, RESPONSE_HEADERS));
+    srv.write(frame(FrameType.HEADERS, Flag.END_HEADERS | Flag.END_STREAM, 1, Uint8Array.from([...litIndexed("grpc-status", "0")])));
+    await until(() => a.end !== undefined);
+    expect(a.end).toBeNull();
+    await until(() => srv.ofType(FrameType.RST_STREAM).some((f) => f.stream === 1), 3000, "RST_STREAM on stream 1");
+    expect(readU32(srv.ofType(FrameType.RST_STREAM).find((f) => f.stream === 1)!.payload, 0)).toBe(ErrorCode.NO_ERROR);
+    // The stream no longer counts against the agent's SETTINGS_MAX_CONCURRENT_STREAMS.
+    const b = grpcCall(conn);
+    await until(() => srv.headers.length === 2);
+    // Trailers-only answer (status in the first block) releases the stream too.
+    srv.write(frame(FrameType.HEADERS, Flag.END_HEADERS | Flag.END_STREAM, 3, Uint8Array.from([0x88, ...litIndexed("grpc-status", "5")])));
+    await until(() => b.end !== undefined);
+    expect(b.end!.code).toBe(Status.NOT_FOUND);
+    expect(() => grpcCall(conn)).not.toThrow();
+  });
+
+  test("data the agent does not read is bounded: send() refuses with RESOURCE_EXHAUSTED when the send buffer is full", async () => {
+    const { srv, port } = await server((s) => serverSettings(s, [[Setting.INITIAL_WINDOW_SIZE, 0]]));
+    const { conn } = connect(port);
+    const c = grpcCall(conn);
+    await until(() => srv.ofType(FrameType.SETTINGS).some((f) => f.flags & Flag.ACK), 3000, "SETTINGS ACK");
+    const chunk = new Uint8Array(1024 * 1024);
+    let refused: unknown = null;
+    for (let i = 0; i < 200 && refused === null; i++) {
+      try {
+        c.call.send(chunk);
+      } catch (err) {
+        refused = err;
+      }
+    }
+    expect(refused).toBeInstanceOf(GrpcStatusError);
+    expect((refused as GrpcStatusError).code).toBe(Status.RESOURCE_EXHAUSTED);
+    expect(c.call.bufferedBytes).toBeLessThanOrEqual(16 * 1024 * 1024);
+    // The call itself is still usable once the agent takes the data.
+    expect(c.call.isEnded).toBe(false);
+    srv.write(windowUpdateFrame(0, 64 * 1024 * 1024));
+    srv.write(windowUpdateFrame(1, 64 * 1024 * 1024));
+    await until(() => c.call.bufferedBytes === 0, 10_000, "queue drained");
+    expect(() => c.call.send(chunk)).not.toThrow();
+  });
 });

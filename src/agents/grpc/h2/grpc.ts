@@ -61,6 +61,12 @@ export interface GrpcCallOptions {
   maxReceiveBytes?: number;
   /** Largest message we send (default 4 MiB). */
   maxSendBytes?: number;
+  /**
+   * Most bytes sent but not yet taken by the socket (stream queue waiting for flow-control credit
+   * plus the connection's output buffer) before send() refuses (default 16 MiB). A message is
+   * always accepted when nothing is buffered.
+   */
+  maxBufferedBytes?: number;
   userAgent?: string;
 }
 
@@ -132,6 +138,7 @@ export class GrpcCall implements H2StreamHandler {
   private readonly stream: H2Stream;
   private readonly maxReceive: number;
   private readonly maxSend: number;
+  private readonly maxBuffered: number;
   private ended = false;
   private gotHeaders = false;
   private encoding = "identity";
@@ -149,6 +156,7 @@ export class GrpcCall implements H2StreamHandler {
   ) {
     this.maxReceive = opts.maxReceiveBytes ?? 16 * 1024 * 1024;
     this.maxSend = opts.maxSendBytes ?? 4 * 1024 * 1024;
+    this.maxBuffered = opts.maxBufferedBytes ?? 16 * 1024 * 1024;
     const headers: HeaderField[] = [
       [":method", "POST"],
       [":scheme", opts.scheme],
@@ -166,14 +174,24 @@ export class GrpcCall implements H2StreamHandler {
     return this.ended;
   }
 
+  /** Bytes sent but not yet handed to the socket (this stream's queue + the connection buffer). */
+  get bufferedBytes(): number {
+    return this.stream.queuedBytes + this.conn.bufferedBytes;
+  }
+
   /**
    * Send one message (raw protobuf bytes). Throws GrpcStatusError(RESOURCE_EXHAUSTED) when it is
-   * larger than maxSendBytes (nothing is sent), or an Error when the stream is closed.
+   * larger than maxSendBytes or the send buffer is full (nothing is sent), or an Error when the
+   * stream is closed.
    */
   send(bytes: Uint8Array): void {
     if (this.ended) throw new Error("gRPC call has ended");
     const n = bytes.length;
     if (n > this.maxSend) throw new GrpcStatusError(Status.RESOURCE_EXHAUSTED, `message of ${n} bytes exceeds the send limit of ${this.maxSend} bytes`);
+    const buffered = this.bufferedBytes;
+    if (buffered > 0 && buffered + 5 + n > this.maxBuffered) {
+      throw new GrpcStatusError(Status.RESOURCE_EXHAUSTED, `send buffer full: ${buffered} bytes not yet taken by the agent (limit ${this.maxBuffered})`);
+    }
     const head = new Uint8Array(5);
     head[1] = (n >>> 24) & 0xff;
     head[2] = (n >>> 16) & 0xff;
@@ -199,6 +217,11 @@ export class GrpcCall implements H2StreamHandler {
     if (this.ended) return;
     this.ended = true;
     if (reset) this.conn.resetStream(this.stream, ErrorCode.CANCEL);
+    // The agent ended the stream (END_STREAM) while our side is still open: the call is over, so
+    // release the stream (RST_STREAM NO_ERROR, as grpc-go does) instead of leaving it half-closed
+    // in the connection's stream table, where it would count against MAX_CONCURRENT_STREAMS and
+    // keep any queued DATA. No-op when both sides have already ended.
+    else this.conn.resetStream(this.stream, ErrorCode.NO_ERROR);
     this.handler.onEnd(err);
   }
 
