@@ -25,6 +25,10 @@ import {
 import { GrpcCall, GrpcStatusError, Status, decodeGrpcMessage } from "../../src/agents/grpc/h2/grpc.ts";
 import { HpackDecoder } from "../../src/agents/grpc/h2/hpack.ts";
 import { huffmanEncode } from "../../src/agents/grpc/h2/huffman.ts";
+import { create, toBinary } from "@bufbuild/protobuf";
+import { createGrpcTransport } from "../../src/agents/grpc/client.ts";
+import { AgentToProxySchema } from "../../src/gen/zentinel/agent/v2/agent_v2_pb.js";
+import { TransportError, type AgentEvent } from "../../src/agents/types.ts";
 
 type Frame = { type: number; flags: number; stream: number; payload: Uint8Array };
 
@@ -544,5 +548,78 @@ describe("HTTP/2 client on Bun.connect", () => {
     srv.write(windowUpdateFrame(1, 64 * 1024 * 1024));
     await until(() => c.call.bufferedBytes === 0, 10_000, "queue drained");
     expect(() => c.call.send(chunk)).not.toThrow();
+  });
+});
+
+describe("gRPC agent transport on a scripted raw HTTP/2 peer", () => {
+  /** Answer the handshake on stream 1 (response headers + one AgentToProxy handshake message). */
+  function answerHandshake(srv: RawServer): void {
+    const hs = toBinary(AgentToProxySchema, create(AgentToProxySchema, { message: { case: "handshake", value: { success: true, protocolVersion: 2 } } }));
+    srv.write(frame(FrameType.HEADERS, Flag.END_HEADERS, 1, RESPONSE_HEADERS));
+    srv.write(frame(FrameType.DATA, 0, 1, grpcMessage(hs)));
+  }
+
+  function reqHeaders(id: string, big: string): AgentEvent {
+    return {
+      type: "request_headers",
+      correlationId: id,
+      metadata: {
+        correlationId: id,
+        requestId: "rid-" + id,
+        clientIp: "127.0.0.1",
+        clientPort: 40000,
+        serverName: "example.test",
+        protocol: "HTTP/1.1",
+        tlsVersion: null,
+        routeId: "r",
+        upstreamId: null,
+        timestampMs: Date.now(),
+      },
+      method: "GET",
+      uri: "/",
+      headers: { "x-big": [big] },
+    };
+  }
+
+  test("an agent that grants no flow-control credit: calls are refused as overload (notSent), memory stays bounded", async () => {
+    const { srv, port } = await server((s) => serverSettings(s));
+    const t = createGrpcTransport({ endpoint: `http://127.0.0.1:${port}`, connectTimeoutMs: 3000, connections: 1, proxyVersion: "0.1.0-test", log: () => {} });
+    cleanup.push(() => void t.close());
+    t.start();
+    await until(() => srv.messages.length === 1, 3000, "handshake sent");
+    // From now on the stream window is negative: nothing more may be sent.
+    srv.write(settingsFrame([[Setting.INITIAL_WINDOW_SIZE, 0]]));
+    answerHandshake(srv);
+    await until(() => t.isConnected(), 3000, "ready");
+    const big = "x".repeat(1024 * 1024);
+    const results: Array<Promise<unknown>> = [];
+    const errors: TransportError[] = [];
+    for (let i = 0; i < 40; i++) {
+      const p = t.call(reqHeaders(`c${i}`, big), new AbortController().signal);
+      p.catch((e: TransportError) => errors.push(e));
+      results.push(p);
+    }
+    await until(() => errors.length > 0, 3000, "an overload rejection");
+    expect(errors[0]!.kind).toBe("overload");
+    expect(errors[0]!.notSent).toBe(true);
+    expect(errors.length).toBeGreaterThanOrEqual(20); // at most 16 MiB is accepted
+    // A ping either still fits (and times out: the agent reads nothing) or is refused at once.
+    const pingErr = await t.ping(200).then(
+      () => null,
+      (e: TransportError) => e,
+    );
+    expect(["overload", "timeout"]).toContain(pingErr!.kind);
+    // The notify that failed must not block the id for a later call.
+    t.notify(reqHeaders("n1", big));
+    expect(t.isConnected()).toBe(true);
+    const again = await t.call(reqHeaders("n1", big), new AbortController().signal).then(
+      () => null,
+      (e: TransportError) => e,
+    );
+    expect(again!.message).toContain("send buffer full");
+    // Everything still pending settles when the stream goes away.
+    srv.write(goawayFrame(1, ErrorCode.INTERNAL_ERROR, "bye"));
+    const settled = await Promise.allSettled(results);
+    expect(settled.every((r) => r.status === "rejected")).toBe(true);
   });
 });

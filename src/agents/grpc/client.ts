@@ -169,6 +169,8 @@ export class GrpcAgentTransport implements AgentTransport {
   private readonly listeners: ((connected: boolean) => void)[] = [];
   private droppedAnswers = 0;
   private lastDropLog = -Infinity;
+  private notifyFailures = 0;
+  private lastNotifyFailLog = -Infinity;
 
   constructor(opts: TransportOptions) {
     this.opts = opts;
@@ -248,7 +250,7 @@ export class GrpcAgentTransport implements AgentTransport {
       } catch (err) {
         this.pending.delete(id);
         signal.removeEventListener("abort", p);
-        reject(new TransportError("closed", `agent ${this.endpoint}: ${err instanceof Error ? err.message : String(err)}`, true));
+        reject(this.sendError(err));
       }
     });
   }
@@ -266,8 +268,8 @@ export class GrpcAgentTransport implements AgentTransport {
       }
       if (event.type === "configure") {
         // TS agents answer configure with an empty-id Allow; Rust agents do not answer.
-        this.addQuiet("");
         this.send(s, eventToProto(event));
+        this.addQuiet(""); // only once sent: a failed send expects no answer
         return;
       }
       const id = event.correlationId;
@@ -279,10 +281,17 @@ export class GrpcAgentTransport implements AgentTransport {
         else this.deferred.set(id, [event]);
         return;
       }
-      this.addQuiet(id);
       this.send(s, eventToProto(event));
+      this.addQuiet(id);
     } catch (err) {
-      this.log("warn", "grpc agent notify failed", { endpoint: this.endpoint, error: String(err) });
+      // Rate-limited: under overload (send buffer full) every notify fails.
+      this.notifyFailures++;
+      const now = performance.now();
+      if (now - this.lastNotifyFailLog >= DROP_LOG_INTERVAL_MS) {
+        this.lastNotifyFailLog = now;
+        this.log("warn", "grpc agent notify failed", { endpoint: this.endpoint, error: String(err), failedSinceLastLog: this.notifyFailures });
+        this.notifyFailures = 0;
+      }
     }
   }
 
@@ -297,7 +306,13 @@ export class GrpcAgentTransport implements AgentTransport {
         if (this.pings.delete(seq)) reject(new TransportError("timeout", `agent ${this.endpoint}: no pong within ${timeoutMs} ms`));
       }, timeoutMs);
       this.pings.set(seq, { resolve, reject, timer });
-      this.send(s, pingToProto(seq));
+      try {
+        this.send(s, pingToProto(seq));
+      } catch (err) {
+        clearTimeout(timer);
+        this.pings.delete(seq);
+        reject(this.sendError(err));
+      }
     });
   }
 
@@ -307,6 +322,13 @@ export class GrpcAgentTransport implements AgentTransport {
   }
 
   // ------------------------------------------------------------------------- internals
+
+  /** A failed send: the send buffer is full (the agent is not reading) = overload, else closed. */
+  private sendError(err: unknown): TransportError {
+    const msg = `agent ${this.endpoint}: ${err instanceof Error ? err.message : String(err)}`;
+    const full = err instanceof GrpcStatusError && err.code === Status.RESOURCE_EXHAUSTED;
+    return new TransportError(full ? "overload" : "closed", msg, true);
+  }
 
   /** Encode and write one message on the stream (not for calls: they reject on failure). */
   private send(s: StreamState, msg: ProxyToAgent): void {
