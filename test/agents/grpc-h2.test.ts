@@ -449,6 +449,21 @@ describe("HTTP/2 client on Bun.connect", () => {
     }
   });
 
+  test("CONTINUATION flood: endless (empty) CONTINUATION frames end the connection instead of growing a list", async () => {
+    const { srv, port } = await server((s) => serverSettings(s));
+    const { conn, closed } = connect(port);
+    const a = grpcCall(conn);
+    await until(() => srv.headers.length === 1);
+    srv.write(frame(FrameType.HEADERS, 0, 1, Uint8Array.from([0x88])));
+    const empty = frame(FrameType.CONTINUATION, 0, 1);
+    const burst = new Uint8Array(empty.length * 10_000);
+    for (let i = 0; i < 10_000; i++) burst.set(empty, i * empty.length);
+    srv.write(burst);
+    await until(() => closed.length === 1 && a.end !== undefined, 3000, "connection error");
+    expect(closed[0]!.message).toContain("ENHANCE_YOUR_CALM");
+    expect(conn.isClosed).toBe(true);
+  });
+
   test("a first frame other than SETTINGS, or an HTTP/1.1 answer, is refused", async () => {
     const h1 = await server((s) => {
       s.raw = true;

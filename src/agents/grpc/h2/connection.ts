@@ -44,6 +44,12 @@ const STREAM_RECV_WINDOW = 4 * 1024 * 1024;
 const CONN_RECV_WINDOW = 8 * 1024 * 1024;
 /** Largest header block (HEADERS + CONTINUATION) we accept before decoding. */
 const MAX_HEADER_BLOCK = 256 * 1024;
+/**
+ * Most CONTINUATION frames in one header block. Empty ones do not grow headerBytes, so without
+ * this an endless run of them would grow headerParts without bound (the "CONTINUATION flood",
+ * CVE-2024-27316 class). A full-size block needs 16 frames at the default frame size.
+ */
+const MAX_CONTINUATIONS = 64;
 const OUT_INITIAL = 64 * 1024;
 /** ALPN protocol list in TLS wire format: one length-prefixed name. */
 const ALPN_H2 = Uint8Array.of(2, 0x68, 0x32);
@@ -141,6 +147,7 @@ export class H2Connection {
   private headerEndStream = false;
   private headerParts: Uint8Array[] = [];
   private headerBytes = 0;
+  private headerFrames = 0;
 
   // Keepalive.
   private readonly keepaliveTimer: ReturnType<typeof setInterval> | undefined;
@@ -557,6 +564,7 @@ export class H2Connection {
     this.headerEndStream = endStream;
     this.headerParts = [fragment.slice()];
     this.headerBytes = fragment.length;
+    this.headerFrames = 0;
   }
 
   private onContinuation(flags: number, streamId: number, p: Uint8Array): void {
@@ -565,7 +573,8 @@ export class H2Connection {
     }
     this.headerBytes += p.length;
     if (this.headerBytes > MAX_HEADER_BLOCK) throw new H2ConnectionError(ErrorCode.ENHANCE_YOUR_CALM, "header block too large");
-    this.headerParts.push(p.slice());
+    if (++this.headerFrames > MAX_CONTINUATIONS) throw new H2ConnectionError(ErrorCode.ENHANCE_YOUR_CALM, "too many CONTINUATION frames");
+    if (p.length > 0) this.headerParts.push(p.slice());
     if ((flags & Flag.END_HEADERS) === 0) return;
     const block = new Uint8Array(this.headerBytes);
     let o = 0;
