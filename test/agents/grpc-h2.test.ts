@@ -464,6 +464,32 @@ describe("HTTP/2 client on Bun.connect", () => {
     expect(conn.isClosed).toBe(true);
   });
 
+  test("PING flood from a peer that does not read: the answers we cannot write are bounded", async () => {
+    // A node:net peer that pauses reading, then sends PINGs (each wants a 17-byte PING ACK).
+    const { createServer } = await import("node:net");
+    const peer = createServer((sock) => {
+      sock.pause();
+      sock.write(settingsFrame([]));
+      const ping = pingFrame(new Uint8Array(8), false);
+      const burst = new Uint8Array(ping.length * 65_536);
+      for (let i = 0; i < 65_536; i++) burst.set(ping, i * ping.length);
+      for (let i = 0; i < 48; i++) sock.write(burst); // 3 M PINGs, ~51 MB of answers
+      sock.on("error", () => {});
+    });
+    await new Promise<void>((r) => peer.listen(0, "127.0.0.1", r));
+    cleanup.push(() => peer.close());
+    const { conn, closed } = connect((peer.address() as { port: number }).port);
+    let maxBuffered = 0;
+    const t0 = performance.now();
+    while (closed.length === 0 && performance.now() - t0 < 20_000) {
+      maxBuffered = Math.max(maxBuffered, conn.bufferedBytes);
+      await Bun.sleep(5);
+    }
+    expect(closed.length).toBe(1);
+    expect(closed[0]!.message).toContain("ENHANCE_YOUR_CALM");
+    expect(maxBuffered).toBeLessThanOrEqual(40 * 1024 * 1024);
+  });
+
   test("a first frame other than SETTINGS, or an HTTP/1.1 answer, is refused", async () => {
     const h1 = await server((s) => {
       s.raw = true;

@@ -51,6 +51,12 @@ const MAX_HEADER_BLOCK = 256 * 1024;
  */
 const MAX_CONTINUATIONS = 64;
 const OUT_INITIAL = 64 * 1024;
+/**
+ * Output buffer size above which a frame that asks us for an answer (PING, SETTINGS) is refused
+ * with ENHANCE_YOUR_CALM: a peer that sends them but does not read would otherwise grow the
+ * buffer without bound. DATA is bounded by the callers (GrpcCall's maxBufferedBytes, 16 MiB).
+ */
+const MAX_OUT_BUFFER = 32 * 1024 * 1024;
 /** ALPN protocol list in TLS wire format: one length-prefixed name. */
 const ALPN_H2 = Uint8Array.of(2, 0x68, 0x32);
 
@@ -485,7 +491,10 @@ export class H2Connection {
         if (streamId !== 0) throw new H2ConnectionError(ErrorCode.PROTOCOL_ERROR, "PING on a stream");
         if (p.length !== 8) throw new H2ConnectionError(ErrorCode.FRAME_SIZE_ERROR, "PING length");
         if (flags & Flag.ACK) this.pingSentAt = 0;
-        else this.append(pingFrame(p.slice(), true));
+        else {
+          this.checkOutBacklog();
+          this.append(pingFrame(p.slice(), true));
+        }
         return;
       case FrameType.GOAWAY:
         return this.onGoaway(streamId, p);
@@ -625,6 +634,7 @@ export class H2Connection {
       return;
     }
     if (p.length % 6 !== 0) throw new H2ConnectionError(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS length");
+    this.checkOutBacklog();
     for (let i = 0; i < p.length; i += 6) {
       const id = (p[i]! << 8) | p[i + 1]!;
       const value = readU32(p, i + 2);
@@ -660,6 +670,12 @@ export class H2Connection {
     this.gotPeerSettings = true;
     this.append(settingsAckFrame());
     this.pumpAll();
+  }
+
+  private checkOutBacklog(): void {
+    if (this.outLen > MAX_OUT_BUFFER) {
+      throw new H2ConnectionError(ErrorCode.ENHANCE_YOUR_CALM, `the agent does not read: ${this.outLen} bytes unsent, refusing to answer more control frames`);
+    }
   }
 
   private onGoaway(streamId: number, p: Uint8Array): void {
