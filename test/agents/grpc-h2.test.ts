@@ -490,6 +490,25 @@ describe("HTTP/2 client on Bun.connect", () => {
     expect(maxBuffered).toBeLessThanOrEqual(40 * 1024 * 1024);
   });
 
+  test("window overflow: a stream WINDOW_UPDATE above 2^31-1 resets that stream; SETTINGS_INITIAL_WINDOW_SIZE overflow ends the connection", async () => {
+    const { srv, port } = await server((s) => serverSettings(s));
+    const { conn, closed } = connect(port);
+    const a = grpcCall(conn);
+    const b = grpcCall(conn);
+    await until(() => srv.headers.length === 2 && srv.ofType(FrameType.SETTINGS).some((f) => f.flags & Flag.ACK));
+    srv.write(windowUpdateFrame(1, 0x7fffffff)); // 65 535 + 2^31-1 > 2^31-1
+    await until(() => a.end !== undefined);
+    expect(a.end!.code).toBe(Status.INTERNAL);
+    await until(() => srv.ofType(FrameType.RST_STREAM).some((f) => f.stream === 1 && readU32(f.payload, 0) === ErrorCode.FLOW_CONTROL_ERROR));
+    expect(b.end).toBeUndefined();
+    srv.write(windowUpdateFrame(3, 0x7fffffff - 65_535)); // exactly 2^31-1: allowed
+    await Bun.sleep(20);
+    expect(b.end).toBeUndefined();
+    srv.write(settingsFrame([[Setting.INITIAL_WINDOW_SIZE, 65_536]])); // +1 on stream 3: overflow
+    await until(() => closed.length === 1 && b.end !== undefined);
+    expect(closed[0]!.message).toContain("FLOW_CONTROL_ERROR");
+  });
+
   test("a first frame other than SETTINGS, or an HTTP/1.1 answer, is refused", async () => {
     const h1 = await server((s) => {
       s.raw = true;
