@@ -155,7 +155,7 @@ export function summaryTable(s: Summary[], fixed = false): string {
 export function targetsTable(t: Target[]): string {
   return (
     "| target | bar | reached | |\n|---|---|---|---|\n" +
-    t.map((x) => `| ${x.name} | ${x.bar} | ${x.value} | ${x.pass === null ? "not measured" : x.pass ? "met" : "**missed**"} |`).join("\n") +
+    t.map((x) => `| ${x.name} | ${x.bar} | ${x.value} | ${x.pass === null ? (x.value === "–" ? "not measured" : "") : x.pass ? "met" : "**missed**"} |`).join("\n") +
     "\n"
   );
 }
