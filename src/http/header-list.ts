@@ -31,6 +31,27 @@ export function listSet(list: HeaderList, name: string, value: string): void {
   list.push(name, value);
 }
 
+/** Add a value the way Headers.append does: joined to an existing value with ", ". */
+export function listAppend(list: HeaderList, name: string, value: string): void {
+  for (let i = 0; i < list.length; i += 2) {
+    if (list[i] === name) {
+      list[i + 1] = `${list[i + 1]}, ${value}`;
+      return;
+    }
+  }
+  list.push(name, value);
+}
+
+const EDGE_WS = /^[\t ]+|[\t ]+$/g;
+
+/** A value as Headers stores it: leading and trailing spaces and tabs removed. */
+export function headerValueNormalized(value: string): string {
+  if (value.length === 0) return value;
+  const a = value.charCodeAt(0);
+  const z = value.charCodeAt(value.length - 1);
+  return a === 0x20 || a === 0x09 || z === 0x20 || z === 0x09 ? value.replace(EDGE_WS, "") : value;
+}
+
 export function listToHeaders(list: HeaderList): Headers {
   const h = new Headers();
   for (let i = 0; i < list.length; i += 2) h.append(list[i]!, list[i + 1]!);

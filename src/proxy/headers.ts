@@ -21,7 +21,7 @@ import type { HeaderOpConfig } from "../config/types.ts";
 import { applyPolicyOps } from "./policies.ts";
 import { MAX_RESPONSE_HEAD_BYTES } from "./limits.ts";
 import { HOP_BY_HOP } from "../http/hop-by-hop.ts";
-import { listDelete, listSet, listToHeaders, type HeaderList } from "../http/header-list.ts";
+import { headerValueNormalized, listAppend, listDelete, listSet, listToHeaders, type HeaderList } from "../http/header-list.ts";
 
 export { HOP_BY_HOP };
 
@@ -136,9 +136,23 @@ export function upstreamRequestHeaders(incoming: Headers, fwd: ForwardingInfo): 
 
 /** Step 3: Connection-nominated names out, agent operations, policies, the proxy's own headers. */
 export function finishUpstreamRequestHeaders(u: UpstreamRequestHeaders, agentOps: readonly HeaderOp[], policyOps: readonly HeaderOpConfig[]): void {
-  for (const name of u.nominated) listDelete(u.list, name);
+  const list = u.list;
+  for (const name of u.nominated) listDelete(list, name);
   if (agentOps.length === 0 && policyOps.length === 0) return; // the own headers set in step 1 are intact
-  const h = (u.headers = listToHeaders(u.list));
+  if (policyOps.length === 0) {
+    // Agents only: the same operations on the list, with Headers' semantics (lower-case names,
+    // values trimmed, `add` joined with ", "), without materialising a Headers object.
+    for (const op of agentOps) if (op.op !== "remove") listDelete(list, op.name.toLowerCase());
+    for (const op of agentOps) {
+      const name = op.name.toLowerCase();
+      if (op.op === "set") listSet(list, name, headerValueNormalized(op.value));
+      else if (op.op === "add") listAppend(list, name, headerValueNormalized(op.value));
+      else listDelete(list, name);
+    }
+    for (const [n, v] of u.own) listSet(list, n, v);
+    return;
+  }
+  const h = (u.headers = listToHeaders(list));
   if (agentOps.length > 0) {
     for (const op of agentOps) if (op.op !== "remove") h.delete(op.name);
     applyHeaderOps(h, agentOps);
