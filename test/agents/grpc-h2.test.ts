@@ -25,9 +25,9 @@ import {
 import { GrpcCall, GrpcStatusError, Status, decodeGrpcMessage } from "../../src/agents/grpc/h2/grpc.ts";
 import { HpackDecoder } from "../../src/agents/grpc/h2/hpack.ts";
 import { huffmanEncode } from "../../src/agents/grpc/h2/huffman.ts";
-import { create, toBinary } from "@bufbuild/protobuf";
-import { createGrpcTransport } from "../../src/agents/grpc/client.ts";
-import { AgentToProxySchema } from "../../src/gen/zentinel/agent/v2/agent_v2_pb.js";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { GrpcAgentTransport, createGrpcTransport } from "../../src/agents/grpc/client.ts";
+import { AgentToProxySchema, ProxyToAgentSchema } from "../../src/gen/zentinel/agent/v2/agent_v2_pb.js";
 import { TransportError, type AgentEvent } from "../../src/agents/types.ts";
 
 type Frame = { type: number; flags: number; stream: number; payload: Uint8Array };
@@ -95,6 +95,11 @@ class RawServer {
     }
   }
 
+  /** Bytes from the client (for RawPeers, which owns the listener). */
+  feed(d: Uint8Array): void {
+    this.onData(d);
+  }
+
   private onData(d: Uint8Array): void {
     if (this.raw) {
       this.rawReceived += new TextDecoder().decode(d);
@@ -138,6 +143,41 @@ class RawServer {
 
   ofType(type: number): Frame[] {
     return this.frames.filter((f) => f.type === type);
+  }
+}
+
+/** A listener whose every accepted connection is its own RawServer (for reconnecting clients). */
+class RawPeers {
+  listener!: TCPSocketListener<undefined>;
+  readonly peers: RawServer[] = [];
+
+  constructor(private readonly script: (srv: RawServer, index: number) => void) {}
+
+  async start(): Promise<number> {
+    const bySocket = new Map<Socket<undefined>, RawServer>();
+    this.listener = Bun.listen<undefined>({
+      hostname: "127.0.0.1",
+      port: 0,
+      socket: {
+        open: (s) => {
+          const r = new RawServer();
+          r.socket = s;
+          bySocket.set(s, r);
+          this.peers.push(r);
+          this.script(r, this.peers.length - 1);
+        },
+        data: (s, d) => bySocket.get(s)?.feed(new Uint8Array(d)),
+        drain: (s) => bySocket.get(s)?.drain(),
+        close: (s) => void (bySocket.get(s)!.closed = true),
+        error: () => {},
+      },
+    });
+    return this.listener.port;
+  }
+
+  stop(): void {
+    for (const p of this.peers) p.socket?.terminate();
+    this.listener?.stop(true);
   }
 }
 
@@ -681,5 +721,139 @@ describe("gRPC agent transport on a scripted raw HTTP/2 peer", () => {
     srv.write(goawayFrame(1, ErrorCode.INTERNAL_ERROR, "bye"));
     const settled = await Promise.allSettled(results);
     expect(settled.every((r) => r.status === "rejected")).toBe(true);
+  });
+
+  /** An AgentToProxy answer (Allow) for `id` on stream 1. */
+  function answer(srv: RawServer, id: string): void {
+    const r = toBinary(AgentToProxySchema, create(AgentToProxySchema, { message: { case: "response", value: { correlationId: id, decision: { case: "allow", value: {} } } } }));
+    srv.write(frame(FrameType.DATA, 0, 1, grpcMessage(r)));
+  }
+
+  /** What the client sent on this connection, decoded (handshake first). */
+  function sent(srv: RawServer): string[] {
+    return srv.messages.map((m) => {
+      const msg = fromBinary(ProxyToAgentSchema, m).message;
+      return msg.case === "requestHeaders" ? `rh:${msg.value.metadata?.correlationId}` : String(msg.case);
+    });
+  }
+
+  const endedStream1 = (srv: RawServer) => srv.frames.some((f) => f.type === FrameType.DATA && f.stream === 1 && (f.flags & Flag.END_STREAM) !== 0);
+
+  type Logged = { level: string; msg: string; fields?: Record<string, unknown> };
+
+  async function peersAndTransport(): Promise<{ peers: RawPeers; t: GrpcAgentTransport; logs: Logged[]; connectivity: boolean[] }> {
+    const peers = new RawPeers((s) => serverSettings(s));
+    const port = await peers.start();
+    cleanup.push(() => peers.stop());
+    const logs: Logged[] = [];
+    const t = new GrpcAgentTransport({
+      endpoint: `http://127.0.0.1:${port}`,
+      connectTimeoutMs: 3000,
+      connections: 1,
+      proxyVersion: "0.1.0-test",
+      log: (level, msg, fields) => logs.push({ level, msg, fields }),
+    });
+    const connectivity: boolean[] = [];
+    t.onConnectivity((c) => connectivity.push(c));
+    cleanup.push(() => void t.close());
+    t.start();
+    return { peers, t, logs, connectivity };
+  }
+
+  test("GOAWAY(NO_ERROR): new calls go to a replacement stream, calls in flight on the old one still get their answers (or their own deadline), then the old stream is half-closed and its connection closed", async () => {
+    const { peers, t, logs, connectivity } = await peersAndTransport();
+    await until(() => peers.peers[0]?.messages.length === 1, 3000, "handshake sent");
+    const old = peers.peers[0]!;
+    answerHandshake(old);
+    await until(() => t.isConnected(), 3000, "ready");
+    await Bun.sleep(1100); // stable (STABLE_MS): the replacement is opened at once, not after a backoff
+    const c1 = t.call(reqHeaders("c1", "a"), new AbortController().signal);
+    const ac2 = new AbortController();
+    const c2 = t.call(reqHeaders("c2", "b"), ac2.signal);
+    await until(() => old.messages.length === 3, 3000, "two events on the old stream");
+
+    old.write(goawayFrame(1, ErrorCode.NO_ERROR, "graceful"));
+    await until(() => peers.peers.length === 2 && peers.peers[1]!.messages.length === 1, 3000, "replacement connection with its handshake");
+    const fresh = peers.peers[1]!;
+    expect(sent(fresh)).toEqual(["handshake"]);
+    // No stream is ready until the replacement's handshake is answered: calls fail as while reconnecting.
+    expect(t.isConnected()).toBe(false);
+    const early = await t.call(reqHeaders("e1", "x"), new AbortController().signal).then(
+      () => null,
+      (e: TransportError) => e,
+    );
+    expect(early!.kind).toBe("connect");
+    expect(early!.notSent).toBe(true);
+    answerHandshake(fresh);
+    await until(() => t.isConnected(), 3000, "replacement ready");
+    // The listeners never heard the agent go away: the switch is seamless.
+    expect(connectivity).toEqual([true]);
+
+    const c3 = t.call(reqHeaders("c3", "c"), new AbortController().signal);
+    await until(() => fresh.messages.length === 2, 3000, "new event on the new stream");
+    expect(sent(fresh)).toEqual(["handshake", "rh:c3"]);
+    expect(sent(old)).toEqual(["handshake", "rh:c1", "rh:c2"]);
+    expect(endedStream1(old)).toBe(false); // answers are still outstanding: no half-close yet
+
+    answer(old, "c1");
+    expect((await c1).correlationId).toBe("c1");
+    await Bun.sleep(50);
+    expect(endedStream1(old)).toBe(false);
+    ac2.abort(new Error("deadline"));
+    expect(((await c2.then(() => null, (e: TransportError) => e)) as TransportError).kind).toBe("timeout");
+    await until(() => endedStream1(old), 3000, "END_STREAM on the old stream");
+    expect(old.closed).toBe(false);
+
+    // The agent finishes the stream (status OK): the old connection is closed with GOAWAY.
+    old.write(frame(FrameType.HEADERS, Flag.END_HEADERS | Flag.END_STREAM, 1, Uint8Array.from([...litIndexed("grpc-status", "0")])));
+    await until(() => old.closed, 3000, "old connection closed");
+    expect(old.ofType(FrameType.GOAWAY).length).toBe(1);
+
+    answer(fresh, "c3");
+    expect((await c3).correlationId).toBe("c3");
+    expect(t.isConnected()).toBe(true);
+    expect(connectivity).toEqual([true]);
+    expect(logs.some((l) => l.level === "warn")).toBe(false);
+    expect(sent(old)).toEqual(["handshake", "rh:c1", "rh:c2"]);
+  });
+
+  test("GOAWAY with an error code: the replacement is opened at once, what was in flight on the old connection fails closed", async () => {
+    const { peers, t, connectivity } = await peersAndTransport();
+    await until(() => peers.peers[0]?.messages.length === 1, 3000, "handshake sent");
+    answerHandshake(peers.peers[0]!);
+    await until(() => t.isConnected(), 3000, "ready");
+    await Bun.sleep(1100);
+    const c1 = t.call(reqHeaders("c1", "a"), new AbortController().signal).then(
+      () => null,
+      (e: TransportError) => e,
+    );
+    await until(() => peers.peers[0]!.messages.length === 2, 3000, "event sent");
+    peers.peers[0]!.write(goawayFrame(1, ErrorCode.INTERNAL_ERROR, "boom"));
+    expect((await c1)!.kind).toBe("closed");
+    await until(() => peers.peers.length === 2 && peers.peers[1]!.messages.length === 1, 3000, "replacement handshake");
+    answerHandshake(peers.peers[1]!);
+    await until(() => t.isConnected(), 3000, "replacement ready");
+    expect(connectivity).toEqual([true]);
+  });
+
+  test("a replacement that fails before it is ready: listeners hear false, the normal reconnect backoff applies", async () => {
+    const { peers, t, connectivity } = await peersAndTransport();
+    await until(() => peers.peers[0]?.messages.length === 1, 3000, "handshake sent");
+    answerHandshake(peers.peers[0]!);
+    await until(() => t.isConnected(), 3000, "ready");
+    await Bun.sleep(1100);
+    peers.peers[0]!.write(goawayFrame(1, ErrorCode.NO_ERROR));
+    await until(() => peers.peers.length === 2 && peers.peers[1]!.messages.length === 1, 3000, "replacement handshake");
+    // The agent is going away for good: it refuses the new connection.
+    peers.peers[1]!.write(goawayFrame(0, ErrorCode.NO_ERROR, "shutting down"));
+    await until(() => connectivity.length === 2, 3000, "disconnected");
+    expect(connectivity).toEqual([true, false]);
+    expect(t.isConnected()).toBe(false);
+    // The old stream (nothing in flight) was half-closed at once, and the reconnect goes on.
+    expect(endedStream1(peers.peers[0]!)).toBe(true);
+    await until(() => peers.peers.length === 3 && peers.peers[2]!.messages.length === 1, 3000, "reconnect after backoff");
+    answerHandshake(peers.peers[2]!);
+    await until(() => t.isConnected(), 3000, "reconnected");
+    expect(connectivity).toEqual([true, false, true]);
   });
 });

@@ -10,6 +10,17 @@
 // mean a message was refused), connectivity listeners hear `false`, and a reconnect is scheduled
 // with exponential backoff (100 ms doubling, capped at 2 s, with jitter), forever until close().
 //
+// GOAWAY from the agent (graceful shutdown: grpc-js tryShutdown(), grpc-go GracefulStop(), tonic;
+// what a Kubernetes rolling restart triggers): the stream stops taking new events (the transport
+// has no ready stream until the replacement is ready, so calls fail "connect" as while
+// reconnecting), a replacement connection + stream is opened at once (same handshake; through the
+// backoff if the old stream was up for less than STABLE_MS), and the old stream drains: calls in
+// flight on it still get their answers, each up to its own deadline (the caller's signal, i.e.
+// the agent's call timeout; DRAIN_MAX_MS as a backstop), then it is half-closed (END_STREAM, so
+// the agent's graceful shutdown can complete) and its connection closed once the agent ends the
+// stream (or END_WAIT_MS after the half-close). Connectivity listeners hear `false` only if the
+// replacement fails before it is ready.
+//
 // Hot path (call -> answer): no timer, one Map entry, one abort listener that is the pending
 // object itself (handleEvent), no encode-to-measure (the size check is an upper-bound estimate).
 //
@@ -47,6 +58,7 @@ import {
 } from "./map.ts";
 import { H2Connection, type H2TlsOptions } from "./h2/connection.ts";
 import { GrpcCall, GrpcStatusError, Status } from "./h2/grpc.ts";
+import { errorCodeName } from "./h2/frames.ts";
 
 export const PROXY_ID = "sentinel";
 const BACKOFF_MIN_MS = 100;
@@ -63,6 +75,14 @@ const WRITE_MAX_BYTES = 4 * 1024 * 1024;
 /** HTTP/2 keepalive: PING after this much silence, give up when it is not answered in time. */
 const KEEPALIVE_INTERVAL_MS = 15_000;
 const KEEPALIVE_TIMEOUT_MS = 5_000;
+/**
+ * After a GOAWAY: longest wait for the calls in flight on the old stream. Each of them normally
+ * ends earlier, at its own deadline (the caller's signal carries the agent's call timeout); this
+ * only bounds calls whose signal never fires.
+ */
+const DRAIN_MAX_MS = 30_000;
+/** After half-closing a drained stream: how long the agent gets to end it before we cancel it. */
+const END_WAIT_MS = 2_000;
 
 type Logger = NonNullable<TransportOptions["log"]>;
 
@@ -70,6 +90,7 @@ type Logger = NonNullable<TransportOptions["log"]>;
 class Pending {
   constructor(
     readonly owner: GrpcAgentTransport,
+    readonly stream: StreamState,
     readonly id: string,
     readonly resolve: (r: AgentReply) => void,
     readonly reject: (e: TransportError) => void,
@@ -86,7 +107,13 @@ class StreamState {
   ready = false;
   ended = false;
   readyAt = 0;
+  /** Calls sent on this stream and not yet settled. */
+  inflight = 0;
+  /** GOAWAY received: no new events; ends once its in-flight calls have settled. */
+  draining = false;
+  halfClosed = false;
   handshakeTimer: ReturnType<typeof setTimeout> | undefined;
+  drainTimer: ReturnType<typeof setTimeout> | undefined;
   /** Resolves when the call has ended (trailers, reset or connection loss). */
   readonly done: Promise<void>;
   resolveDone!: () => void;
@@ -151,13 +178,17 @@ export class GrpcAgentTransport implements AgentTransport {
   private setupError: Error | null = null;
 
   private stream: StreamState | null = null;
+  /** Streams of connections the agent sent GOAWAY on, finishing their in-flight calls. */
+  private readonly draining = new Set<StreamState>();
+  /** What connectivity listeners last heard. */
+  private connectedEmitted = false;
   private readonly pending = new Map<string, Pending>();
   /** Answers we expect and drop: notify() events and calls aborted before their answer came. */
   private readonly quiet = new Map<string, QuietEntry>();
   private quietTimer: ReturnType<typeof setInterval> | undefined;
   /** notify() events held back until the call pending for the same id settles. */
   private readonly deferred = new Map<string, AgentEvent[]>();
-  private readonly pings = new Map<number, { resolve: () => void; reject: (e: TransportError) => void; timer: ReturnType<typeof setTimeout> }>();
+  private readonly pings = new Map<number, { s: StreamState; resolve: () => void; reject: (e: TransportError) => void; timer: ReturnType<typeof setTimeout> }>();
   private pingSeq = 0;
 
   private started = false;
@@ -242,11 +273,12 @@ export class GrpcAgentTransport implements AgentTransport {
       return Promise.reject(new TransportError("protocol", `cannot send ${event.type}: ${String((err as Error)?.message ?? err)}`, true));
     }
     return new Promise<AgentReply>((resolve, reject) => {
-      const p = new Pending(this, id, resolve, reject, signal);
+      const p = new Pending(this, s, id, resolve, reject, signal);
       this.pending.set(id, p);
       signal.addEventListener("abort", p, { once: true });
       try {
         s.call!.send(bytes);
+        s.inflight++;
       } catch (err) {
         this.pending.delete(id);
         signal.removeEventListener("abort", p);
@@ -305,7 +337,7 @@ export class GrpcAgentTransport implements AgentTransport {
       const timer = setTimeout(() => {
         if (this.pings.delete(seq)) reject(new TransportError("timeout", `agent ${this.endpoint}: no pong within ${timeoutMs} ms`));
       }, timeoutMs);
-      this.pings.set(seq, { resolve, reject, timer });
+      this.pings.set(seq, { s, resolve, reject, timer });
       try {
         this.send(s, pingToProto(seq));
       } catch (err) {
@@ -343,7 +375,14 @@ export class GrpcAgentTransport implements AgentTransport {
     // with the same correlation id.
     this.addQuiet(p.id);
     p.reject(new TransportError("timeout", abortMessage(p.signal)));
+    this.settled(p);
     this.afterSettle(p.id);
+  }
+
+  /** A call left `pending`: a draining stream with nothing left in flight is half-closed. */
+  private settled(p: Pending): void {
+    const s = p.stream;
+    if (--s.inflight <= 0 && s.draining) this.finishDrain(s);
   }
 
   private afterSettle(id: string): void {
@@ -398,6 +437,7 @@ export class GrpcAgentTransport implements AgentTransport {
     }
     this.pending.delete(id);
     p.signal.removeEventListener("abort", p);
+    this.settled(p);
     let reply: AgentReply;
     try {
       reply = replyFromProto(r);
@@ -453,11 +493,7 @@ export class GrpcAgentTransport implements AgentTransport {
         tls: this.tls,
         keepaliveIntervalMs: KEEPALIVE_INTERVAL_MS,
         keepaliveTimeoutMs: KEEPALIVE_TIMEOUT_MS,
-        onGoaway: (code, last, debug) => {
-          // The agent is shutting down. Our stream (id 1, always <= last when it is still
-          // open) keeps running until the agent closes it; then we reconnect.
-          this.log("info", "grpc agent sent GOAWAY", { endpoint: this.endpoint, code, lastStreamId: last, debug });
-        },
+        onGoaway: (code, last, debug) => this.onGoaway(s, code, last, debug),
       });
       s.call = new GrpcCall(
         s.conn,
@@ -509,8 +545,13 @@ export class GrpcAgentTransport implements AgentTransport {
         agentId: this.capabilities.agentId,
         agentName: this.capabilities.name,
         agentVersion: this.capabilities.version,
+        replacing: this.draining.size > 0 ? this.draining.size : undefined,
       });
-      this.emit(true);
+      // After a GOAWAY the listeners never heard `false` (unless the replacement failed first).
+      if (!this.connectedEmitted) {
+        this.connectedEmitted = true;
+        this.emit(true);
+      }
       return;
     }
     switch (m.case) {
@@ -536,6 +577,51 @@ export class GrpcAgentTransport implements AgentTransport {
     }
   }
 
+  /**
+   * GOAWAY on the connection of `s` (RFC 9113 §6.8). Streams above lastStreamId have already been
+   * reset (ours is stream 1, so it is only refused by a GOAWAY with last-stream-id 0, and then it
+   * has already ended). A GOAWAY with an error code closes the connection right after this.
+   */
+  private onGoaway(s: StreamState, code: number, last: number, debug: string): void {
+    this.log("info", "grpc agent sent GOAWAY", { endpoint: this.endpoint, code: errorCodeName(code), lastStreamId: last, debug });
+    if (s.ended || s.draining || this.closing) return;
+    if (!s.ready) {
+      // Going away before the handshake was answered: a failed connect (reconnect with backoff).
+      this.endStream(s, "connect", `agent is going away (GOAWAY ${errorCodeName(code)})`);
+      return;
+    }
+    s.draining = true;
+    this.draining.add(s);
+    if (this.stream === s) this.stream = null;
+    this.log("info", "grpc agent going away: draining its stream, opening a new one", { endpoint: this.endpoint, inFlight: s.inflight });
+    // A connection that is sent away right after it came up goes through the backoff, so an
+    // agent that refuses every connection this way is not hammered.
+    if (performance.now() - s.readyAt >= STABLE_MS) {
+      this.backoffMs = BACKOFF_MIN_MS;
+      if (this.reconnectTimer === undefined) this.openStream();
+    } else {
+      this.scheduleReconnect(false);
+    }
+    if (s.inflight <= 0) this.finishDrain(s);
+    else {
+      s.drainTimer = setTimeout(() => this.endStream(s, "closed", `calls still in flight ${DRAIN_MAX_MS} ms after the agent's GOAWAY`), DRAIN_MAX_MS);
+    }
+  }
+
+  /** Nothing is in flight on a draining stream any more: half-close it, let the agent end it. */
+  private finishDrain(s: StreamState): void {
+    if (s.ended || s.halfClosed) return;
+    s.halfClosed = true;
+    clearTimeout(s.drainTimer);
+    try {
+      s.call?.end();
+      s.conn?.flush();
+    } catch {
+      // already closed
+    }
+    s.drainTimer = setTimeout(() => this.endStream(s, "closed", `the agent did not end the stream within ${END_WAIT_MS} ms of our half-close`), END_WAIT_MS);
+  }
+
   /** The call ended: status OK (the agent ended the stream), an error status, or a lost connection. */
   private onCallEnd(s: StreamState, err: GrpcStatusError | null): void {
     s.resolveDone();
@@ -551,36 +637,54 @@ export class GrpcAgentTransport implements AgentTransport {
     if (s.ended) return;
     s.ended = true;
     clearTimeout(s.handshakeTimer);
+    clearTimeout(s.drainTimer);
     s.call?.cancel();
     s.conn?.close();
     s.resolveDone();
     if (this.stream === s) this.stream = null;
     const wasReady = s.ready;
     s.ready = false;
+    const draining = s.draining;
+    this.draining.delete(s);
 
+    // Only the calls and pings sent on this stream fail: after a GOAWAY another stream may be up.
     const errKind: TransportErrorKind = kind === "connect" ? "closed" : kind;
-    if (this.pending.size > 0) {
-      const list = [...this.pending.values()];
-      this.pending.clear();
+    if (s.inflight > 0) {
+      s.inflight = 0;
+      const list: Pending[] = [];
+      for (const p of this.pending.values()) if (p.stream === s) list.push(p);
       for (const p of list) {
+        this.pending.delete(p.id);
+        this.deferred.delete(p.id);
         p.signal.removeEventListener("abort", p);
         p.reject(new TransportError(errKind, `agent ${this.endpoint}: ${reason}`));
       }
     }
-    for (const [, w] of this.pings) {
+    for (const [seq, w] of this.pings) {
+      if (w.s !== s) continue;
+      this.pings.delete(seq);
       clearTimeout(w.timer);
       w.reject(new TransportError(errKind, `agent ${this.endpoint}: ${reason}`));
     }
-    this.pings.clear();
-    this.quiet.clear();
-    this.deferred.clear();
-    if (this.drainWaiter !== null) this.drainWaiter();
+    if (this.draining.size === 0 && this.pending.size === 0) {
+      this.quiet.clear();
+      this.deferred.clear();
+    }
+    if (this.drainWaiter !== null && this.pending.size === 0) this.drainWaiter();
 
+    if (draining) {
+      // Its replacement was opened on the GOAWAY: no reconnect, no connectivity change.
+      this.log("info", "grpc agent stream closed after GOAWAY", { endpoint: this.endpoint, kind, reason });
+      return;
+    }
     if (wasReady) {
       this.log(this.closing ? "info" : "warn", "grpc agent stream closed", { endpoint: this.endpoint, kind, reason });
-      this.emit(false);
     } else if (!this.closing) {
       this.log(kind === "protocol" ? "warn" : "debug", "grpc agent connect failed", { endpoint: this.endpoint, kind, reason });
+    }
+    if (this.connectedEmitted) {
+      this.connectedEmitted = false;
+      this.emit(false);
     }
     if (!this.closing) this.scheduleReconnect(wasReady && performance.now() - s.readyAt >= STABLE_MS);
   }
@@ -628,6 +732,7 @@ export class GrpcAgentTransport implements AgentTransport {
       }
       this.endStream(s, "closed", "transport closed");
     }
+    for (const d of [...this.draining]) this.endStream(d, "closed", "transport closed");
     if (this.quietTimer !== undefined) {
       clearInterval(this.quietTimer);
       this.quietTimer = undefined;
