@@ -26,7 +26,7 @@ import { GrpcCall, GrpcStatusError, Status, decodeGrpcMessage } from "../../src/
 import { HpackDecoder } from "../../src/agents/grpc/h2/hpack.ts";
 import { huffmanEncode } from "../../src/agents/grpc/h2/huffman.ts";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import { GrpcAgentTransport, createGrpcTransport } from "../../src/agents/grpc/client.ts";
+import { GrpcAgentTransport, KEEPALIVE_INTERVAL_MS, createGrpcTransport } from "../../src/agents/grpc/client.ts";
 import { AgentToProxySchema, ProxyToAgentSchema } from "../../src/gen/zentinel/agent/v2/agent_v2_pb.js";
 import { TransportError, type AgentEvent } from "../../src/agents/types.ts";
 
@@ -741,18 +741,15 @@ describe("gRPC agent transport on a scripted raw HTTP/2 peer", () => {
 
   type Logged = { level: string; msg: string; fields?: Record<string, unknown> };
 
-  async function peersAndTransport(): Promise<{ peers: RawPeers; t: GrpcAgentTransport; logs: Logged[]; connectivity: boolean[] }> {
+  async function peersAndTransport(keepaliveIntervalMs?: number): Promise<{ peers: RawPeers; t: GrpcAgentTransport; logs: Logged[]; connectivity: boolean[] }> {
     const peers = new RawPeers((s) => serverSettings(s));
     const port = await peers.start();
     cleanup.push(() => peers.stop());
     const logs: Logged[] = [];
-    const t = new GrpcAgentTransport({
-      endpoint: `http://127.0.0.1:${port}`,
-      connectTimeoutMs: 3000,
-      connections: 1,
-      proxyVersion: "0.1.0-test",
-      log: (level, msg, fields) => logs.push({ level, msg, fields }),
-    });
+    const t = new GrpcAgentTransport(
+      { endpoint: `http://127.0.0.1:${port}`, connectTimeoutMs: 3000, connections: 1, proxyVersion: "0.1.0-test", log: (level, msg, fields) => logs.push({ level, msg, fields }) },
+      keepaliveIntervalMs === undefined ? {} : { keepaliveIntervalMs },
+    );
     const connectivity: boolean[] = [];
     t.onConnectivity((c) => connectivity.push(c));
     cleanup.push(() => void t.close());
@@ -855,5 +852,48 @@ describe("gRPC agent transport on a scripted raw HTTP/2 peer", () => {
     answerHandshake(peers.peers[2]!);
     await until(() => t.isConnected(), 3000, "reconnected");
     expect(connectivity).toEqual([true, false, true]);
+  });
+
+  test("keepalive: 5 minutes by default (grpc-go's MinTime); GOAWAY ENHANCE_YOUR_CALM too_many_pings doubles it for the endpoint, warned once", async () => {
+    expect(KEEPALIVE_INTERVAL_MS).toBeGreaterThanOrEqual(5 * 60_000);
+    const plain = createGrpcTransport({ endpoint: "http://127.0.0.1:1", connectTimeoutMs: 100, connections: 1, proxyVersion: "t", log: () => {} }) as GrpcAgentTransport;
+    expect(plain.keepaliveIntervalMs).toBe(KEEPALIVE_INTERVAL_MS);
+
+    const { peers, t, logs } = await peersAndTransport(150);
+    const pingTimes = new Map<number, number[]>();
+    const watch = (i: number) => {
+      const srv = peers.peers[i]!;
+      pingTimes.set(i, []);
+      srv.onFrameHook = (f) => {
+        if (f.type !== FrameType.PING || f.flags & Flag.ACK) return;
+        pingTimes.get(i)!.push(performance.now());
+        srv.write(pingFrame(f.payload, true));
+      };
+    };
+    await until(() => peers.peers[0]?.messages.length === 1, 3000, "handshake sent");
+    watch(0);
+    answerHandshake(peers.peers[0]!);
+    await until(() => pingTimes.get(0)!.length >= 1, 3000, "a keepalive PING");
+    peers.peers[0]!.write(goawayFrame(1, ErrorCode.ENHANCE_YOUR_CALM, "too_many_pings"));
+    await until(() => t.keepaliveIntervalMs === 300, 3000, "interval doubled");
+    await until(() => peers.peers.length === 2 && peers.peers[1]!.messages.length === 1, 3000, "reconnect");
+    watch(1);
+    answerHandshake(peers.peers[1]!);
+    await until(() => pingTimes.get(1)!.length >= 3, 5000, "keepalive PINGs on the new connection");
+    const times = pingTimes.get(1)!;
+    for (let i = 1; i < times.length; i++) expect(times[i]! - times[i - 1]!).toBeGreaterThanOrEqual(295);
+
+    peers.peers[1]!.write(goawayFrame(1, ErrorCode.ENHANCE_YOUR_CALM, "too_many_pings"));
+    await until(() => t.keepaliveIntervalMs === 600, 3000, "interval doubled again");
+    const warned = logs.filter((l) => l.level === "warn" && l.msg.includes("too_many_pings"));
+    expect(warned.length).toBe(1);
+    expect(warned[0]!.fields).toMatchObject({ keepaliveIntervalMs: 300 });
+    // Another ENHANCE_YOUR_CALM reason is not a keepalive complaint.
+    await until(() => peers.peers.length === 3 && peers.peers[2]!.messages.length === 1, 3000, "reconnect");
+    answerHandshake(peers.peers[2]!);
+    await until(() => t.isConnected(), 3000, "ready");
+    peers.peers[2]!.write(goawayFrame(1, ErrorCode.ENHANCE_YOUR_CALM, "too many streams"));
+    await until(() => peers.peers.length === 4, 3000, "reconnect");
+    expect(t.keepaliveIntervalMs).toBe(600);
   });
 });

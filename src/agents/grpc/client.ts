@@ -58,7 +58,7 @@ import {
 } from "./map.ts";
 import { H2Connection, type H2TlsOptions } from "./h2/connection.ts";
 import { GrpcCall, GrpcStatusError, Status } from "./h2/grpc.ts";
-import { errorCodeName } from "./h2/frames.ts";
+import { ErrorCode, errorCodeName } from "./h2/frames.ts";
 
 export const PROXY_ID = "sentinel";
 const BACKOFF_MIN_MS = 100;
@@ -72,9 +72,22 @@ const PROCESS_STREAM_PATH = "/zentinel.agent.v2.AgentServiceV2/ProcessStream";
 /** Largest message accepted from an agent / sent to it (§6.1 rule 6). */
 const READ_MAX_BYTES = 16 * 1024 * 1024;
 const WRITE_MAX_BYTES = 4 * 1024 * 1024;
-/** HTTP/2 keepalive: PING after this much silence, give up when it is not answered in time. */
-const KEEPALIVE_INTERVAL_MS = 15_000;
+/**
+ * HTTP/2 keepalive: PING after this much silence, give up when it is not answered in time.
+ *
+ * 5 minutes, the default MinTime of grpc-go's server keepalive enforcement policy: a client that
+ * pings more often gets GOAWAY ENHANCE_YOUR_CALM "too_many_pings" after 2 strikes. Dead agents
+ * are detected sooner by the proxy's application-level health pings, which travel over this
+ * ProcessStream (ping() -> ProxyToAgent.ping / pong): the agent `health-check` is enabled by
+ * default (src/config/load.ts: every 10 s, 100 ms timeout, failing after 3 misses, see
+ * src/agents/health.ts), so a silent agent is marked failing within about 30 s. With
+ * `health-check { enabled #false; }` only this keepalive (5 min + 5 s), call timeouts and TCP
+ * errors notice a dead connection.
+ */
+export const KEEPALIVE_INTERVAL_MS = 5 * 60_000;
 const KEEPALIVE_TIMEOUT_MS = 5_000;
+/** Upper bound of the keepalive interval after doublings on "too_many_pings". */
+const KEEPALIVE_MAX_MS = 24 * 60 * 60_000;
 /**
  * After a GOAWAY: longest wait for the calls in flight on the old stream. Each of them normally
  * ends earlier, at its own deadline (the caller's signal carries the agent's call timeout); this
@@ -182,6 +195,9 @@ export class GrpcAgentTransport implements AgentTransport {
   private readonly draining = new Set<StreamState>();
   /** What connectivity listeners last heard. */
   private connectedEmitted = false;
+  /** HTTP/2 keepalive interval for new connections; doubled on GOAWAY "too_many_pings". */
+  private keepaliveMs: number;
+  private warnedTooManyPings = false;
   private readonly pending = new Map<string, Pending>();
   /** Answers we expect and drop: notify() events and calls aborted before their answer came. */
   private readonly quiet = new Map<string, QuietEntry>();
@@ -203,10 +219,12 @@ export class GrpcAgentTransport implements AgentTransport {
   private notifyFailures = 0;
   private lastNotifyFailLog = -Infinity;
 
-  constructor(opts: TransportOptions) {
+  /** `internal.keepaliveIntervalMs` is for tests (default KEEPALIVE_INTERVAL_MS). */
+  constructor(opts: TransportOptions, internal: { keepaliveIntervalMs?: number } = {}) {
     this.opts = opts;
     this.endpoint = opts.endpoint;
     this.log = opts.log ?? defaultLog;
+    this.keepaliveMs = internal.keepaliveIntervalMs ?? KEEPALIVE_INTERVAL_MS;
     try {
       const target = parseEndpoint(opts.endpoint);
       if (target.secure) {
@@ -230,6 +248,11 @@ export class GrpcAgentTransport implements AgentTransport {
     if (this.started || this.closing) return;
     this.started = true;
     this.openStream();
+  }
+
+  /** The HTTP/2 keepalive interval the next connection will use. */
+  get keepaliveIntervalMs(): number {
+    return this.keepaliveMs;
   }
 
   isConnected(): boolean {
@@ -491,7 +514,7 @@ export class GrpcAgentTransport implements AgentTransport {
         host: target.host,
         port: target.port,
         tls: this.tls,
-        keepaliveIntervalMs: KEEPALIVE_INTERVAL_MS,
+        keepaliveIntervalMs: this.keepaliveMs,
         keepaliveTimeoutMs: KEEPALIVE_TIMEOUT_MS,
         onGoaway: (code, last, debug) => this.onGoaway(s, code, last, debug),
       });
@@ -583,6 +606,7 @@ export class GrpcAgentTransport implements AgentTransport {
    * has already ended). A GOAWAY with an error code closes the connection right after this.
    */
   private onGoaway(s: StreamState, code: number, last: number, debug: string): void {
+    if (code === ErrorCode.ENHANCE_YOUR_CALM && debug === "too_many_pings") this.tooManyPings();
     this.log("info", "grpc agent sent GOAWAY", { endpoint: this.endpoint, code: errorCodeName(code), lastStreamId: last, debug });
     if (s.ended || s.draining || this.closing) return;
     if (!s.ready) {
@@ -606,6 +630,18 @@ export class GrpcAgentTransport implements AgentTransport {
     else {
       s.drainTimer = setTimeout(() => this.endStream(s, "closed", `calls still in flight ${DRAIN_MAX_MS} ms after the agent's GOAWAY`), DRAIN_MAX_MS);
     }
+  }
+
+  /** grpc-go's keepalive enforcement: ping half as often from now on, as grpc-go clients do. */
+  private tooManyPings(): void {
+    this.keepaliveMs = Math.min(KEEPALIVE_MAX_MS, this.keepaliveMs * 2);
+    const fields = { endpoint: this.endpoint, keepaliveIntervalMs: this.keepaliveMs };
+    if (this.warnedTooManyPings) {
+      this.log("debug", "grpc agent GOAWAY too_many_pings: keepalive interval doubled", fields);
+      return;
+    }
+    this.warnedTooManyPings = true;
+    this.log("warn", "grpc agent GOAWAY ENHANCE_YOUR_CALM too_many_pings: keepalive interval doubled (the agent's keepalive policy is stricter than ours)", fields);
   }
 
   /** Nothing is in flight on a draining stream any more: half-close it, let the agent end it. */
