@@ -15,6 +15,7 @@
 import { join } from "node:path";
 import { createGrpcTransport } from "../../src/agents/grpc/client.ts";
 import type { AgentEvent, AgentTransport } from "../../src/agents/types.ts";
+import { requestHeadersEvent } from "../../src/agents/test-events.ts";
 
 const ROOT = join(import.meta.dir, "..", "..");
 
@@ -54,26 +55,11 @@ async function startAgent(): Promise<{ port: number; proc: ReturnType<typeof Bun
 }
 
 function event(i: number): AgentEvent {
-  const id = `bench-${i}`;
-  return {
-    type: "request_headers",
-    correlationId: id,
-    metadata: {
-      correlationId: id,
-      requestId: id,
-      clientIp: "127.0.0.1",
-      clientPort: 40000 + (i % 20000),
-      serverName: "bench.local",
-      protocol: "HTTP/1.1",
-      tlsVersion: null,
-      routeId: "bench",
-      upstreamId: "app",
-      timestampMs: Date.now(),
-    },
-    method: "GET",
+  return requestHeadersEvent(`bench-${i}`, {
+    metadata: { clientPort: 40000 + (i % 20000), serverName: "bench.local", routeId: "bench", upstreamId: "app" },
     uri: "/bench?i=" + i,
     headers: { host: ["bench.local"], "user-agent": ["grpc-hop/1"], accept: ["*/*"] },
-  };
+  });
 }
 
 async function drive(t: AgentTransport, n: number, base: number): Promise<void> {

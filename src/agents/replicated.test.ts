@@ -13,6 +13,7 @@ import { serveUds } from "../../sdk/uds-server.ts";
 import { serveGrpc } from "../../sdk/grpc-server.ts";
 import { allow } from "../../sdk/reply.ts";
 import type { AgentHandler, ReplyInit, RunningServer } from "../../sdk/types.ts";
+import { requestHeadersEvent } from "./test-events.ts";
 
 let seq = 0;
 const uid = (p: string) => `${p}-${process.pid}-${++seq}`;
@@ -104,25 +105,7 @@ function ev(id = `c${++cid}-${Math.random().toString(36).slice(2, 8)}`, type: "r
   if (type === "request_complete") {
     return { type, correlationId: id, status: 200, durationMs: 1, requestBodySize: 0, responseBodySize: 0, upstreamAttempts: 1, error: null };
   }
-  return {
-    type: "request_headers",
-    correlationId: id,
-    metadata: {
-      correlationId: id,
-      requestId: id,
-      clientIp: "127.0.0.1",
-      clientPort: 5000,
-      serverName: null,
-      protocol: "HTTP/1.1",
-      tlsVersion: null,
-      routeId: "r",
-      upstreamId: null,
-      timestampMs: Date.now(),
-    },
-    method: "GET",
-    uri: "/",
-    headers: {},
-  };
+  return requestHeadersEvent(id, { metadata: { clientPort: 5000, routeId: "r" } });
 }
 
 const kindOf = (r: AgentCallResult) => (r.ok ? "ok" : r.kind);

@@ -16,6 +16,7 @@ import { serveGrpc } from "../../sdk/grpc-server.ts";
 import { allow, block } from "../../sdk/reply.ts";
 import type { AgentHandler, ReplyInit, RunningServer } from "../../sdk/types.ts";
 import { startAgent, type AgentProcess } from "../helpers/agents.ts";
+import { requestHeadersEvent } from "../../src/agents/test-events.ts";
 
 // ---- harness ----------------------------------------------------------------------------------
 
@@ -145,26 +146,7 @@ function countingUds(path: string) {
 
 let cid = 0;
 function ev(): AgentEvent {
-  const id = `c${++cid}`;
-  return {
-    type: "request_headers",
-    correlationId: id,
-    metadata: {
-      correlationId: id,
-      requestId: id,
-      clientIp: "127.0.0.1",
-      clientPort: 5000,
-      serverName: null,
-      protocol: "HTTP/1.1",
-      tlsVersion: null,
-      routeId: "r",
-      upstreamId: null,
-      timestampMs: Date.now(),
-    },
-    method: "GET",
-    uri: "/",
-    headers: {},
-  };
+  return requestHeadersEvent(`c${++cid}`, { metadata: { clientPort: 5000, routeId: "r" } });
 }
 
 function complete(): AgentEvent {

@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createGrpcTransport } from "../../src/agents/grpc/client.ts";
 import { TransportError, type AgentEvent, type AgentTransport, type TransportOptions } from "../../src/agents/types.ts";
+import { requestHeadersEvent } from "../../src/agents/test-events.ts";
 
 const root = join(import.meta.dir, "..", "..");
 type LogLine = { level: string; msg: string; fields?: Record<string, unknown> };
@@ -86,25 +87,7 @@ async function connected(t: AgentTransport): Promise<void> {
 }
 
 function ev(id: string, headers: Record<string, string[]> = {}): AgentEvent {
-  return {
-    type: "request_headers",
-    correlationId: id,
-    metadata: {
-      correlationId: id,
-      requestId: "rid",
-      clientIp: "127.0.0.1",
-      clientPort: 1,
-      serverName: null,
-      protocol: "HTTP/1.1",
-      tlsVersion: null,
-      routeId: null,
-      upstreamId: null,
-      timestampMs: Date.now(),
-    },
-    method: "GET",
-    uri: "/",
-    headers,
-  };
+  return requestHeadersEvent(id, { metadata: { requestId: "rid" }, headers });
 }
 
 const never = () => new AbortController().signal;

@@ -5,7 +5,8 @@ import { serveGrpc } from "../../sdk/grpc-server.ts";
 import type { AgentHandler, RunningServer } from "../../sdk/types.ts";
 import { createGrpcTransport } from "../../src/agents/grpc/client.ts";
 import { MAX_GRPC_MESSAGE_BYTES } from "../../src/agents/grpc/map.ts";
-import { TransportError, type AgentEvent, type AgentTransport, type RequestMetadata, type TransportOptions } from "../../src/agents/types.ts";
+import { TransportError, type AgentEvent, type AgentTransport, type TransportOptions } from "../../src/agents/types.ts";
+import { requestHeadersEvent } from "../../src/agents/test-events.ts";
 
 type LogLine = { level: string; msg: string; fields?: Record<string, unknown> };
 
@@ -47,23 +48,8 @@ async function connected(t: AgentTransport): Promise<void> {
   await waitFor(() => t.isConnected(), 5000, "handshake");
 }
 
-function md(id: string): RequestMetadata {
-  return {
-    correlationId: id,
-    requestId: "rid-" + id,
-    clientIp: "127.0.0.1",
-    clientPort: 40000,
-    serverName: "example.test",
-    protocol: "HTTP/1.1",
-    tlsVersion: null,
-    routeId: "r",
-    upstreamId: null,
-    timestampMs: Date.now(),
-  };
-}
-
 function reqHeaders(id: string, headers: Record<string, string[]> = {}, uri = "/"): AgentEvent {
-  return { type: "request_headers", correlationId: id, metadata: md(id), method: "GET", uri, headers };
+  return requestHeadersEvent(id, { metadata: { requestId: "rid-" + id, clientPort: 40000, serverName: "example.test", routeId: "r" }, uri, headers });
 }
 
 const never = () => new AbortController().signal;

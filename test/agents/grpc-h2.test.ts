@@ -29,6 +29,7 @@ import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { GrpcAgentTransport, KEEPALIVE_INTERVAL_MS, createGrpcTransport } from "../../src/agents/grpc/client.ts";
 import { AgentToProxySchema, ProxyToAgentSchema } from "../../src/gen/zentinel/agent/v2/agent_v2_pb.js";
 import { TransportError, type AgentEvent } from "../../src/agents/types.ts";
+import { requestHeadersEvent } from "../../src/agents/test-events.ts";
 
 type Frame = { type: number; flags: number; stream: number; payload: Uint8Array };
 
@@ -660,25 +661,7 @@ describe("gRPC agent transport on a scripted raw HTTP/2 peer", () => {
   }
 
   function reqHeaders(id: string, big: string): AgentEvent {
-    return {
-      type: "request_headers",
-      correlationId: id,
-      metadata: {
-        correlationId: id,
-        requestId: "rid-" + id,
-        clientIp: "127.0.0.1",
-        clientPort: 40000,
-        serverName: "example.test",
-        protocol: "HTTP/1.1",
-        tlsVersion: null,
-        routeId: "r",
-        upstreamId: null,
-        timestampMs: Date.now(),
-      },
-      method: "GET",
-      uri: "/",
-      headers: { "x-big": [big] },
-    };
+    return requestHeadersEvent(id, { metadata: { requestId: "rid-" + id, clientPort: 40000, serverName: "example.test", routeId: "r" }, headers: { "x-big": [big] } });
   }
 
   test("an agent that grants no flow-control credit: calls are refused as overload (notSent), memory stays bounded", async () => {

@@ -8,6 +8,7 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { createGrpcTransport } from "../../src/agents/grpc/client.ts";
 import type { AgentEvent, AgentTransport } from "../../src/agents/types.ts";
+import { requestHeadersEvent } from "../../src/agents/test-events.ts";
 
 const root = join(import.meta.dir, "..", "..");
 const nodeBin = Bun.which("node");
@@ -118,25 +119,7 @@ async function waitFor(cond: () => boolean, ms: number, what: string): Promise<v
 }
 
 function ev(id: string, uri: string): AgentEvent {
-  return {
-    type: "request_headers",
-    correlationId: id,
-    metadata: {
-      correlationId: id,
-      requestId: id,
-      clientIp: "127.0.0.1",
-      clientPort: 1,
-      serverName: null,
-      protocol: "HTTP/1.1",
-      tlsVersion: null,
-      routeId: null,
-      upstreamId: null,
-      timestampMs: Date.now(),
-    },
-    method: "GET",
-    uri,
-    headers: {},
-  };
+  return requestHeadersEvent(id, { uri });
 }
 
 const never = () => new AbortController().signal;

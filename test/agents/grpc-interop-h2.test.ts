@@ -10,6 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createGrpcTransport } from "../../src/agents/grpc/client.ts";
 import { TransportError, type AgentEvent, type AgentTransport, type TransportOptions } from "../../src/agents/types.ts";
+import { requestHeadersEvent } from "../../src/agents/test-events.ts";
 
 const root = join(import.meta.dir, "..", "..");
 const nodeBin = Bun.which("node");
@@ -130,25 +131,7 @@ async function waitFor(cond: () => boolean, ms = 8000, what = "condition"): Prom
 }
 
 function ev(id: string, uri = "/"): AgentEvent {
-  return {
-    type: "request_headers",
-    correlationId: id,
-    metadata: {
-      correlationId: id,
-      requestId: id,
-      clientIp: "127.0.0.1",
-      clientPort: 1,
-      serverName: null,
-      protocol: "HTTP/1.1",
-      tlsVersion: null,
-      routeId: null,
-      upstreamId: null,
-      timestampMs: Date.now(),
-    },
-    method: "GET",
-    uri,
-    headers: { "x-long": ["v".repeat(3000)] },
-  };
+  return requestHeadersEvent(id, { uri, headers: { "x-long": ["v".repeat(3000)] } });
 }
 
 const never = () => new AbortController().signal;

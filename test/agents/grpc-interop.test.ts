@@ -8,6 +8,7 @@ import { serveGrpc } from "../../sdk/grpc-server.ts";
 import { createGrpcTransport } from "../../src/agents/grpc/client.ts";
 import { MAX_GRPC_MESSAGE_BYTES } from "../../src/agents/grpc/map.ts";
 import type { AgentEvent, AgentTransport } from "../../src/agents/types.ts";
+import { requestHeadersEvent } from "../../src/agents/test-events.ts";
 
 const root = join(import.meta.dir, "..", "..");
 const helper = join(root, "test/helpers/grpcjs-agent.mjs");
@@ -57,25 +58,7 @@ async function connected(t: AgentTransport): Promise<void> {
 }
 
 function ev(id: string, headers: Record<string, string[]> = {}): AgentEvent {
-  return {
-    type: "request_headers",
-    correlationId: id,
-    metadata: {
-      correlationId: id,
-      requestId: "rid",
-      clientIp: "127.0.0.1",
-      clientPort: 1,
-      serverName: null,
-      protocol: "HTTP/1.1",
-      tlsVersion: null,
-      routeId: null,
-      upstreamId: null,
-      timestampMs: Date.now(),
-    },
-    method: "GET",
-    uri: "/",
-    headers,
-  };
+  return requestHeadersEvent(id, { metadata: { requestId: "rid" }, headers });
 }
 
 const never = () => new AbortController().signal;

@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { serveGrpc, type ServeGrpcOptions } from "../../sdk/grpc-server.ts";
 import { createGrpcTransport } from "../../src/agents/grpc/client.ts";
 import type { AgentTransport, TransportOptions } from "../../src/agents/types.ts";
+import { requestHeadersEvent } from "../../src/agents/test-events.ts";
 
 const openssl = Bun.which("openssl");
 let dir = "";
@@ -74,25 +75,7 @@ async function waitConnected(t: AgentTransport, ms = 3000): Promise<boolean> {
   return true;
 }
 
-const event = {
-  type: "request_headers" as const,
-  correlationId: "tls-1",
-  metadata: {
-    correlationId: "tls-1",
-    requestId: "r",
-    clientIp: "127.0.0.1",
-    clientPort: 1,
-    serverName: null,
-    protocol: "HTTP/1.1",
-    tlsVersion: null,
-    routeId: null,
-    upstreamId: null,
-    timestampMs: 0,
-  },
-  method: "GET",
-  uri: "/",
-  headers: {},
-};
+const event = requestHeadersEvent("tls-1", { metadata: { requestId: "r", timestampMs: 0 } });
 
 describe.skipIf(!openssl)("gRPC over TLS", () => {
   test("CA file verifies the agent's certificate", async () => {

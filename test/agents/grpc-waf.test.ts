@@ -7,8 +7,9 @@ import { join } from "node:path";
 import { createWafAgent, deepDecode, parseConfig, RULES } from "../../examples/agents/waf-agent.ts";
 import { serveGrpc } from "../../sdk/grpc-server.ts";
 import { createGrpcTransport } from "../../src/agents/grpc/client.ts";
-import type { AgentEvent, AgentReply, AgentTransport, RequestMetadata } from "../../src/agents/types.ts";
+import type { AgentEvent, AgentReply, AgentTransport } from "../../src/agents/types.ts";
 import type { ReplyInit } from "../../sdk/types.ts";
+import { requestHeadersEvent } from "../../src/agents/test-events.ts";
 
 const root = join(import.meta.dir, "..", "..");
 const cleanup: (() => Promise<unknown> | unknown)[] = [];
@@ -19,25 +20,9 @@ afterEach(async () => {
 type Headers = Extract<AgentEvent, { type: "request_headers" }>;
 type Chunk = Extract<AgentEvent, { type: "request_body_chunk" | "response_body_chunk" }>;
 
-function md(id: string): RequestMetadata {
-  return {
-    correlationId: id,
-    requestId: "rid",
-    clientIp: "198.51.100.4",
-    clientPort: 5555,
-    serverName: "shop.example",
-    protocol: "HTTP/1.1",
-    tlsVersion: null,
-    routeId: "shop",
-    upstreamId: null,
-    timestampMs: Date.now(),
-  };
-}
-
 let n = 0;
 function req(uri: string, headers: Record<string, string[]> = {}): Headers {
-  const id = `w${++n}`;
-  return { type: "request_headers", correlationId: id, metadata: md(id), method: "GET", uri, headers };
+  return requestHeadersEvent(`w${++n}`, { metadata: { requestId: "rid", clientIp: "198.51.100.4", clientPort: 5555, serverName: "shop.example", routeId: "shop" }, uri, headers });
 }
 
 function chunk(id: string, text: string, index: number, isLast: boolean): Chunk {

@@ -5,6 +5,7 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createUdsTransport } from "../../src/agents/uds/client.ts";
 import { TransportError, type AgentEvent, type AgentTransport, type TransportOptions } from "../../src/agents/types.ts";
+import { requestHeadersEvent } from "../../src/agents/test-events.ts";
 
 const ROOT = new URL("../..", import.meta.url).pathname;
 const AGENT = `${ROOT}test/helpers/chaos-uds-agent.ts`;
@@ -78,25 +79,7 @@ async function waitFor(cond: () => boolean, ms = 3000, what = "condition"): Prom
 }
 
 function reqHeaders(id: string, headers: Record<string, string[]> = {}): AgentEvent {
-  return {
-    type: "request_headers",
-    correlationId: id,
-    metadata: {
-      correlationId: id,
-      requestId: `r-${id}`,
-      clientIp: "127.0.0.1",
-      clientPort: 40000,
-      serverName: null,
-      protocol: "HTTP/1.1",
-      tlsVersion: null,
-      routeId: null,
-      upstreamId: null,
-      timestampMs: Date.now(),
-    },
-    method: "GET",
-    uri: "/admin/x",
-    headers,
-  };
+  return requestHeadersEvent(id, { metadata: { requestId: `r-${id}`, clientPort: 40000 }, uri: "/admin/x", headers });
 }
 
 const never = () => new AbortController().signal;

@@ -6,6 +6,7 @@ import { TransportError, type AgentEvent, type AgentTransport, type TransportOpt
 import { serveUds } from "../../sdk/uds-server.ts";
 import { allow, block, setHeader } from "../../sdk/reply.ts";
 import type { AgentHandler, RunningServer } from "../../sdk/types.ts";
+import { requestHeadersEvent } from "../../src/agents/test-events.ts";
 
 let seq = 0;
 const sockPath = () => `/tmp/sentinel-uds-e2e-${process.pid}-${++seq}.sock`;
@@ -38,25 +39,7 @@ async function waitFor(cond: () => boolean, ms = 3000, what = "condition"): Prom
 }
 
 function reqHeaders(id: string, headers: Record<string, string[]> = {}): AgentEvent {
-  return {
-    type: "request_headers",
-    correlationId: id,
-    metadata: {
-      correlationId: id,
-      requestId: `r-${id}`,
-      clientIp: "127.0.0.1",
-      clientPort: 40000,
-      serverName: "example.test",
-      protocol: "HTTP/1.1",
-      tlsVersion: null,
-      routeId: "r",
-      upstreamId: null,
-      timestampMs: Date.now(),
-    },
-    method: "GET",
-    uri: "/x",
-    headers,
-  };
+  return requestHeadersEvent(id, { metadata: { requestId: `r-${id}`, clientPort: 40000, serverName: "example.test", routeId: "r" }, uri: "/x", headers });
 }
 
 const never = () => new AbortController().signal;

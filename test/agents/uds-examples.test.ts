@@ -3,6 +3,7 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { createUdsTransport } from "../../src/agents/uds/client.ts";
 import { createGrpcTransport } from "../../src/agents/grpc/client.ts";
 import type { AgentEvent, AgentTransport, TransportOptions } from "../../src/agents/types.ts";
+import { requestHeadersEvent } from "../../src/agents/test-events.ts";
 
 const ROOT = new URL("../..", import.meta.url).pathname;
 let seq = 0;
@@ -50,25 +51,7 @@ async function waitFor(cond: () => boolean, ms = 3000): Promise<void> {
 }
 
 function reqHeaders(id: string, headers: Record<string, string[]>): AgentEvent {
-  return {
-    type: "request_headers",
-    correlationId: id,
-    metadata: {
-      correlationId: id,
-      requestId: id,
-      clientIp: "127.0.0.1",
-      clientPort: 1,
-      serverName: null,
-      protocol: "HTTP/1.1",
-      tlsVersion: null,
-      routeId: null,
-      upstreamId: null,
-      timestampMs: Date.now(),
-    },
-    method: "GET",
-    uri: "/admin",
-    headers,
-  };
+  return requestHeadersEvent(id, { uri: "/admin", headers });
 }
 const never = () => new AbortController().signal;
 

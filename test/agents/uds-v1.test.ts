@@ -6,6 +6,7 @@ import { createUdsTransport } from "../../src/agents/uds/client.ts";
 import type { AgentEvent, AgentTransport, TransportOptions } from "../../src/agents/types.ts";
 import { serveUds } from "../../sdk/uds-server.ts";
 import { allow } from "../../sdk/reply.ts";
+import { requestHeadersEvent } from "../../src/agents/test-events.ts";
 
 let seq = 0;
 const sockPath = () => `/tmp/sentinel-uds-v1-${process.pid}-${++seq}.sock`;
@@ -151,25 +152,7 @@ async function waitFor(cond: () => boolean, ms = 3000, what = "condition"): Prom
 }
 
 function reqHeaders(id: string, uri = "/x"): AgentEvent {
-  return {
-    type: "request_headers",
-    correlationId: id,
-    metadata: {
-      correlationId: id,
-      requestId: `r-${id}`,
-      clientIp: "127.0.0.1",
-      clientPort: 40000,
-      serverName: null,
-      protocol: "HTTP/1.1",
-      tlsVersion: null,
-      routeId: null,
-      upstreamId: null,
-      timestampMs: Date.now(),
-    },
-    method: "GET",
-    uri,
-    headers: { host: ["a"] },
-  };
+  return requestHeadersEvent(id, { metadata: { requestId: `r-${id}`, clientPort: 40000 }, uri, headers: { host: ["a"] } });
 }
 
 const never = () => new AbortController().signal;

@@ -1,6 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import { encodeEvent, fromBase64Strict, parseControl, parseReply, rfc3339, replyCorrelationId, WireParseError } from "./json.ts";
 import { FrameType } from "./frame.ts";
+import { requestHeadersEvent } from "../test-events.ts";
 
 const cid = (id: string) => ({ audit: { custom: { correlation_id: id } } });
 
@@ -96,25 +97,7 @@ describe("encoding details", () => {
   });
   test("request headers carry the correlation id twice", () => {
     const j = JSON.parse(
-      encodeEvent({
-        type: "request_headers",
-        correlationId: "c-1",
-        metadata: {
-          correlationId: "c-1",
-          requestId: "r",
-          clientIp: "127.0.0.1",
-          clientPort: 1,
-          serverName: null,
-          protocol: "HTTP/1.1",
-          tlsVersion: null,
-          routeId: null,
-          upstreamId: null,
-          timestampMs: 0,
-        },
-        method: "GET",
-        uri: "/",
-        headers: { a: ["1", "2"] },
-      }),
+      encodeEvent(requestHeadersEvent("c-1", { metadata: { requestId: "r", timestampMs: 0 }, headers: { a: ["1", "2"] } })),
     );
     expect(j.correlation_id).toBe("c-1");
     expect(j.metadata.correlation_id).toBe("c-1");
