@@ -13,8 +13,11 @@ export function listGet(list: HeaderList, name: string): string | null {
 }
 
 export function listDelete(list: HeaderList, name: string): void {
-  let w = 0;
-  for (let i = 0; i < list.length; i += 2) {
+  let i = 0;
+  while (i < list.length && list[i] !== name) i += 2;
+  if (i >= list.length) return;
+  let w = i;
+  for (; i < list.length; i += 2) {
     if (list[i] === name) continue;
     if (w !== i) {
       list[w] = list[i]!;

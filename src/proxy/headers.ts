@@ -142,14 +142,16 @@ export function finishUpstreamRequestHeaders(u: UpstreamRequestHeaders, agentOps
   if (policyOps.length === 0) {
     // Agents only: the same operations on the list, with Headers' semantics (lower-case names,
     // values trimmed, `add` joined with ", "), without materialising a Headers object.
-    for (const op of agentOps) if (op.op !== "remove") listDelete(list, op.name.toLowerCase());
-    for (const op of agentOps) {
-      const name = op.name.toLowerCase();
-      if (op.op === "set") listSet(list, name, headerValueNormalized(op.value));
-      else if (op.op === "add") listAppend(list, name, headerValueNormalized(op.value));
-      else listDelete(list, name);
+    const names = agentOps.map((op) => op.name.toLowerCase());
+    for (let i = 0; i < agentOps.length; i++) if (agentOps[i]!.op !== "remove") listDelete(list, names[i]!);
+    for (let i = 0; i < agentOps.length; i++) {
+      const op = agentOps[i]!;
+      if (op.op === "set") listSet(list, names[i]!, headerValueNormalized(op.value));
+      else if (op.op === "add") listAppend(list, names[i]!, headerValueNormalized(op.value));
+      else listDelete(list, names[i]!);
     }
-    for (const [n, v] of u.own) listSet(list, n, v);
+    // The proxy's own headers again, where an operation touched one of them.
+    for (const [n, v] of u.own) if (names.includes(n)) listSet(list, n, v);
     return;
   }
   const h = (u.headers = listToHeaders(list));
