@@ -17,6 +17,7 @@ import { allow, block } from "../../sdk/reply.ts";
 import type { AgentHandler, ReplyInit, RunningServer } from "../../sdk/types.ts";
 import { startAgent, type AgentProcess } from "../helpers/agents.ts";
 import { requestHeadersEvent } from "../../src/agents/test-events.ts";
+import { waitFor as poll } from "../helpers/proxy.ts";
 
 // ---- harness ----------------------------------------------------------------------------------
 
@@ -170,12 +171,10 @@ async function metric(m: MetricLike, labels: Record<string, string>, name?: stri
   return v?.value;
 }
 
+/** Polls every 2 ms; resolves with the milliseconds waited. */
 async function waitFor(cond: () => boolean | Promise<boolean>, ms: number, what: string): Promise<number> {
   const t0 = performance.now();
-  while (!(await cond())) {
-    if (performance.now() - t0 > ms) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await Bun.sleep(2);
-  }
+  await poll(cond, ms, what, 2);
   return performance.now() - t0;
 }
 

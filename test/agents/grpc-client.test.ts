@@ -7,6 +7,7 @@ import { createGrpcTransport } from "../../src/agents/grpc/client.ts";
 import { MAX_GRPC_MESSAGE_BYTES } from "../../src/agents/grpc/map.ts";
 import { TransportError, type AgentEvent, type AgentTransport, type TransportOptions } from "../../src/agents/types.ts";
 import { requestHeadersEvent } from "../../src/agents/test-events.ts";
+import { waitFor as poll } from "../helpers/proxy.ts";
 
 type LogLine = { level: string; msg: string; fields?: Record<string, unknown> };
 
@@ -35,13 +36,7 @@ function transport(port: number, extra: Partial<TransportOptions> = {}): { t: Ag
   return { t, logs };
 }
 
-async function waitFor(cond: () => boolean, ms = 5000, what = "condition"): Promise<void> {
-  const end = performance.now() + ms;
-  while (!cond()) {
-    if (performance.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await Bun.sleep(5);
-  }
-}
+const waitFor = (cond: () => boolean, ms = 5000, what = "condition") => poll(cond, ms, what, 5);
 
 async function connected(t: AgentTransport): Promise<void> {
   t.start();

@@ -30,6 +30,7 @@ import { GrpcAgentTransport, KEEPALIVE_INTERVAL_MS, createGrpcTransport } from "
 import { AgentToProxySchema, ProxyToAgentSchema } from "../../src/gen/zentinel/agent/v2/agent_v2_pb.js";
 import { TransportError, type AgentEvent } from "../../src/agents/types.ts";
 import { requestHeadersEvent } from "../../src/agents/test-events.ts";
+import { waitFor as poll } from "../helpers/proxy.ts";
 
 type Frame = { type: number; flags: number; stream: number; payload: Uint8Array };
 
@@ -224,13 +225,7 @@ function grpcCall(conn: H2Connection, maxReceiveBytes?: number): CallLog {
   return log;
 }
 
-async function until(cond: () => boolean, ms = 3000, what = "condition"): Promise<void> {
-  const end = performance.now() + ms;
-  while (!cond()) {
-    if (performance.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await Bun.sleep(2);
-  }
-}
+const until = (cond: () => boolean, ms = 3000, what = "condition") => poll(cond, ms, what, 2);
 
 const enc = (s: string) => new TextEncoder().encode(s);
 

@@ -9,6 +9,7 @@ import { join } from "node:path";
 import { createGrpcTransport } from "../../src/agents/grpc/client.ts";
 import type { AgentEvent, AgentTransport } from "../../src/agents/types.ts";
 import { requestHeadersEvent } from "../../src/agents/test-events.ts";
+import { waitFor as poll } from "../helpers/proxy.ts";
 
 const root = join(import.meta.dir, "..", "..");
 const nodeBin = Bun.which("node");
@@ -110,13 +111,7 @@ async function startAgent(): Promise<Agent> {
   };
 }
 
-async function waitFor(cond: () => boolean, ms: number, what: string): Promise<void> {
-  const end = performance.now() + ms;
-  while (!cond()) {
-    if (performance.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await Bun.sleep(10);
-  }
-}
+const waitFor = (cond: () => boolean, ms: number, what: string) => poll(cond, ms, what, 10);
 
 function ev(id: string, uri: string): AgentEvent {
   return requestHeadersEvent(id, { uri });

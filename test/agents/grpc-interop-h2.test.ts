@@ -11,6 +11,7 @@ import { join } from "node:path";
 import { createGrpcTransport } from "../../src/agents/grpc/client.ts";
 import { TransportError, type AgentEvent, type AgentTransport, type TransportOptions } from "../../src/agents/types.ts";
 import { requestHeadersEvent } from "../../src/agents/test-events.ts";
+import { waitFor as poll } from "../helpers/proxy.ts";
 
 const root = join(import.meta.dir, "..", "..");
 const nodeBin = Bun.which("node");
@@ -122,13 +123,7 @@ function transport(endpoint: string, extra: Partial<TransportOptions> = {}): { t
   return { t, logs };
 }
 
-async function waitFor(cond: () => boolean, ms = 8000, what = "condition"): Promise<void> {
-  const end = performance.now() + ms;
-  while (!cond()) {
-    if (performance.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await Bun.sleep(10);
-  }
-}
+const waitFor = (cond: () => boolean, ms = 8000, what = "condition") => poll(cond, ms, what, 10);
 
 function ev(id: string, uri = "/"): AgentEvent {
   return requestHeadersEvent(id, { uri, headers: { "x-long": ["v".repeat(3000)] } });

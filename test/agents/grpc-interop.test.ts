@@ -9,6 +9,7 @@ import { createGrpcTransport } from "../../src/agents/grpc/client.ts";
 import { MAX_GRPC_MESSAGE_BYTES } from "../../src/agents/grpc/map.ts";
 import type { AgentEvent, AgentTransport } from "../../src/agents/types.ts";
 import { requestHeadersEvent } from "../../src/agents/test-events.ts";
+import { waitFor } from "../helpers/proxy.ts";
 
 const root = join(import.meta.dir, "..", "..");
 const helper = join(root, "test/helpers/grpcjs-agent.mjs");
@@ -50,11 +51,7 @@ function transport(port: number): AgentTransport {
 
 async function connected(t: AgentTransport): Promise<void> {
   t.start();
-  const end = performance.now() + 10_000;
-  while (!t.isConnected()) {
-    if (performance.now() > end) throw new Error("no handshake with the grpc-js agent");
-    await Bun.sleep(10);
-  }
+  await waitFor(() => t.isConnected(), 10_000, "a handshake with the grpc-js agent", 10);
 }
 
 function ev(id: string, headers: Record<string, string[]> = {}): AgentEvent {

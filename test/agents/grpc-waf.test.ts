@@ -10,6 +10,7 @@ import { createGrpcTransport } from "../../src/agents/grpc/client.ts";
 import type { AgentEvent, AgentReply, AgentTransport } from "../../src/agents/types.ts";
 import type { ReplyInit } from "../../sdk/types.ts";
 import { requestHeadersEvent } from "../../src/agents/test-events.ts";
+import { waitFor } from "../helpers/proxy.ts";
 
 const root = join(import.meta.dir, "..", "..");
 const cleanup: (() => Promise<unknown> | unknown)[] = [];
@@ -151,11 +152,7 @@ function transportTo(endpoint: string, config?: unknown): AgentTransport {
 
 async function ready(t: AgentTransport): Promise<void> {
   t.start();
-  const end = performance.now() + 5000;
-  while (!t.isConnected()) {
-    if (performance.now() > end) throw new Error("not connected");
-    await Bun.sleep(5);
-  }
+  await waitFor(() => t.isConnected(), 5000, "connected", 5);
 }
 
 describe("WAF agent over the wire", () => {

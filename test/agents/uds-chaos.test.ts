@@ -6,6 +6,7 @@ import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createUdsTransport } from "../../src/agents/uds/client.ts";
 import { TransportError, type AgentEvent, type AgentTransport, type TransportOptions } from "../../src/agents/types.ts";
 import { requestHeadersEvent } from "../../src/agents/test-events.ts";
+import { waitFor as poll } from "../helpers/proxy.ts";
 
 const ROOT = new URL("../..", import.meta.url).pathname;
 const AGENT = `${ROOT}test/helpers/chaos-uds-agent.ts`;
@@ -70,13 +71,7 @@ function transport(path: string, over: Partial<TransportOptions> = {}): AgentTra
   return t;
 }
 
-async function waitFor(cond: () => boolean, ms = 3000, what = "condition"): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await Bun.sleep(5);
-  }
-}
+const waitFor = (cond: () => boolean, ms = 3000, what = "condition") => poll(cond, ms, what, 5);
 
 function reqHeaders(id: string, headers: Record<string, string[]> = {}): AgentEvent {
   return requestHeadersEvent(id, { metadata: { requestId: `r-${id}`, clientPort: 40000 }, uri: "/admin/x", headers });

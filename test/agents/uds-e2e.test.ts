@@ -7,6 +7,7 @@ import { serveUds } from "../../sdk/uds-server.ts";
 import { allow, block, setHeader } from "../../sdk/reply.ts";
 import type { AgentHandler, RunningServer } from "../../sdk/types.ts";
 import { requestHeadersEvent } from "../../src/agents/test-events.ts";
+import { waitFor as poll } from "../helpers/proxy.ts";
 
 let seq = 0;
 const sockPath = () => `/tmp/sentinel-uds-e2e-${process.pid}-${++seq}.sock`;
@@ -30,13 +31,7 @@ async function serve(path: string, h: AgentHandler): Promise<RunningServer> {
   return s;
 }
 
-async function waitFor(cond: () => boolean, ms = 3000, what = "condition"): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await Bun.sleep(5);
-  }
-}
+const waitFor = (cond: () => boolean, ms = 3000, what = "condition") => poll(cond, ms, what, 5);
 
 function reqHeaders(id: string, headers: Record<string, string[]> = {}): AgentEvent {
   return requestHeadersEvent(id, { metadata: { requestId: `r-${id}`, clientPort: 40000, serverName: "example.test", routeId: "r" }, uri: "/x", headers });

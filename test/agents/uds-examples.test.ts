@@ -4,6 +4,7 @@ import { createUdsTransport } from "../../src/agents/uds/client.ts";
 import { createGrpcTransport } from "../../src/agents/grpc/client.ts";
 import type { AgentEvent, AgentTransport, TransportOptions } from "../../src/agents/types.ts";
 import { requestHeadersEvent } from "../../src/agents/test-events.ts";
+import { waitFor as poll } from "../helpers/proxy.ts";
 
 const ROOT = new URL("../..", import.meta.url).pathname;
 let seq = 0;
@@ -42,13 +43,7 @@ function transport(path: string, over: Partial<TransportOptions> = {}): AgentTra
   return t;
 }
 
-async function waitFor(cond: () => boolean, ms = 3000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error("timed out");
-    await Bun.sleep(5);
-  }
-}
+const waitFor = (cond: () => boolean, ms = 3000) => poll(cond, ms, "condition", 5);
 
 function reqHeaders(id: string, headers: Record<string, string[]>): AgentEvent {
   return requestHeadersEvent(id, { uri: "/admin", headers });

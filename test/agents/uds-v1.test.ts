@@ -7,6 +7,7 @@ import type { AgentEvent, AgentTransport, TransportOptions } from "../../src/age
 import { serveUds } from "../../sdk/uds-server.ts";
 import { allow } from "../../sdk/reply.ts";
 import { requestHeadersEvent } from "../../src/agents/test-events.ts";
+import { waitFor as poll } from "../helpers/proxy.ts";
 
 let seq = 0;
 const sockPath = () => `/tmp/sentinel-uds-v1-${process.pid}-${++seq}.sock`;
@@ -143,13 +144,7 @@ function transport(path: string, over: Partial<TransportOptions> = {}): AgentTra
   return t as AgentTransport & { framing?: string | null };
 }
 
-async function waitFor(cond: () => boolean, ms = 3000, what = "condition"): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await Bun.sleep(5);
-  }
-}
+const waitFor = (cond: () => boolean, ms = 3000, what = "condition") => poll(cond, ms, what, 5);
 
 function reqHeaders(id: string, uri = "/x"): AgentEvent {
   return requestHeadersEvent(id, { metadata: { requestId: `r-${id}`, clientPort: 40000 }, uri, headers: { host: ["a"] } });
