@@ -309,6 +309,12 @@ export async function startProxy(config: SentinelConfig): Promise<RunningProxy> 
       system: old.config.system,
       observability: { ...result.config.observability, metrics: old.config.observability.metrics },
     };
+    if (trigger === "file change" && restart.length === 0 && strip(next) === strip(old.config)) {
+      // A touch, or a save of the same content: nothing to apply (SIGHUP still reloads, and
+      // reopens the log files, whatever the content).
+      log("debug", "config files changed on disk but the configuration is the same; not reloaded", { trigger });
+      return true;
+    }
 
     let logs: OpenLogs;
     try {

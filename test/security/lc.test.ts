@@ -279,9 +279,7 @@ observability { metrics { enabled #true; address "127.0.0.1:0"; path "/metrics" 
     expect(await count()).toBe(n + 1);
   });
 
-  // Known gap (SECURITY.md): a touch (mtime change, same bytes) is reloaded too. Harmless — the
-  // unchanged pools and agents are reused — but not the catalog's "no reload for an unchanged file".
-  test.failing("LC-06 file-watch reload: touching the file without changing it does not reload", async () => {
+  test("LC-06 file-watch reload: touching the file without changing it does not reload", async () => {
     const dir = tempDir("sentinel-sec-lc06b-");
     const p = await startProxy(versioned("v1", { system: "auto-reload #true" }), { dir });
     procs.push(p);
