@@ -3,46 +3,9 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { startProxy, waitFor, type ProxyProcess } from "./helpers/proxy.ts";
 import { startUpstream, type Upstream } from "./helpers/upstream.ts";
-import { agentTransportKdl, startAgent, type AgentProcess, type Transport } from "./helpers/agents.ts";
+import { agentProxyConfig, agentTransportKdl, hits, metric, startAgent, timed, type AgentProcess, type Transport } from "./helpers/agents.ts";
 import { tempDir } from "./helpers/proxy.ts";
 import { join } from "node:path";
-
-const METRICS = `observability { metrics { enabled #true; address "127.0.0.1:0"; path "/metrics" } }`;
-
-function config(up: Upstream, agentBlocks: string, filters: string, routes: string): string {
-  return `
-system { graceful-shutdown-timeout-secs 2 }
-listeners { listener "main" { address "127.0.0.1:0" } }
-upstreams { upstream "u" { target "${up.address}" } }
-agents {
-${agentBlocks}
-}
-filters {
-${filters}
-}
-routes {
-${routes}
-}
-${METRICS}
-`;
-}
-
-async function metric(proxy: ProxyProcess, name: string, labels: string): Promise<number | undefined> {
-  const text = await (await fetch(proxy.metricsUrl!)).text();
-  const line = text.split("\n").find((l) => l.startsWith(`${name}{`) && l.includes(labels));
-  return line ? Number(line.slice(line.lastIndexOf(" ") + 1)) : undefined;
-}
-
-function hits(up: Upstream, prefix: string): number {
-  return up.requests.filter((r) => r.path.startsWith(prefix)).length;
-}
-
-async function timed(url: string, init?: RequestInit): Promise<{ status: number; ms: number; body: string; headers: Headers }> {
-  const t0 = performance.now();
-  const res = await fetch(url, init);
-  const body = await res.text();
-  return { status: res.status, ms: performance.now() - t0, body, headers: res.headers };
-}
 
 for (const transport of ["uds", "grpc"] as Transport[]) {
   describe(`${transport}: decisions from an SDK agent`, () => {
@@ -53,7 +16,7 @@ for (const transport of ["uds", "grpc"] as Transport[]) {
       up = startUpstream("u");
       agent = await startAgent("sdk", transport);
       proxy = await startProxy(
-        config(
+        agentProxyConfig(
           up,
           `agent "sdk" type="auth" { ${agentTransportKdl(agent)}; events "request_headers" "request_body" "response_headers" "request_complete"; timeout-ms 2000; failure-mode "closed"; max-concurrent-calls 1000; config { mode "test"; level 2 } }`,
           `filter "sdk" { type "agent"; agent "sdk" }`,
@@ -180,7 +143,7 @@ for (const transport of ["uds", "grpc"] as Transport[]) {
         endpointKdl = `unix-socket "${join(dir, "agent.sock")}"`;
       }
       proxy = await startProxy(
-        config(
+        agentProxyConfig(
           up,
           `agent "chaos" { ${endpointKdl}; timeout-ms 200; failure-mode "closed"; max-concurrent-calls 3; circuit-breaker { failure-threshold 1000; success-threshold 1; timeout-seconds 1; half-open-max-requests 1 } }`,
           `filter "closed" { type "agent"; agent "chaos"; failure-mode "closed" }
@@ -287,7 +250,7 @@ route "open" { matches { path-prefix "/open" }; upstream "u"; filters "open" }`,
       up = startUpstream("u");
       agent = await startAgent("chaos", transport, "hang");
       proxy = await startProxy(
-        config(
+        agentProxyConfig(
           up,
           `agent "cb" { ${agentTransportKdl(agent)}; timeout-ms 100; failure-mode "closed"
   circuit-breaker { failure-threshold 3; success-threshold 2; timeout-seconds 1; half-open-max-requests 1 }

@@ -15,12 +15,12 @@ import { join } from "node:path";
 import type { Subprocess } from "bun";
 import { ROOT, startProxy, tempDir, waitFor, type ProxyProcess } from "./helpers/proxy.ts";
 import { startUpstream, type Upstream } from "./helpers/upstream.ts";
+import { agentProxyConfig, hits, metric, timed } from "./helpers/agents.ts";
 
 setDefaultTimeout(30_000);
 const NODE = Bun.which("node");
 const V1_AGENT = join(ROOT, "test/helpers/v1-agent.ts");
 const GRPCJS_AGENT = join(ROOT, "test/helpers/grpcjs-agent.mjs");
-const METRICS = `observability { metrics { enabled #true; address "127.0.0.1:0"; path "/metrics" } }`;
 
 type Json = Record<string, any>;
 
@@ -140,30 +140,6 @@ function dumpLogs(proxy: ProxyProcess | undefined): void {
   for (const l of proxy.logs) if (l.level !== "debug" || process.env.COMPAT_DEBUG === "all") console.error(JSON.stringify(l));
 }
 
-function config(up: Upstream, agents: string, filters: string, routes: string): string {
-  return `
-system { graceful-shutdown-timeout-secs 2 }
-listeners { listener "main" { address "127.0.0.1:0" } }
-upstreams { upstream "u" { target "${up.address}" } }
-agents {
-${agents}
-}
-filters {
-${filters}
-}
-routes {
-${routes}
-}
-${METRICS}
-`;
-}
-
-async function metric(proxy: ProxyProcess, name: string, labels: string): Promise<number | undefined> {
-  const text = await (await fetch(proxy.metricsUrl!)).text();
-  const line = text.split("\n").find((l) => l.startsWith(`${name}{`) && l.includes(labels));
-  return line ? Number(line.slice(line.lastIndexOf(" ") + 1)) : undefined;
-}
-
 /**
  * Wait until the proxy logs "agent connected" for `agent` after log index `mark` (and, with
  * `afterDisconnect`, after an "agent disconnected" that follows `mark`). Waiting on the log rather
@@ -192,17 +168,6 @@ async function restart(proxy: ProxyProcess, agent: TestAgent, id: string, mode: 
   await connectedSince(proxy, id, mark, true);
 }
 
-function hits(up: Upstream, prefix: string): number {
-  return up.requests.filter((r) => r.path.startsWith(prefix)).length;
-}
-
-async function timed(url: string, init?: RequestInit): Promise<{ status: number; ms: number; body: string; headers: Headers }> {
-  const t0 = performance.now();
-  const res = await fetch(url, init);
-  const body = await res.text();
-  return { status: res.status, ms: performance.now() - t0, body, headers: res.headers };
-}
-
 function burst(url: string, n: number) {
   return Promise.all(Array.from({ length: n }, (_, i) => timed(`${url}/${i}`, i % 2 ? { method: "POST", body: "x".repeat(100) } : undefined)));
 }
@@ -222,7 +187,7 @@ for (const v of VARIANTS) {
       agent = await makeAgent(v);
       await agent.start("allow-with-mutations");
       proxy = await startProxy(
-        config(
+        agentProxyConfig(
           up,
           `agent "compat" type="auth" { ${agent.kdl}; events "request_headers" "request_body" "response_headers" "response_body" "request_complete"; timeout-ms 3000; failure-mode "closed"; config { mode "compat"; level 2 } }`,
           `filter "compat" { type "agent"; agent "compat" }`,
@@ -379,7 +344,7 @@ for (const v of VARIANTS) {
         agent = await makeAgent(v);
         await agent.start("allow-with-mutations");
         proxy = await startProxy(
-          config(
+          agentProxyConfig(
             up,
             `agent "compat" { ${agent.kdl}; events "request_headers" "request_body"; timeout-ms 2000; failure-mode "closed" }`,
             `filter "compat" { type "agent"; agent "compat" }`,
@@ -433,7 +398,7 @@ for (const v of VARIANTS) {
       up = startUpstream("u");
       agent = await makeAgent(v); // not started: absent when the proxy starts
       proxy = await startProxy(
-        config(
+        agentProxyConfig(
           up,
           // The breaker is the subject of its own test below; here it must not open.
           `agent "compat" { ${agent.kdl}; timeout-ms 300; failure-mode "closed"; circuit-breaker { failure-threshold 1000; success-threshold 1; timeout-seconds 1; half-open-max-requests 1 } }`,
@@ -512,7 +477,7 @@ route "open" { matches { path-prefix "/open" }; upstream "u"; filters "open" }`,
       agent = await makeAgent(v);
       await agent.start("allow");
       proxy = await startProxy(
-        config(
+        agentProxyConfig(
           up,
           `agent "cb" { ${agent.kdl}; timeout-ms 150; failure-mode "closed"
   circuit-breaker { failure-threshold 3; success-threshold 2; timeout-seconds 1; half-open-max-requests 1 } }`,
@@ -600,7 +565,7 @@ describe("UDS agent whose framing cannot be detected (protocol auto)", () => {
       const socket = join(dir, "bad.sock");
       const server = bad.serve(socket);
       const proxy = await startProxy(
-        config(
+        agentProxyConfig(
           up,
           `agent "mystery" { unix-socket "${socket}"; timeout-ms 1000; failure-mode "closed" }`,
           `filter "closed" { type "agent"; agent "mystery"; failure-mode "closed" }

@@ -2,7 +2,8 @@
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
-import { ROOT, tempDir } from "./proxy.ts";
+import { ROOT, tempDir, type ProxyProcess } from "./proxy.ts";
+import type { Upstream } from "./upstream.ts";
 
 export type Transport = "uds" | "grpc";
 
@@ -104,4 +105,45 @@ export async function startAgent(kind: "sdk" | "chaos", transport: Transport, mo
 /** KDL for an agent block pointing at this process. */
 export function agentTransportKdl(a: AgentProcess): string {
   return a.transport === "uds" ? `unix-socket "${a.endpoint}"` : `grpc "${a.endpoint}"`;
+}
+
+// ---- the proxy side of agent tests --------------------------------------------------------------
+
+/** A proxy config with one listener, upstream "u" at `up`, the given agent, filter and route blocks, and metrics on. */
+export function agentProxyConfig(up: Upstream, agents: string, filters: string, routes: string): string {
+  return `
+system { graceful-shutdown-timeout-secs 2 }
+listeners { listener "main" { address "127.0.0.1:0" } }
+upstreams { upstream "u" { target "${up.address}" } }
+agents {
+${agents}
+}
+filters {
+${filters}
+}
+routes {
+${routes}
+}
+observability { metrics { enabled #true; address "127.0.0.1:0"; path "/metrics" } }
+`;
+}
+
+/** The value of the first series of metric `name` whose label text contains `labels`. */
+export async function metric(proxy: ProxyProcess, name: string, labels: string): Promise<number | undefined> {
+  const text = await (await fetch(proxy.metricsUrl!)).text();
+  const line = text.split("\n").find((l) => l.startsWith(`${name}{`) && l.includes(labels));
+  return line ? Number(line.slice(line.lastIndexOf(" ") + 1)) : undefined;
+}
+
+/** Requests the upstream saw under `prefix`. */
+export function hits(up: Upstream, prefix: string): number {
+  return up.requests.filter((r) => r.path.startsWith(prefix)).length;
+}
+
+/** fetch with the whole body read, and the time it took. */
+export async function timed(url: string, init?: RequestInit): Promise<{ status: number; ms: number; body: string; headers: Headers }> {
+  const t0 = performance.now();
+  const res = await fetch(url, init);
+  const body = await res.text();
+  return { status: res.status, ms: performance.now() - t0, body, headers: res.headers };
 }
