@@ -37,10 +37,34 @@ observability { metrics { enabled #true; address "127.0.0.1:0" } }
     const s = started();
     expect(new Set(s.map((l) => l.pid)).size).toBe(2);
     expect(new Set(s.map((l) => JSON.stringify(l.listeners))).size).toBe(1);
-    // Only worker 1 binds the metrics listener.
-    expect(s.filter((l) => l.metrics !== null).length).toBe(1);
+    // The supervisor binds the metrics listener; the workers do not.
+    expect(s.filter((l) => l.metrics !== null).length).toBe(0);
+    expect(sup.metrics).toMatch(/^http:\/\/127\.0\.0\.1:\d+\/metrics$/);
     const rs = await Promise.all(Array.from({ length: 40 }, () => fetch(proxy.url).then((r) => r.status)));
     expect(rs.every((st) => st === 200)).toBe(true);
+  });
+
+  test("a scrape of the supervisor's metrics listener adds up every worker", async () => {
+    const url = String(proxy.logs.find((l) => l.msg === "sentinel supervisor started")!.metrics);
+    const total = async () => {
+      const text = await (await fetch(url)).text();
+      let n = 0;
+      for (const m of text.matchAll(/^sentinel_requests_total\{[^}]*route="all"[^}]*\} (\d+)/gm)) n += Number(m[1]);
+      return { n, text };
+    };
+    const before = (await total()).n;
+    // New connections each, so that the kernel spreads them over both workers (reusePort hashes
+    // the client port): the total is right only if every worker's count is in the scrape.
+    for (let i = 0; i < 60; i++) {
+      const r = await fetch(proxy.url, { headers: { connection: "close" } });
+      expect(r.status).toBe(200);
+      await r.text();
+    }
+    await waitFor(async () => (await total()).n === before + 60, 5000, "60 more requests counted");
+    const { text } = await total();
+    expect(text).toContain("sentinel_metrics_workers_missing 0");
+    // A gauge aggregated with min: both workers are ready.
+    expect(text).toMatch(/^sentinel_ready 1$/m);
   });
 
   test("SIGHUP reloads every worker", async () => {
@@ -55,6 +79,9 @@ observability { metrics { enabled #true; address "127.0.0.1:0" } }
     await proxy.waitForLog((l) => l.msg === "worker exited; restarting");
     await waitFor(() => started().length >= 3, 10_000, "a replacement worker");
     expect((await fetch(proxy.url)).status).toBe(200);
+    // The replacement serves its metrics on its predecessor's socket path.
+    const url = String(proxy.logs.find((l) => l.msg === "sentinel supervisor started")!.metrics);
+    await waitFor(async () => (await (await fetch(url)).text()).includes("sentinel_metrics_workers_missing 0"), 5000, "both workers in the scrape again");
   });
 
   test("SIGTERM drains the workers, removes the pid-file and exits 0", async () => {

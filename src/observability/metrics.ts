@@ -10,6 +10,7 @@ const histogramBuckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 
 // --- agents ---------------------------------------------------------------------------------
 export const agentHealth = new client.Gauge({
   name: "sentinel_agent_health",
+  aggregator: "min", // across worker processes (src/proxy/workers.ts)
   help: "1 when the agent is connected, passes its health check and its circuit is not open",
   labelNames: ["agent"],
   registers: [registry],
@@ -35,6 +36,7 @@ export const agentErrors = new client.Counter({
 });
 export const agentCircuitState = new client.Gauge({
   name: "sentinel_agent_circuit_state",
+  aggregator: "max", // across worker processes (src/proxy/workers.ts)
   help: "Circuit breaker state: 0 closed, 1 open, 2 half-open",
   labelNames: ["agent"],
   registers: [registry],
@@ -113,6 +115,7 @@ export const upstreamErrors = new client.Counter({
 });
 export const upstreamTargetHealth = new client.Gauge({
   name: "sentinel_upstream_target_healthy",
+  aggregator: "min", // across worker processes (src/proxy/workers.ts)
   help: "1 when the upstream target is in rotation (healthy and not ejected), else 0",
   labelNames: ["upstream", "target"],
   registers: [registry],
@@ -130,6 +133,7 @@ export const rejectedRequests = new client.Counter({
 
 export const ready = new client.Gauge({
   name: "sentinel_ready",
+  aggregator: "min", // across worker processes (src/proxy/workers.ts)
   help: "1 when ready to serve (what the builtin status handler answers with 200), 0 while draining or when a fail-closed agent every route needs is down",
   registers: [registry],
   collect() {
@@ -146,11 +150,13 @@ export const configReloads = new client.Counter({
 });
 export const configLastReloadSuccess = new client.Gauge({
   name: "sentinel_config_last_reload_success_timestamp_seconds",
+  aggregator: "min", // across worker processes (src/proxy/workers.ts)
   help: "Unix time of the last successful configuration load (start-up counts)",
   registers: [registry],
 });
 export const configRestartPending = new client.Gauge({
   name: "sentinel_config_restart_pending",
+  aggregator: "max", // across worker processes (src/proxy/workers.ts)
   help: "1 when the last reloaded configuration changed settings that only a restart applies (listeners, system, metrics listener)",
   registers: [registry],
 });

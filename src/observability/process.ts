@@ -24,11 +24,13 @@ const DEFAULT_COLLECTORS: Collector[] = [
 let started = false;
 const lag = new client.Gauge({
   name: "sentinel_event_loop_lag_seconds",
+  aggregator: "max",
   help: "Delay of a 500 ms timer beyond its deadline (last sample)",
   registers: [registry],
 });
 const lagMax = new client.Gauge({
   name: "sentinel_event_loop_lag_max_seconds",
+  aggregator: "max",
   help: "Largest event loop lag sampled since the previous scrape",
   registers: [registry],
   collect() {
@@ -40,6 +42,7 @@ void lagMax;
 let maxSinceScrape = 0;
 new client.Gauge({
   name: "sentinel_build_info",
+  aggregator: "first",
   help: "Always 1; the version label is the running Sentinel version",
   labelNames: ["version"],
   registers: [registry],

@@ -28,6 +28,7 @@ import { handleRequest, type ProxyState } from "./pipeline.ts";
 import { buildRuntime, startRuntime, stopHealthChecks, type Runtime } from "./runtime.ts";
 import { getLogSinks, setLogSinks, syncRouteSeries } from "./logging.ts";
 import { readiness } from "./builtin.ts";
+import { workerMetricsSocket } from "./workers.ts";
 import { openSockets, websocketHandler } from "./websocket.ts";
 
 export interface RunningProxy {
@@ -121,6 +122,27 @@ function listen(l: ListenerConfig, config: SentinelConfig, state: ProxyState): S
 }
 
 function listenMetrics(config: SentinelConfig): Server<unknown> | undefined {
+  const socket = workerMetricsSocket();
+  if (socket !== null) {
+    // A worker process: its supervisor serves the metrics listener and aggregates (workers.ts).
+    // A worker restarted after a crash finds its predecessor's socket file: replace it.
+    try {
+      unlinkSync(socket);
+    } catch {
+      /* none */
+    }
+    try {
+      return Bun.serve({
+        unix: socket,
+        development: false,
+        fetch: async () => new Response(JSON.stringify(await registry.getMetricsAsJSON()), { headers: { "content-type": "application/json" } }),
+        error: () => new Response("internal error\n", { status: 500 }),
+      });
+    } catch (err) {
+      log("error", "worker metrics socket failed to bind", { socket, error: String((err as Error)?.message ?? err) });
+      return undefined;
+    }
+  }
   const m = config.observability.metrics;
   if (!m || !m.enabled) return undefined;
   try {
@@ -251,7 +273,7 @@ export async function startProxy(config: SentinelConfig): Promise<RunningProxy> 
   const stopProcessMetrics = collectProcessMetrics();
   log("info", "sentinel started", {
     listeners: config.listeners.map((l, i) => `${l.protocol}://${l.host}:${servers[i]!.port}`),
-    metrics: metricsServer ? `http://${config.observability.metrics!.host}:${metricsServer.port}${config.observability.metrics!.path}` : null,
+    metrics: metricsServer && config.observability.metrics ? `http://${config.observability.metrics.host}:${metricsServer.port}${config.observability.metrics.path}` : null,
     routes: config.routes.length,
     agents: config.agents.size,
     upstreams: config.upstreams.size,

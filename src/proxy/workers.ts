@@ -10,20 +10,37 @@
 //     (stopping the others, exit 1) when a worker cannot stay up 2 s five times in a row;
 //   - owns the pid-file; listeners configured with port 0 get one free port chosen up front,
 //     shared by all workers.
-// Per worker, not shared: Prometheus metrics (only worker 1 binds the metrics listener, so a
-// scrape shows worker 1's share of the traffic), circuit breakers, health state and the agent
+// Metrics: the supervisor binds the configured metrics listener and answers a scrape with the
+// aggregate of every worker's registry (src/observability/aggregate.ts), fetched from a Unix
+// socket each worker serves in a private directory (0700) the supervisor creates.
+// Per worker, not shared: circuit breakers, health state, balancing state and the agent
 // connections (every worker connects to every agent).
 //
-// `worker-threads 0` ("one per CPU" in Zentinel) and 1 keep the single-process proxy for now:
-// with per-process metrics, turning every default config into N processes would silently
-// split its counters (see docs/benchmarks.md for the measured scaling).
-import { writeFileSync, unlinkSync } from "node:fs";
+// `worker-threads 0` ("one per CPU" in Zentinel, with shared state) and 1 keep the single-process
+// proxy: our workers are processes whose state is not shared, which every Zentinel sample config
+// written with `worker-threads 0` did not ask for (docs/operations.md, "Worker processes").
+import { mkdtempSync, rmSync, writeFileSync, unlinkSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import type { Subprocess } from "bun";
 import type { SentinelConfig } from "../config/types.ts";
 import { log } from "../observability/log.ts";
+import { aggregateMetrics } from "../observability/aggregate.ts";
 
 const ENV_WORKER = "SENTINEL_WORKER";
 const ENV_PORTS = "SENTINEL_WORKER_PORTS";
+const ENV_METRICS_DIR = "SENTINEL_WORKER_METRICS_DIR";
+
+/** The Unix socket on which worker `index` serves its registry as JSON to the supervisor. */
+function metricsSocketPath(dir: string, index: number): string {
+  return join(dir, `w${index}.sock`);
+}
+
+/** In a worker whose supervisor aggregates metrics: the socket to serve them on, else null. */
+export function workerMetricsSocket(): string | null {
+  const dir = process.env[ENV_METRICS_DIR];
+  return dir && workerIndex() > 0 ? metricsSocketPath(dir, workerIndex()) : null;
+}
 
 export type Role = "single" | "supervisor" | "worker";
 
@@ -46,11 +63,13 @@ export function workerIndex(): number {
 
 /**
  * In a worker: adapt the config before the proxy starts. The pid-file is the supervisor's, the
- * metrics listener is worker 1's, and port-0 listeners use the port the supervisor chose.
+ * metrics listener is the supervisor's (each worker serves its registry on a Unix socket instead),
+ * and port-0 listeners use the port the supervisor chose.
  */
 export function adaptWorkerConfig(config: SentinelConfig): void {
   config.system.pidFile = undefined;
-  if (workerIndex() !== 1) config.observability.metrics = undefined;
+  // The supervisor serves the metrics listener (aggregated); workers serve theirs on a socket.
+  config.observability.metrics = undefined;
   const ports = (process.env[ENV_PORTS] ?? "").split(",").filter(Boolean);
   for (const entry of ports) {
     const [i, port] = entry.split("=").map(Number);
@@ -100,9 +119,11 @@ export function superviseWorkers(config: SentinelConfig): void {
   let stopping = false;
   let failed = false;
   const slots: Slot[] = Array.from({ length: n }, (_, i) => ({ index: i + 1, proc: null, startedAt: 0, quickFailures: 0, backoffMs: 100 }));
+  const metrics = serveAggregatedMetrics(config, slots);
 
   const finish = () => {
     if (slots.some((s) => s.proc !== null)) return;
+    metrics?.close();
     if (pidFile) {
       try {
         unlinkSync(pidFile);
@@ -134,7 +155,7 @@ export function superviseWorkers(config: SentinelConfig): void {
   const spawn = (s: Slot) => {
     s.startedAt = performance.now();
     const proc = Bun.spawn(cmd, {
-      env: { ...process.env, [ENV_WORKER]: String(s.index), [ENV_PORTS]: ports },
+      env: { ...process.env, [ENV_WORKER]: String(s.index), [ENV_PORTS]: ports, ...(metrics ? { [ENV_METRICS_DIR]: metrics.dir } : {}) },
       stdin: "ignore",
       stdout: "inherit",
       stderr: "inherit",
@@ -169,5 +190,56 @@ export function superviseWorkers(config: SentinelConfig): void {
     signalAll("SIGHUP");
   });
   for (const s of slots) spawn(s);
-  log("info", "sentinel supervisor started", { workers: n, pids: slots.map((s) => s.proc?.pid), pid: process.pid });
+  log("info", "sentinel supervisor started", { workers: n, pids: slots.map((s) => s.proc?.pid), pid: process.pid, metrics: metrics?.url || null });
+}
+
+/** Per-worker scrape limit: a worker that does not answer in time is left out of that scrape. */
+const WORKER_SCRAPE_TIMEOUT_MS = 2_000;
+
+/**
+ * The configured metrics listener, in the supervisor: every scrape fetches each running worker's
+ * registry (JSON over its Unix socket) and answers with the aggregate. A worker that is
+ * restarting or does not answer within 2 s is left out (and counted in
+ * sentinel_metrics_workers_missing), so a scrape never hangs on one worker.
+ */
+function serveAggregatedMetrics(config: SentinelConfig, slots: Slot[]): { dir: string; url: string; close(): void } | null {
+  const m = config.observability.metrics;
+  if (!m || !m.enabled) return null;
+  const dir = mkdtempSync(join(tmpdir(), "sentinel-metrics-"));
+  const scrape = async (s: Slot): Promise<unknown[] | null> => {
+    if (s.proc === null) return null;
+    try {
+      const r = await fetch("http://worker/metrics.json", { unix: metricsSocketPath(dir, s.index), signal: AbortSignal.timeout(WORKER_SCRAPE_TIMEOUT_MS) } as RequestInit);
+      return r.ok ? ((await r.json()) as unknown[]) : null;
+    } catch {
+      return null;
+    }
+  };
+  let server: ReturnType<typeof Bun.serve> | null = null;
+  try {
+    server = Bun.serve({
+      hostname: m.host,
+      port: m.port,
+      development: false,
+      fetch: async (req) => {
+        if (new URL(req.url).pathname !== m.path) return new Response("not found\n", { status: 404 });
+        const parts = await Promise.all(slots.map(scrape));
+        const present = parts.filter((p): p is unknown[] => p !== null);
+        const registry = aggregateMetrics(present as never);
+        const missing = `# HELP sentinel_metrics_workers_missing Worker processes left out of this scrape (restarting or not answering).\n# TYPE sentinel_metrics_workers_missing gauge\nsentinel_metrics_workers_missing ${slots.length - present.length}\n`;
+        return new Response((await registry.metrics()) + "\n" + missing, { headers: { "content-type": registry.contentType, "cache-control": "no-store" } });
+      },
+      error: () => new Response("internal error\n", { status: 500 }),
+    });
+  } catch (err) {
+    log("error", "metrics listener failed to bind", { address: m.address, error: String((err as Error)?.message ?? err) });
+  }
+  return {
+    dir,
+    url: server ? `http://${m.host}:${server.port}${m.path}` : "",
+    close() {
+      server?.stop(true);
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
 }
