@@ -40,6 +40,7 @@ import {
 } from "../../src/agents/grpc/map.ts";
 import { PushQueue } from "../../src/agents/grpc/queue.ts";
 import { allowReply, type AgentReply, type HeaderOp } from "../../src/agents/types.ts";
+import { pong } from "./agent-wire.ts";
 
 function arg(name: string): string | undefined {
   const i = process.argv.indexOf(name);
@@ -133,16 +134,6 @@ async function decide(msg: ProxyToAgent): Promise<AgentToProxy | null> {
     default:
       return answer(reply);
   }
-}
-
-function pong(msg: Extract<ProxyToAgent["message"], { case: "ping" }>["value"]): AgentToProxy {
-  return {
-    $typeName: "zentinel.agent.v2.AgentToProxy",
-    message: {
-      case: "pong",
-      value: { $typeName: "zentinel.agent.v2.Pong", sequence: msg.sequence, pingTimestampMs: msg.timestampMs, timestampMs: BigInt(Date.now()) },
-    },
-  };
 }
 
 function processStream(requests: AsyncIterable<ProxyToAgent>, ctx: HandlerContext): AsyncIterable<AgentToProxy> {

@@ -34,6 +34,7 @@
 //   no-handshake          never answer the handshake (silence)
 //   handshake-delay:<ms>  answer the handshake after <ms>, then behave like allow
 import { appendFileSync, existsSync, lstatSync, readFileSync, unlinkSync } from "node:fs";
+import { flush, frame, readFrames, write } from "./agent-wire.ts";
 
 function arg(name: string): string | undefined {
   const i = process.argv.indexOf(`--${name}`);
@@ -53,15 +54,6 @@ process.on("SIGUSR1", () => {
     process.stderr.write(`chaos agent: cannot read ${modeFile}: ${e}\n`);
   }
 });
-
-function frame(type: number, payload: string | Uint8Array): Buffer {
-  const p = typeof payload === "string" ? Buffer.from(payload, "utf8") : Buffer.from(payload);
-  const b = Buffer.alloc(5 + p.length);
-  b.writeUInt32BE(p.length + 1, 0);
-  b[4] = type;
-  p.copy(b, 5);
-  return b;
-}
 
 function answer(id: string, decision: unknown = "allow", extra: Record<string, unknown> = {}): Buffer {
   return frame(
@@ -127,32 +119,6 @@ interface Conn {
   closed: boolean;
 }
 type Sock = import("bun").Socket<Conn>;
-
-function write(s: Sock, b: Buffer): void {
-  const c = s.data;
-  if (c.closed) return;
-  if (c.backlog.length > 0) {
-    c.backlog.push(b);
-    return;
-  }
-  const n = s.write(b);
-  if (n < 0) return;
-  if (n < b.length) c.backlog.push(b.subarray(n));
-}
-
-function flush(s: Sock): void {
-  const c = s.data;
-  while (c.backlog.length > 0) {
-    const b = c.backlog[0]!;
-    const n = s.write(b);
-    if (n < 0) return;
-    if (n < b.length) {
-      c.backlog[0] = b.subarray(n);
-      return;
-    }
-    c.backlog.shift();
-  }
-}
 
 const rid = () => `unknown-${Math.random().toString(36).slice(2)}`;
 
@@ -302,16 +268,7 @@ Bun.listen<Conn>({
       s.data = { buf: Buffer.alloc(0), handshaken: false, held: [], backlog: [], flood: null, closed: false };
     },
     data(s, chunk) {
-      const c = s.data;
-      c.buf = c.buf.length === 0 ? Buffer.from(chunk) : Buffer.concat([c.buf, chunk]);
-      while (c.buf.length >= 5) {
-        const len = c.buf.readUInt32BE(0);
-        if (c.buf.length < 4 + len) break;
-        const type = c.buf[4]!;
-        const payload = c.buf.subarray(5, 4 + len);
-        c.buf = c.buf.subarray(4 + len);
-        onFrame(s, type, payload);
-      }
+      readFrames(s.data, chunk, (type, payload) => onFrame(s, type, payload));
     },
     drain(s) {
       flush(s);

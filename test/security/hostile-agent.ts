@@ -36,6 +36,7 @@ import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { AgentServiceV2, type AgentToProxy, type ProxyToAgent } from "../../src/gen/zentinel/agent/v2/agent_v2_pb.ts";
 import { correlationIdOf, eventFromProto, handshakeResponseToProto, replyToProto, responseEnvelope } from "../../src/agents/grpc/map.ts";
 import { allowReply, type AgentReply, type Decision, type HeaderOp } from "../../src/agents/types.ts";
+import { flush, frame, pong, readFrames, write } from "../helpers/agent-wire.ts";
 
 const arg = (n: string) => {
   const i = process.argv.indexOf(`--${n}`);
@@ -154,15 +155,6 @@ function track<T>(p: Promise<T>): Promise<T> {
 
 // ------------------------------------------------------------------------------ UDS (v2 framing)
 
-function frame(type: number, payload: string | Uint8Array): Buffer {
-  const p = typeof payload === "string" ? Buffer.from(payload, "utf8") : Buffer.from(payload);
-  const b = Buffer.alloc(5 + p.length);
-  b.writeUInt32BE(p.length + 1, 0);
-  b[4] = type;
-  p.copy(b, 5);
-  return b;
-}
-
 function decisionJson(d: Decision): unknown {
   switch (d.kind) {
     case "allow":
@@ -238,31 +230,6 @@ interface Conn {
 }
 type Sock = import("bun").Socket<Conn>;
 const udsConns = new Set<Sock>();
-
-function write(s: Sock, b: Buffer): void {
-  const c = s.data;
-  if (c.closed) return;
-  if (c.backlog.length > 0) {
-    c.backlog.push(b);
-    return;
-  }
-  const n = s.write(b);
-  if (n >= 0 && n < b.length) c.backlog.push(b.subarray(n));
-}
-
-function flush(s: Sock): void {
-  const c = s.data;
-  while (c.backlog.length > 0) {
-    const b = c.backlog[0]!;
-    const n = s.write(b);
-    if (n < 0) return;
-    if (n < b.length) {
-      c.backlog[0] = b.subarray(n);
-      return;
-    }
-    c.backlog.shift();
-  }
-}
 
 function udsRaw(s: Sock, name: string, r: AgentReply): void {
   const id = r.correlationId;
@@ -368,16 +335,7 @@ async function serveUds(path: string): Promise<string> {
         stats.connections++;
       },
       data(s, chunk) {
-        const c = s.data;
-        c.buf = c.buf.length === 0 ? Buffer.from(chunk) : Buffer.concat([c.buf, chunk]);
-        while (c.buf.length >= 5) {
-          const len = c.buf.readUInt32BE(0);
-          if (c.buf.length < 4 + len) break;
-          const type = c.buf[4]!;
-          const payload = c.buf.subarray(5, 4 + len);
-          c.buf = c.buf.subarray(4 + len);
-          udsFrame(s, type, payload);
-        }
+        readFrames(s.data, chunk, (type, payload) => udsFrame(s, type, payload));
       },
       drain(s) {
         flush(s);
@@ -434,13 +392,6 @@ class OutQueue {
   }
 }
 const grpcStreams = new Set<OutQueue>();
-
-function pong(msg: Extract<ProxyToAgent["message"], { case: "ping" }>["value"]): AgentToProxy {
-  return {
-    $typeName: "zentinel.agent.v2.AgentToProxy",
-    message: { case: "pong", value: { $typeName: "zentinel.agent.v2.Pong", sequence: msg.sequence, pingTimestampMs: msg.timestampMs, timestampMs: BigInt(Date.now()) } },
-  };
-}
 
 const answer = (r: AgentReply) => responseEnvelope(replyToProto(r));
 
