@@ -2,31 +2,19 @@ import { describe, expect, test } from "bun:test";
 import type { AgentConfig } from "../config/types.ts";
 import type { Agent } from "./agent.ts";
 import { createAgentRegistry, deepEqual, sameAgentConfig } from "./registry.ts";
+import { testAgentConfig } from "./test-events.ts";
 
 function cfg(id: string, over: Partial<AgentConfig> = {}): AgentConfig {
-  return {
-    id,
-    type: "auth",
-    transport: { kind: "uds", address: `/tmp/${id}.sock`, protocol: "v2" },
+  return testAgentConfig(id, {
     events: ["request_headers"],
-    timeoutMs: 1000,
     connectTimeoutMs: 5000,
-    failureMode: "closed",
     failureModeExplicit: false,
-    retry: { attempts: 0, backoffMs: 10 },
     healthCheck: { enabled: true, intervalMs: 10000, timeoutMs: 100, healthyThreshold: 2, unhealthyThreshold: 3 },
-    circuitBreaker: { failureThreshold: 5, successThreshold: 2, timeoutMs: 30000, halfOpenMaxRequests: 1 },
-    maxRequestBodyBytes: 1 << 20,
-    maxResponseBodyBytes: 1 << 20,
-    requestBodyMode: { kind: "buffer" },
-    responseBodyMode: { kind: "buffer" },
-    chunkTimeoutMs: 5000,
-    maxConcurrentCalls: 100,
     connections: 4,
     config: { rules: ["a", "b"], level: 2 },
     loc: { file: "a.kdl", line: 1, col: 1 },
     ...over,
-  };
+  });
 }
 
 /** A stub Agent that records lifecycle calls (the registry logic does not depend on transports). */

@@ -13,7 +13,7 @@ import { serveUds } from "../../sdk/uds-server.ts";
 import { serveGrpc } from "../../sdk/grpc-server.ts";
 import { allow } from "../../sdk/reply.ts";
 import type { AgentHandler, ReplyInit, RunningServer } from "../../sdk/types.ts";
-import { requestHeadersEvent } from "./test-events.ts";
+import { requestHeadersEvent, testAgentConfig } from "./test-events.ts";
 
 let seq = 0;
 const uid = (p: string) => `${p}-${process.pid}-${++seq}`;
@@ -27,28 +27,7 @@ beforeAll(() => setLogLevel("error"));
 afterAll(() => setLogLevel("info"));
 
 function config(id: string, transport: AgentConfig["transport"], over: Partial<AgentConfig> = {}): AgentConfig {
-  return {
-    id,
-    type: "auth",
-    transport,
-    events: ["request_headers", "request_complete"],
-    timeoutMs: 1000,
-    connectTimeoutMs: 1000,
-    failureMode: "closed",
-    failureModeExplicit: true,
-    retry: { attempts: 0, backoffMs: 10 },
-    healthCheck: { enabled: false, intervalMs: 10000, timeoutMs: 100, healthyThreshold: 2, unhealthyThreshold: 3 },
-    circuitBreaker: { failureThreshold: 5, successThreshold: 2, timeoutMs: 30000, halfOpenMaxRequests: 1 },
-    maxRequestBodyBytes: 1 << 20,
-    maxResponseBodyBytes: 1 << 20,
-    requestBodyMode: { kind: "buffer" },
-    responseBodyMode: { kind: "buffer" },
-    chunkTimeoutMs: 5000,
-    maxConcurrentCalls: 1000,
-    connections: 2,
-    loc: { file: "test.kdl", line: 1, col: 1 },
-    ...over,
-  };
+  return testAgentConfig(id, { transport, maxConcurrentCalls: 1000, ...over });
 }
 
 /** One replica: an SDK agent that records the correlation ids it saw. */

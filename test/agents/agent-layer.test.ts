@@ -16,7 +16,7 @@ import { serveGrpc } from "../../sdk/grpc-server.ts";
 import { allow, block } from "../../sdk/reply.ts";
 import type { AgentHandler, ReplyInit, RunningServer } from "../../sdk/types.ts";
 import { startAgent, type AgentProcess } from "../helpers/agents.ts";
-import { requestHeadersEvent } from "../../src/agents/test-events.ts";
+import { requestHeadersEvent, testAgentConfig } from "../../src/agents/test-events.ts";
 import { waitFor as poll } from "../helpers/proxy.ts";
 
 // ---- harness ----------------------------------------------------------------------------------
@@ -34,28 +34,7 @@ beforeAll(() => setLogLevel("error"));
 afterAll(() => setLogLevel("info"));
 
 function config(id: string, address: string, over: Partial<AgentConfig> = {}): AgentConfig {
-  return {
-    id,
-    type: "auth",
-    transport: { kind: "uds", address, protocol: "v2" },
-    events: ["request_headers", "request_complete"],
-    timeoutMs: 1000,
-    connectTimeoutMs: 1000,
-    failureMode: "closed",
-    failureModeExplicit: true,
-    retry: { attempts: 0, backoffMs: 10 },
-    healthCheck: { enabled: false, intervalMs: 10000, timeoutMs: 100, healthyThreshold: 2, unhealthyThreshold: 3 },
-    circuitBreaker: { failureThreshold: 5, successThreshold: 2, timeoutMs: 30000, halfOpenMaxRequests: 1 },
-    maxRequestBodyBytes: 1 << 20,
-    maxResponseBodyBytes: 1 << 20,
-    requestBodyMode: { kind: "buffer" },
-    responseBodyMode: { kind: "buffer" },
-    chunkTimeoutMs: 5000,
-    maxConcurrentCalls: 100,
-    connections: 2,
-    loc: { file: "test.kdl", line: 1, col: 1 },
-    ...over,
-  };
+  return testAgentConfig(id, { transport: { kind: "uds", address, protocol: "v2" }, ...over });
 }
 
 type Mode = { kind: "allow" } | { kind: "block"; status: number } | { kind: "delay"; ms: number } | { kind: "hang" };
