@@ -21,6 +21,7 @@ import {
 import { armConnectionTimer, checkRequestHead, guardRequestBody, guardResponseBody, inFlightIdleSecs, keepAliveIdleSecs } from "./limits.ts";
 import { acceptTraceId, newTraceId } from "./ids.ts";
 import { normalizePath } from "../routing/normalize.ts";
+import type { HeaderOp } from "../agents/types.ts";
 import type { MatchInput } from "../routing/router.ts";
 import type { Runtime } from "./runtime.ts";
 import { forward, releaseTarget, type UpstreamResponse } from "../upstreams/forward.ts";
@@ -149,6 +150,8 @@ function route(ctx: RequestContext): RouteConfig | undefined {
   return fallback ? rt.router.byId.get(fallback) : undefined;
 }
 
+const NO_HEADER_OPS: readonly HeaderOp[] = [];
+
 /** Phase 3 — request filter: request-header agents, policies, request body limits and agents. */
 async function requestFilter(ctx: RequestContext): Promise<{ response?: Response; body: ReadableStream<Uint8Array> | Uint8Array | null }> {
   const plan = ctx.plan!;
@@ -161,7 +164,8 @@ async function requestFilter(ctx: RequestContext): Promise<{ response?: Response
   });
   ctx.upstreamHeaders = upstream;
 
-  const verdict = await requestHeadersPhase(ctx);
+  // (No await when no agent is subscribed: each await is a microtask turn on the hot path.)
+  const verdict = plan.requestHeadersAgents.length === 0 ? NO_HEADER_OPS : await requestHeadersPhase(ctx);
   if (verdict instanceof Response) return { response: verdict, body: null };
   finishUpstreamRequestHeaders(upstream, verdict, plan.requestHeaderOps);
 
@@ -267,7 +271,7 @@ async function responseFilter(ctx: RequestContext, upstream: UpstreamResponse): 
   applyDeferredResponseOps(ctx, headers);
   applyPolicyOps(headers, plan.responseHeaderOps);
 
-  const denied = await responseHeadersPhase(ctx, upstream.status, headers);
+  const denied = plan.responseHeadersAgents.length === 0 ? undefined : await responseHeadersPhase(ctx, upstream.status, headers);
   if (denied) {
     cancel(upstream.body);
     return denied;

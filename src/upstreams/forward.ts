@@ -210,7 +210,7 @@ export async function forward(input: ForwardInput): Promise<ForwardResult & { at
       break;
     }
     tried.push(target);
-    const result = await attempt(input, target, input.body);
+    const result = await (input.pool.config.tls ? attempt(input, target, input.body) : attemptH1(input, target, input.body));
     last = result;
     if (result.ok) {
       input.pool.report(target, result.response.status < 500);
