@@ -3,14 +3,12 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { existsSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createGrpcTransport } from "../../src/agents/grpc/client.ts";
 import { TransportError, type AgentEvent, type AgentTransport, type TransportOptions } from "../../src/agents/types.ts";
 import { requestHeadersEvent } from "../../src/agents/test-events.ts";
 import { waitFor as poll } from "../helpers/proxy.ts";
+import { connected, grpcTransport, type LogLine } from "../helpers/agents.ts";
 
 const root = join(import.meta.dir, "..", "..");
-type LogLine = { level: string; msg: string; fields?: Record<string, unknown> };
-
 const cleanup: (() => Promise<unknown> | unknown)[] = [];
 afterEach(async () => {
   while (cleanup.length) await cleanup.pop()!();
@@ -60,26 +58,9 @@ async function startChaos(mode: string): Promise<Chaos> {
   };
 }
 
-function transport(port: number, extra: Partial<TransportOptions> = {}): { t: AgentTransport; logs: LogLine[] } {
-  const logs: LogLine[] = [];
-  const t = createGrpcTransport({
-    endpoint: `http://127.0.0.1:${port}`,
-    connectTimeoutMs: 2000,
-    connections: 1,
-    proxyVersion: "0.1.0-test",
-    log: (level, msg, fields) => logs.push({ level, msg, fields }),
-    ...extra,
-  });
-  cleanup.push(() => t.close());
-  return { t, logs };
-}
+const transport = (port: number, extra: Partial<TransportOptions> = {}) => grpcTransport(port, cleanup, extra);
 
 const waitFor = (cond: () => boolean, ms = 5000, what = "condition") => poll(cond, ms, what, 5);
-
-async function connected(t: AgentTransport): Promise<void> {
-  t.start();
-  await waitFor(() => t.isConnected(), 5000, "handshake");
-}
 
 function ev(id: string, headers: Record<string, string[]> = {}): AgentEvent {
   return requestHeadersEvent(id, { metadata: { requestId: "rid" }, headers });

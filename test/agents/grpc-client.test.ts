@@ -3,13 +3,11 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { createServer } from "node:net";
 import { serveGrpc } from "../../sdk/grpc-server.ts";
 import type { AgentHandler, RunningServer } from "../../sdk/types.ts";
-import { createGrpcTransport } from "../../src/agents/grpc/client.ts";
 import { MAX_GRPC_MESSAGE_BYTES } from "../../src/agents/grpc/map.ts";
 import { TransportError, type AgentEvent, type AgentTransport, type TransportOptions } from "../../src/agents/types.ts";
 import { requestHeadersEvent } from "../../src/agents/test-events.ts";
 import { waitFor as poll } from "../helpers/proxy.ts";
-
-type LogLine = { level: string; msg: string; fields?: Record<string, unknown> };
+import { connected, grpcTransport, type LogLine } from "../helpers/agents.ts";
 
 const cleanup: (() => Promise<unknown> | unknown)[] = [];
 afterEach(async () => {
@@ -22,26 +20,9 @@ async function serve(handler: AgentHandler, address = "127.0.0.1:0"): Promise<Ru
   return s;
 }
 
-function transport(port: number, extra: Partial<TransportOptions> = {}): { t: AgentTransport; logs: LogLine[] } {
-  const logs: LogLine[] = [];
-  const t = createGrpcTransport({
-    endpoint: `http://127.0.0.1:${port}`,
-    connectTimeoutMs: 2000,
-    connections: 1,
-    proxyVersion: "0.1.0-test",
-    log: (level, msg, fields) => logs.push({ level, msg, fields }),
-    ...extra,
-  });
-  cleanup.push(() => t.close());
-  return { t, logs };
-}
+const transport = (port: number, extra: Partial<TransportOptions> = {}) => grpcTransport(port, cleanup, extra);
 
 const waitFor = (cond: () => boolean, ms = 5000, what = "condition") => poll(cond, ms, what, 5);
-
-async function connected(t: AgentTransport): Promise<void> {
-  t.start();
-  await waitFor(() => t.isConnected(), 5000, "handshake");
-}
 
 function reqHeaders(id: string, headers: Record<string, string[]> = {}, uri = "/"): AgentEvent {
   return requestHeadersEvent(id, { metadata: { requestId: "rid-" + id, clientPort: 40000, serverName: "example.test", routeId: "r" }, uri, headers });

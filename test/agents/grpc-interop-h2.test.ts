@@ -8,10 +8,10 @@ import { spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createGrpcTransport } from "../../src/agents/grpc/client.ts";
 import { TransportError, type AgentEvent, type AgentTransport, type TransportOptions } from "../../src/agents/types.ts";
 import { requestHeadersEvent } from "../../src/agents/test-events.ts";
 import { waitFor as poll } from "../helpers/proxy.ts";
+import { grpcTransport } from "../helpers/agents.ts";
 
 const root = join(import.meta.dir, "..", "..");
 const nodeBin = Bun.which("node");
@@ -106,21 +106,10 @@ async function startServer(env: Record<string, string> = {}): Promise<number> {
   return Number(/LISTENING (\d+)/.exec(text)![1]);
 }
 
-type LogLine = { level: string; msg: string; fields?: Record<string, unknown> };
-
-function transport(endpoint: string, extra: Partial<TransportOptions> = {}): { t: AgentTransport; logs: LogLine[] } {
-  const logs: LogLine[] = [];
-  const t = createGrpcTransport({
-    endpoint,
-    connectTimeoutMs: 3000,
-    connections: 1,
-    proxyVersion: "test",
-    log: (level, msg, fields) => logs.push({ level, msg, fields }),
-    ...extra,
-  });
-  cleanup.push(() => t.close());
-  t.start();
-  return { t, logs };
+function transport(endpoint: string, extra: Partial<TransportOptions> = {}) {
+  const r = grpcTransport(endpoint, cleanup, { connectTimeoutMs: 3000, proxyVersion: "test", ...extra });
+  r.t.start();
+  return r;
 }
 
 const waitFor = (cond: () => boolean, ms = 8000, what = "condition") => poll(cond, ms, what, 10);

@@ -9,7 +9,7 @@ import { createGrpcTransport } from "../../src/agents/grpc/client.ts";
 import { MAX_GRPC_MESSAGE_BYTES } from "../../src/agents/grpc/map.ts";
 import type { AgentEvent, AgentTransport } from "../../src/agents/types.ts";
 import { requestHeadersEvent } from "../../src/agents/test-events.ts";
-import { waitFor } from "../helpers/proxy.ts";
+import { connected as connectedWithin } from "../helpers/agents.ts";
 
 const root = join(import.meta.dir, "..", "..");
 const helper = join(root, "test/helpers/grpcjs-agent.mjs");
@@ -49,10 +49,7 @@ function transport(port: number): AgentTransport {
   return t;
 }
 
-async function connected(t: AgentTransport): Promise<void> {
-  t.start();
-  await waitFor(() => t.isConnected(), 10_000, "a handshake with the grpc-js agent", 10);
-}
+const connected = (t: AgentTransport) => connectedWithin(t, 10_000, "a handshake with the grpc-js agent", 10);
 
 function ev(id: string, headers: Record<string, string[]> = {}): AgentEvent {
   return requestHeadersEvent(id, { metadata: { requestId: "rid" }, headers });

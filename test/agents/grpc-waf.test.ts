@@ -10,7 +10,7 @@ import { createGrpcTransport } from "../../src/agents/grpc/client.ts";
 import type { AgentEvent, AgentReply, AgentTransport } from "../../src/agents/types.ts";
 import type { ReplyInit } from "../../sdk/types.ts";
 import { requestHeadersEvent } from "../../src/agents/test-events.ts";
-import { waitFor } from "../helpers/proxy.ts";
+import { connected } from "../helpers/agents.ts";
 
 const root = join(import.meta.dir, "..", "..");
 const cleanup: (() => Promise<unknown> | unknown)[] = [];
@@ -150,10 +150,7 @@ function transportTo(endpoint: string, config?: unknown): AgentTransport {
   return t;
 }
 
-async function ready(t: AgentTransport): Promise<void> {
-  t.start();
-  await waitFor(() => t.isConnected(), 5000, "connected", 5);
-}
+const ready = (t: AgentTransport) => connected(t, 5000, "connected", 5);
 
 describe("WAF agent over the wire", () => {
   test("gRPC: config in the handshake, block with audit, allow, body", async () => {

@@ -2,7 +2,9 @@
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
-import { ROOT, tempDir, type ProxyProcess } from "./proxy.ts";
+import { createGrpcTransport } from "../../src/agents/grpc/client.ts";
+import type { AgentTransport, TransportOptions } from "../../src/agents/types.ts";
+import { ROOT, tempDir, waitFor, type ProxyProcess } from "./proxy.ts";
 import type { Upstream } from "./upstream.ts";
 
 export type Transport = "uds" | "grpc";
@@ -146,4 +148,32 @@ export async function timed(url: string, init?: RequestInit): Promise<{ status: 
   const res = await fetch(url, init);
   const body = await res.text();
   return { status: res.status, ms: performance.now() - t0, body, headers: res.headers };
+}
+
+// ---- transports in-process, for the agent tests under test/agents/ -----------------------------
+
+export type LogLine = { level: string; msg: string; fields?: Record<string, unknown> };
+
+/**
+ * A gRPC transport (not started) to `endpoint`, or to http://127.0.0.1:<port>, with 1 connection,
+ * a 2 s connect timeout and its log lines collected in `logs`; `cleanup` gets its close.
+ */
+export function grpcTransport(endpoint: string | number, cleanup: Array<() => unknown>, extra: Partial<TransportOptions> = {}): { t: AgentTransport; logs: LogLine[] } {
+  const logs: LogLine[] = [];
+  const t = createGrpcTransport({
+    endpoint: typeof endpoint === "number" ? `http://127.0.0.1:${endpoint}` : endpoint,
+    connectTimeoutMs: 2000,
+    connections: 1,
+    proxyVersion: "0.1.0-test",
+    log: (level, msg, fields) => logs.push({ level, msg, fields }),
+    ...extra,
+  });
+  cleanup.push(() => t.close());
+  return { t, logs };
+}
+
+/** Start `t` and wait (polling every `everyMs`) until it is connected. */
+export async function connected(t: AgentTransport, ms = 5000, what = "handshake", everyMs = 5): Promise<void> {
+  t.start();
+  await waitFor(() => t.isConnected(), ms, what, everyMs);
 }
