@@ -13,6 +13,34 @@ export function frame(type: number, payload: string | Uint8Array): Buffer {
   return b;
 }
 
+/** The JSON of a successful v2 handshake answer for a UDS agent (JSON encoding, no extra features). */
+export function handshakeJson(agentId: string, name: string, concurrency: number): string {
+  return JSON.stringify({
+    protocol_version: 2,
+    capabilities: {
+      agent_id: agentId,
+      name,
+      version: "0.0.1",
+      supported_events: [1, 2, 3, 4, 5, 8],
+      features: {
+        streaming_body: true,
+        websocket: false,
+        guardrails: false,
+        config_push: false,
+        metrics_export: false,
+        concurrent_requests: concurrency,
+        cancellation: false,
+        flow_control: false,
+        health_reporting: false,
+      },
+      limits: { max_body_size: 10485760, max_concurrency: concurrency, preferred_chunk_size: 65536 },
+    },
+    success: true,
+    error: null,
+    encoding: "json",
+  });
+}
+
 /** Per-connection state the helpers below need: unparsed input, unsent output. */
 export interface FramedConn {
   buf: Buffer;

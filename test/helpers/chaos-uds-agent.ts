@@ -34,7 +34,7 @@
 //   no-handshake          never answer the handshake (silence)
 //   handshake-delay:<ms>  answer the handshake after <ms>, then behave like allow
 import { appendFileSync, existsSync, lstatSync, readFileSync, unlinkSync } from "node:fs";
-import { flush, frame, readFrames, write } from "./agent-wire.ts";
+import { flush, frame, handshakeJson, readFrames, write } from "./agent-wire.ts";
 
 function arg(name: string): string | undefined {
   const i = process.argv.indexOf(`--${name}`);
@@ -74,30 +74,7 @@ function answer(id: string, decision: unknown = "allow", extra: Record<string, u
   );
 }
 
-const handshakeOk = JSON.stringify({
-  protocol_version: 2,
-  capabilities: {
-    agent_id: "chaos",
-    name: "Chaos agent",
-    version: "0.0.1",
-    supported_events: [1, 2, 3, 4, 5, 8],
-    features: {
-      streaming_body: true,
-      websocket: false,
-      guardrails: false,
-      config_push: false,
-      metrics_export: false,
-      concurrent_requests: 100,
-      cancellation: false,
-      flow_control: false,
-      health_reporting: false,
-    },
-    limits: { max_body_size: 10485760, max_concurrency: 100, preferred_chunk_size: 65536 },
-  },
-  success: true,
-  error: null,
-  encoding: "json",
-});
+const handshakeOk = handshakeJson("chaos", "Chaos agent", 100);
 
 const EVENT_NAMES: Record<number, string> = {
   0x10: "request_headers",

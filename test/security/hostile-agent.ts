@@ -36,7 +36,7 @@ import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { AgentServiceV2, type AgentToProxy, type ProxyToAgent } from "../../src/gen/zentinel/agent/v2/agent_v2_pb.ts";
 import { correlationIdOf, eventFromProto, handshakeResponseToProto, replyToProto, responseEnvelope } from "../../src/agents/grpc/map.ts";
 import { allowReply, type AgentReply, type Decision, type HeaderOp } from "../../src/agents/types.ts";
-import { flush, frame, pong, readFrames, write } from "../helpers/agent-wire.ts";
+import { flush, frame, handshakeJson, pong, readFrames, write } from "../helpers/agent-wire.ts";
 
 const arg = (n: string) => {
   const i = process.argv.indexOf(`--${n}`);
@@ -188,30 +188,7 @@ function replyFrame(r: AgentReply): Buffer {
   );
 }
 
-const HANDSHAKE = JSON.stringify({
-  protocol_version: 2,
-  capabilities: {
-    agent_id: "hostile",
-    name: "hostile security-suite agent",
-    version: "0.0.1",
-    supported_events: [1, 2, 3, 4, 5, 8],
-    features: {
-      streaming_body: true,
-      websocket: false,
-      guardrails: false,
-      config_push: false,
-      metrics_export: false,
-      concurrent_requests: 1000,
-      cancellation: false,
-      flow_control: false,
-      health_reporting: false,
-    },
-    limits: { max_body_size: 10485760, max_concurrency: 1000, preferred_chunk_size: 65536 },
-  },
-  success: true,
-  error: null,
-  encoding: "json",
-});
+const HANDSHAKE = handshakeJson("hostile", "hostile security-suite agent", 1000);
 
 const EVENT_NAMES: Record<number, string> = {
   0x10: "request_headers",
