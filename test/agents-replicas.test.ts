@@ -16,6 +16,7 @@ import { join } from "node:path";
 import type { Subprocess } from "bun";
 import { ROOT, startProxy, tempDir, waitFor, type ProxyProcess } from "./helpers/proxy.ts";
 import { startUpstream, type Upstream } from "./helpers/upstream.ts";
+import { readyLine } from "./helpers/agents.ts";
 
 const SDK_AGENT = join(ROOT, "test/helpers/sdk-agent.ts");
 
@@ -30,23 +31,8 @@ interface Replica {
   restart(): Promise<void>;
 }
 
-async function readyPort(proc: Subprocess<"ignore", "pipe", "inherit">, timeoutMs = 10_000): Promise<number> {
-  const reader = proc.stdout.getReader();
-  const dec = new TextDecoder();
-  let buf = "";
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    const r = await Promise.race([reader.read(), Bun.sleep(deadline - Date.now()).then(() => undefined)]);
-    if (!r || r.done) break;
-    buf += dec.decode(r.value);
-    const m = /^READY .*:(\d+)\s*$/m.exec(buf);
-    if (m) {
-      reader.releaseLock();
-      void proc.stdout.pipeTo(new WritableStream()).catch(() => {});
-      return Number(m[1]);
-    }
-  }
-  throw new Error(`replica did not become ready: ${buf}`);
+async function readyPort(proc: Subprocess<"ignore", "pipe", "inherit">): Promise<number> {
+  return Number(/:(\d+)\s*$/.exec(await readyLine(proc))![1]);
 }
 
 async function startReplica(host: string, port: number, dir: string): Promise<Replica> {

@@ -28,7 +28,8 @@ const SCRIPTS = {
   "chaos-grpc": join(ROOT, "test/helpers/chaos-grpc-agent.ts"),
 };
 
-async function readyLine(proc: Subprocess<"ignore", "pipe", "inherit">, timeoutMs = 10_000): Promise<string> {
+/** The first READY / LISTENING / ready line the agent prints; stdout is drained after it. */
+export async function readyLine(proc: Subprocess<"ignore", "pipe", "inherit">, timeoutMs = 10_000): Promise<string> {
   const reader = proc.stdout.getReader();
   const dec = new TextDecoder();
   let buf = "";
