@@ -3,7 +3,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { startProxy, waitFor, type ProxyProcess } from "./helpers/proxy.ts";
 import { startUpstream, type Upstream } from "./helpers/upstream.ts";
-import { agentProxyConfig, agentTransportKdl, hits, metric, startAgent, timed, type AgentProcess, type Transport } from "./helpers/agents.ts";
+import { agentProxyConfig, agentTransportKdl, hits, metric, startAgent, stopAll, timed, type AgentProcess, type Transport } from "./helpers/agents.ts";
 import { tempDir } from "./helpers/proxy.ts";
 import { join } from "node:path";
 
@@ -25,11 +25,7 @@ for (const transport of ["uds", "grpc"] as Transport[]) {
       );
       await waitFor(async () => (await fetch(`${proxy.url}/sdk/warm`)).status === 200, 10_000, "agent connected");
     });
-    afterAll(async () => {
-      await proxy?.stop("SIGKILL");
-      await agent?.kill();
-      await up?.stop();
-    });
+    afterAll(() => stopAll(proxy, agent, up));
 
     test("the agent's config {} is delivered", async () => {
       const configure = agent.events("configure");
@@ -153,11 +149,7 @@ route "open" { matches { path-prefix "/open" }; upstream "u"; filters "open" }`,
         ),
       );
     });
-    afterAll(async () => {
-      await proxy?.stop("SIGKILL");
-      await agent?.kill();
-      await up?.stop();
-    });
+    afterAll(() => stopAll(proxy, agent, up));
 
     async function useMode(mode: string): Promise<void> {
       if (!agent || transport === "uds") {
@@ -261,11 +253,7 @@ route "open" { matches { path-prefix "/open" }; upstream "u"; filters "open" }`,
       );
       await waitFor(async () => (await metric(proxy, "sentinel_agent_health", 'agent="cb"')) === 1, 10_000, "agent healthy");
     });
-    afterAll(async () => {
-      await proxy?.stop("SIGKILL");
-      await agent?.kill();
-      await up?.stop();
-    });
+    afterAll(() => stopAll(proxy, agent, up));
 
     test("after failure-threshold failures the agent is not contacted until timeout-seconds pass; half-open admits one probe; success-threshold closes it", async () => {
       const events = () => agent.events("request_headers").length;

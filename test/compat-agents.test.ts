@@ -15,7 +15,7 @@ import { join } from "node:path";
 import type { Subprocess } from "bun";
 import { ROOT, startProxy, tempDir, waitFor, type ProxyProcess } from "./helpers/proxy.ts";
 import { startUpstream, type Upstream } from "./helpers/upstream.ts";
-import { agentProxyConfig, hits, metric, timed } from "./helpers/agents.ts";
+import { agentProxyConfig, hits, metric, timed, stopAll } from "./helpers/agents.ts";
 
 setDefaultTimeout(30_000);
 const NODE = Bun.which("node");
@@ -140,6 +140,12 @@ function dumpLogs(proxy: ProxyProcess | undefined): void {
   for (const l of proxy.logs) if (l.level !== "debug" || process.env.COMPAT_DEBUG === "all") console.error(JSON.stringify(l));
 }
 
+/** afterAll of each describe block: the logs (with COMPAT_DEBUG), then everything down. */
+function teardown(proxy: ProxyProcess | undefined, agent: TestAgent | undefined, up: Upstream | undefined): Promise<void> {
+  dumpLogs(proxy);
+  return stopAll(proxy, agent, up);
+}
+
 /**
  * Wait until the proxy logs "agent connected" for `agent` after log index `mark` (and, with
  * `afterDisconnect`, after an "agent disconnected" that follows `mark`). Waiting on the log rather
@@ -197,12 +203,7 @@ for (const v of VARIANTS) {
       await connectedSince(proxy, "compat", 0);
       expect((await fetch(`${proxy.url}/c/warm`)).status).toBe(200);
     });
-    afterAll(async () => {
-      dumpLogs(proxy);
-      await proxy?.stop("SIGKILL");
-      await agent?.kill();
-      await up?.stop();
-    });
+    afterAll(() => teardown(proxy, agent, up));
 
     test("allow: request header mutations reach the upstream, response header ops reach the client", async () => {
       const res = await fetch(`${proxy.url}/c/allow`, { headers: { "x-strip-me": "1", "x-request-tag": "tag-allow" } });
@@ -353,12 +354,7 @@ for (const v of VARIANTS) {
         );
         await connectedSince(proxy, "compat", 0);
       });
-      afterAll(async () => {
-        dumpLogs(proxy);
-        await proxy?.stop("SIGKILL");
-        await agent?.kill();
-        await up?.stop();
-      });
+      afterAll(() => teardown(proxy, agent, up));
 
       test("its body is not sent on another connection (the SDK would skip its hooks and allow it): fail-closed", async () => {
         const enc = new TextEncoder();
@@ -409,12 +405,7 @@ route "open" { matches { path-prefix "/open" }; upstream "u"; filters "open" }`,
         ),
       );
     });
-    afterAll(async () => {
-      dumpLogs(proxy);
-      await proxy?.stop("SIGKILL");
-      await agent?.kill();
-      await up?.stop();
-    });
+    afterAll(() => teardown(proxy, agent, up));
 
 
     test("agent absent at start: fail-closed lets zero requests through; fail-open passes", async () => {
@@ -488,12 +479,7 @@ route "open" { matches { path-prefix "/open" }; upstream "u"; filters "open" }`,
       await connectedSince(proxy, "cb", 0);
       expect((await fetch(`${proxy.url}/cb/warm`)).status).toBe(200);
     });
-    afterAll(async () => {
-      dumpLogs(proxy);
-      await proxy?.stop("SIGKILL");
-      await agent?.kill();
-      await up?.stop();
-    });
+    afterAll(() => teardown(proxy, agent, up));
 
     test("after failure-threshold failures the agent is not contacted until timeout-seconds; then one half-open probe; then closed", async () => {
       await restart(proxy, agent, "cb", "hang");

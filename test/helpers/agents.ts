@@ -138,6 +138,13 @@ export async function metric(proxy: ProxyProcess, name: string, labels: string):
   return line ? Number(line.slice(line.lastIndexOf(" ") + 1)) : undefined;
 }
 
+/** A describe block's afterAll: proxy, agent, upstream down, in that order; any may be unset if its start failed. */
+export async function stopAll(proxy: ProxyProcess | undefined, agent: { kill(): Promise<void> } | undefined, up: Upstream | undefined): Promise<void> {
+  await proxy?.stop("SIGKILL");
+  await agent?.kill();
+  await up?.stop();
+}
+
 /** Requests the upstream saw under `prefix`. */
 export function hits(up: Upstream, prefix: string): number {
   return up.requests.filter((r) => r.path.startsWith(prefix)).length;
