@@ -929,18 +929,25 @@ class Converter {
     );
   }
 
+  /** The node's id, recorded in `seen`; undefined (error reported) when missing, invalid or used already. */
+  private uniqueId(n: KdlNode, kind: string, seen: Map<string, KdlNode>, allowedProps?: string[]): string | undefined {
+    const id = this.r.id(n, kind, allowedProps);
+    if (id === undefined) return undefined;
+    const prev = seen.get(id);
+    if (prev) {
+      this.d.error(n, `Duplicate ${kind} ID '${id}' found (first defined at ${fmtLoc(locOf(prev))}); ${kind} IDs must be unique across all config files`);
+      return undefined;
+    }
+    seen.set(id, n);
+    return id;
+  }
+
   // ── listeners ──
   private listener(n: KdlNode): void {
-    const id = this.r.id(n, "listener", ["address"]);
+    const id = this.uniqueId(n, "listener", this.listenerNodes, ["address"]);
     if (id === undefined) return;
     const w = `listener '${id}'`;
     const r = this.r;
-    const prev = this.listenerNodes.get(id);
-    if (prev) {
-      this.d.error(n, `Duplicate listener ID '${id}' found (first defined at ${fmtLoc(locOf(prev))}); listener IDs must be unique across all config files`);
-      return;
-    }
-    this.listenerNodes.set(id, n);
     let address: string | undefined;
     let hp: HostPort | undefined;
     let protocol = "http" as "http" | "https";
@@ -1102,14 +1109,8 @@ class Converter {
 
   // ── routes ──
   private route(n: KdlNode): void {
-    const id = this.r.id(n, "route");
+    const id = this.uniqueId(n, "route", this.routeNodes);
     if (id === undefined) return;
-    const prev = this.routeNodes.get(id);
-    if (prev) {
-      this.d.error(n, `Duplicate route ID '${id}' found (first defined at ${fmtLoc(locOf(prev))}); route IDs must be unique across all config files`);
-      return;
-    }
-    this.routeNodes.set(id, n);
     const w = `route '${id}'`;
     const r = this.r;
     const route: RouteConfig = {
@@ -1488,14 +1489,8 @@ class Converter {
 
   // ── upstreams ──
   private upstream(n: KdlNode): void {
-    const id = this.r.id(n, "upstream");
+    const id = this.uniqueId(n, "upstream", this.upstreamNodes);
     if (id === undefined) return;
-    const prev = this.upstreamNodes.get(id);
-    if (prev) {
-      this.d.error(n, `Duplicate upstream ID '${id}' found (first defined at ${fmtLoc(locOf(prev))}); upstream IDs must be unique across all config files`);
-      return;
-    }
-    this.upstreamNodes.set(id, n);
     const w = `upstream '${id}'`;
     const r = this.r;
     const up: UpstreamConfig = {
@@ -1823,14 +1818,8 @@ class Converter {
 
   // ── filters ──
   private filter(n: KdlNode): void {
-    const id = this.r.id(n, "filter");
+    const id = this.uniqueId(n, "filter", this.filterNodes);
     if (id === undefined) return;
-    const prev = this.filterNodes.get(id);
-    if (prev) {
-      this.d.error(n, `Duplicate filter ID '${id}' found (first defined at ${fmtLoc(locOf(prev))}); filter IDs must be unique across all config files`);
-      return;
-    }
-    this.filterNodes.set(id, n);
     const w = `filter '${id}'`;
     const r = this.r;
     const typeNodes = n.children.filter((c) => c.name === "type");
@@ -1934,14 +1923,8 @@ class Converter {
 
   // ── agents ──
   private agent(n: KdlNode): void {
-    const id = this.r.id(n, "agent", ["type"]);
+    const id = this.uniqueId(n, "agent", this.agentNodes, ["type"]);
     if (id === undefined) return;
-    const prev = this.agentNodes.get(id);
-    if (prev) {
-      this.d.error(n, `Duplicate agent ID '${id}' found (first defined at ${fmtLoc(locOf(prev))}); agent IDs must be unique across all config files`);
-      return;
-    }
-    this.agentNodes.set(id, n);
     const w = `agent '${id}'`;
     const r = this.r;
     let typeProp: string | undefined;
