@@ -349,14 +349,7 @@ class AgentImpl implements Agent {
           permit.release();
           return ABORTED_RESULT;
         }
-        if (error === null && outcome !== ABORTED) {
-          const latencyMs = performance.now() - started;
-          this.mLatency.observe(latencyMs / 1000);
-          const d = outcome.decision?.kind;
-          (this.mDecision[d as keyof typeof this.mDecision] ?? this.mDecision.allow).inc();
-          permit.success();
-          return { ok: true, reply: outcome, latencyMs };
-        }
+        if (error === null && outcome !== ABORTED) return this.answered(outcome, started, permit);
         const te = error instanceof TransportError ? error : null;
         const kind: AgentFailureKind = te ? te.kind : "protocol";
         const message = error instanceof Error ? error.message : String(error);
@@ -382,6 +375,16 @@ class AgentImpl implements Agent {
       dl.dispose();
       if (--this.inflight === 0 && this.drained !== null) this.drained();
     }
+  }
+
+  /** A call that got an answer: latency and decision metrics, breaker success. */
+  private answered(reply: AgentReply, started: number, permit: { success(): void }): AgentCallResult {
+    const latencyMs = performance.now() - started;
+    this.mLatency.observe(latencyMs / 1000);
+    const d = reply.decision?.kind;
+    (this.mDecision[d as keyof typeof this.mDecision] ?? this.mDecision.allow).inc();
+    permit.success();
+    return { ok: true, reply, latencyMs };
   }
 
   /** See the header: balance over endpoints, fail over at once when no decision was made. */
@@ -453,14 +456,7 @@ class AgentImpl implements Agent {
           permit.release();
           return ABORTED_RESULT;
         }
-        if (error === null && outcome !== ABORTED) {
-          const latencyMs = performance.now() - started;
-          this.mLatency.observe(latencyMs / 1000);
-          const d = outcome.decision?.kind;
-          (this.mDecision[d as keyof typeof this.mDecision] ?? this.mDecision.allow).inc();
-          permit.success();
-          return { ok: true, reply: outcome, latencyMs };
-        }
+        if (error === null && outcome !== ABORTED) return this.answered(outcome, started, permit);
         const te = error instanceof TransportError ? error : null;
         const kind: AgentFailureKind = te ? te.kind : "protocol";
         const message = `agent ${this.id} (${ep.address}): ${error instanceof Error ? error.message : String(error)}`;
