@@ -10,12 +10,13 @@
 // at a time per connection, every event of a request on one connection, request_complete at the
 // end so the SDK's per-connection cache is freed) and agents whose framing cannot be detected.
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { existsSync, readFileSync, rmSync } from "node:fs";
+import { rmSync } from "node:fs";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
 import { ROOT, startProxy, tempDir, waitFor, type ProxyProcess } from "./helpers/proxy.ts";
 import { startUpstream, type Upstream } from "./helpers/upstream.ts";
 import { agentProxyConfig, hits, metric, timed, stopAll } from "./helpers/agents.ts";
+import { readJsonLines } from "./helpers/jsonl.ts";
 
 setDefaultTimeout(30_000);
 const NODE = Bun.which("node");
@@ -70,12 +71,7 @@ async function readyLine(proc: Subprocess<"ignore", "pipe", "inherit">, re: RegE
 }
 
 function readLog(file: string, type?: string): Json[] {
-  if (!existsSync(file)) return [];
-  const lines = readFileSync(file, "utf8")
-    .split("\n")
-    .filter(Boolean)
-    .map((l) => JSON.parse(l) as Json)
-    .map((l) => ({ ...l, type: l.type ?? l.event_type }));
+  const lines = readJsonLines<Json>(file).map((l) => ({ ...l, type: l.type ?? l.event_type }));
   return type ? lines.filter((l) => l.type === type) : lines;
 }
 

@@ -1,12 +1,13 @@
 // gRPC client transport against a misbehaving agent process (test/helpers/chaos-grpc-agent.ts).
 import { afterEach, describe, expect, test } from "bun:test";
-import { existsSync, readFileSync, rmSync } from "node:fs";
+import { rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { TransportError, type AgentEvent, type AgentTransport, type TransportOptions } from "../../src/agents/types.ts";
 import { requestHeadersEvent } from "../../src/agents/test-events.ts";
 import { waitFor as poll } from "../helpers/proxy.ts";
 import { connected, grpcTransport, type LogLine } from "../helpers/agents.ts";
+import { readJsonLines } from "../helpers/jsonl.ts";
 
 const root = join(import.meta.dir, "..", "..");
 const cleanup: (() => Promise<unknown> | unknown)[] = [];
@@ -48,13 +49,7 @@ async function startChaos(mode: string): Promise<Chaos> {
     port,
     logFile,
     proc,
-    received: () =>
-      existsSync(logFile)
-        ? readFileSync(logFile, "utf8")
-            .split("\n")
-            .filter(Boolean)
-            .map((l) => JSON.parse(l))
-        : [],
+    received: () => readJsonLines(logFile),
   };
 }
 

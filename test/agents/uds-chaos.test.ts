@@ -2,11 +2,12 @@
 // misbehaving agents fail only the affected calls, never resolve the wrong request, never crash
 // the proxy, and the client recovers once the agent behaves again.
 import { afterEach, describe, expect, test } from "bun:test";
-import { readFileSync, rmSync, writeFileSync } from "node:fs";
+import { rmSync, writeFileSync } from "node:fs";
 import { createUdsTransport } from "../../src/agents/uds/client.ts";
 import { TransportError, type AgentEvent, type AgentTransport, type TransportOptions } from "../../src/agents/types.ts";
 import { requestHeadersEvent } from "../../src/agents/test-events.ts";
 import { waitFor as poll } from "../helpers/proxy.ts";
+import { readJsonLines } from "../helpers/jsonl.ts";
 
 const ROOT = new URL("../..", import.meta.url).pathname;
 const AGENT = `${ROOT}test/helpers/chaos-uds-agent.ts`;
@@ -56,10 +57,7 @@ async function startAgent(mode: string): Promise<Agent> {
       await Bun.sleep(30);
     },
     events() {
-      return readFileSync(log, "utf8")
-        .split("\n")
-        .filter(Boolean)
-        .map((l) => JSON.parse(l));
+      return readJsonLines(log);
     },
   };
 }

@@ -1,11 +1,11 @@
 // Start agent processes (our SDK test agent, the chaos agents) and read what they received.
-import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
 import { createGrpcTransport } from "../../src/agents/grpc/client.ts";
 import type { AgentTransport, TransportOptions } from "../../src/agents/types.ts";
 import { ROOT, tempDir, waitFor, type ProxyProcess } from "./proxy.ts";
 import type { Upstream } from "./upstream.ts";
+import { readJsonLines } from "./jsonl.ts";
 
 export type Transport = "uds" | "grpc";
 
@@ -80,12 +80,8 @@ export async function startAgent(kind: "sdk" | "chaos", transport: Transport, mo
     logFile,
     proc: await spawn(mode),
     events(type) {
-      if (!existsSync(logFile)) return [];
       // The three agents log slightly different shapes; normalise to {type: snake_case, id}.
-      const lines = readFileSync(logFile, "utf8")
-        .split("\n")
-        .filter(Boolean)
-        .map((l) => JSON.parse(l) as Record<string, unknown>)
+      const lines = readJsonLines(logFile)
         .map((l) => ({ ...l, type: String(l.type).replace(/[A-Z]/g, (c) => "_" + c.toLowerCase()), id: l.id ?? l.correlationId }));
       return type ? lines.filter((l) => l.type === type) : lines;
     },

@@ -5,11 +5,11 @@
 // /protected/* (agent "auth", fail-closed), /open/* (agent "waf", fail-open), /ws/* (websocket);
 // limits: 8 KiB head, 100 fields, 8 KiB URI, 1 MiB body; agent timeout 200 ms, 10 concurrent
 // calls, breaker 5 / 2 / 2 s / 1; upstream timeout 5 s.
-import { existsSync, readFileSync } from "node:fs";
 import { connect, type Socket } from "node:net";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
 import { ROOT, startProxy, tempDir, waitFor, type ProxyProcess } from "../helpers/proxy.ts";
+import { readJsonLines } from "../helpers/jsonl.ts";
 
 export type Transport = "uds" | "grpc";
 
@@ -99,11 +99,7 @@ export async function startHostileAgent(transport: Transport, opts: { mode?: str
       await fetch(`${control}/reset`, { method: "POST" });
     },
     events(type) {
-      if (!existsSync(logFile)) return [];
-      const lines = readFileSync(logFile, "utf8")
-        .split("\n")
-        .filter(Boolean)
-        .map((l) => JSON.parse(l) as AgentEventLine);
+      const lines = readJsonLines<AgentEventLine>(logFile);
       return type ? lines.filter((l) => l.type === type) : lines;
     },
     alive: () => agent.proc.exitCode === null && agent.proc.signalCode === null,
