@@ -133,9 +133,10 @@ function complete(): AgentEvent {
   return { type: "request_complete", correlationId: `c${++cid}`, status: 200, durationMs: 1, requestBodySize: 0, responseBodySize: 0, upstreamAttempts: 1, error: null };
 }
 
-async function timed(p: Promise<AgentCallResult>): Promise<[AgentCallResult, number]> {
+/** Milliseconds from before the call starts (the deadline is set inside call()) to its result. */
+async function timed(call: () => Promise<AgentCallResult>): Promise<[AgentCallResult, number]> {
   const t0 = performance.now();
-  const r = await p;
+  const r = await call();
   return [r, performance.now() - t0];
 }
 
@@ -189,13 +190,13 @@ describe("Agent over a real UDS agent", () => {
     const a = await agentOn(srv.path, { timeoutMs: 60, circuitBreaker: { failureThreshold: 1000, successThreshold: 1, timeoutMs: 1000, halfOpenMaxRequests: 1 } });
     const lat: number[] = [];
     for (let i = 0; i < 5; i++) {
-      const [r, ms] = await timed(a.call(ev()));
+      const [r, ms] = await timed(() => a.call(ev()));
       expect(failKind(r)).toBe("timeout");
       expect(ms).toBeGreaterThanOrEqual(59.5);
       lat.push(ms - 60);
     }
     // concurrent calls share one deadline timer; each still fires on time
-    const conc = await Promise.all(Array.from({ length: 20 }, () => timed(a.call(ev()))));
+    const conc = await Promise.all(Array.from({ length: 20 }, () => timed(() => a.call(ev()))));
     for (const [r, ms] of conc) {
       expect(failKind(r)).toBe("timeout");
       expect(ms).toBeGreaterThanOrEqual(59.5);
@@ -203,7 +204,7 @@ describe("Agent over a real UDS agent", () => {
     }
     const over: number[] = [];
     for (let i = 0; i < 3; i++) {
-      const [r, ms] = await timed(a.call(ev(), undefined, 25)); // e.g. chunk-timeout-ms
+      const [r, ms] = await timed(() => a.call(ev(), undefined, 25)); // e.g. chunk-timeout-ms
       expect(failKind(r)).toBe("timeout");
       expect(ms).toBeGreaterThanOrEqual(24.5);
       over.push(ms - 25);
@@ -225,12 +226,12 @@ describe("Agent over a real UDS agent", () => {
     const a = await agentOn(srv.path, { circuitBreaker: { failureThreshold: 1, successThreshold: 1, timeoutMs: 1000, halfOpenMaxRequests: 1 } });
     const ac = new AbortController();
     setTimeout(() => ac.abort(new Error("client went away")), 20);
-    const [r, ms] = await timed(a.call(ev(), ac.signal));
+    const [r, ms] = await timed(() => a.call(ev(), ac.signal));
     expect(r.ok).toBe(false);
     expect(ms).toBeLessThan(20 + 15);
     expect(a.circuitState()).toBe("closed"); // threshold 1, yet not opened
     expect(a.inFlight()).toBe(0);
-    const [r2, ms2] = await timed(a.call(ev(), AbortSignal.abort()));
+    const [r2, ms2] = await timed(() => a.call(ev(), AbortSignal.abort()));
     expect(r2.ok).toBe(false);
     expect(ms2).toBeLessThan(5);
     expect(srv.calls).toBe(1); // the pre-aborted call never reached the agent
@@ -244,7 +245,7 @@ describe("Agent over a real UDS agent", () => {
     const inflight = [a.call(ev()), a.call(ev()), a.call(ev())];
     expect(a.inFlight()).toBe(3);
     for (let i = 0; i < 10; i++) {
-      const [r, ms] = await timed(a.call(ev()));
+      const [r, ms] = await timed(() => a.call(ev()));
       expect(failKind(r)).toBe("overload");
       expect(ms).toBeLessThan(3);
     }
@@ -276,7 +277,7 @@ describe("Agent over a real UDS agent", () => {
     // While open: every call fails at once and the agent's handler counter stops growing.
     srv.mode = { kind: "delay", ms: 80 };
     for (let i = 0; i < 20; i++) {
-      const [r, ms] = await timed(a.call(ev()));
+      const [r, ms] = await timed(() => a.call(ev()));
       expect(failKind(r)).toBe("circuit_open");
       expect(ms).toBeLessThan(3);
     }
@@ -348,7 +349,7 @@ describe("Agent over a real UDS agent", () => {
     const down = countingUds(path);
     const a = track(createAgent(config(uid("retry"), path, { retry: { attempts: 2, backoffMs: 20 } }), down.transport));
     a.start();
-    const [r, ms] = await timed(a.call(ev()));
+    const [r, ms] = await timed(() => a.call(ev()));
     expect(failKind(r)).toBe("connect");
     expect(down.attempts.length).toBe(3);
     expect(down.attempts.every((x) => x.error === "connect/notSent")).toBe(true);
@@ -363,7 +364,7 @@ describe("Agent over a real UDS agent", () => {
     const down2 = countingUds(sockPath());
     const b = track(createAgent(config(uid("retry"), "unused", { timeoutMs: 50, retry: { attempts: 3, backoffMs: 100 } }), down2.transport));
     b.start();
-    const [rb, msb] = await timed(b.call(ev()));
+    const [rb, msb] = await timed(() => b.call(ev()));
     expect(failKind(rb)).toBe("connect");
     expect(down2.attempts.length).toBe(1);
     expect(msb).toBeLessThan(10);
@@ -410,7 +411,7 @@ describe("Agent over a real UDS agent", () => {
   test("not connected: a call fails fast with connect", async () => {
     const a = track(createAgent(config(uid("down"), sockPath())));
     a.start();
-    const [r, ms] = await timed(a.call(ev()));
+    const [r, ms] = await timed(() => a.call(ev()));
     expect(failKind(r)).toBe("connect");
     expect(ms).toBeLessThan(10);
     expect(a.isHealthy()).toBe(false);
@@ -494,7 +495,7 @@ describe("Agent over a real UDS agent", () => {
     const a = await agentOn(srv.path, { timeoutMs: 5000 });
     const inflight = a.call(ev());
     await waitFor(() => srv.calls === 1, 1000, "call at the agent");
-    const [, ms] = await timed(a.close(100).then(() => inflight));
+    const [, ms] = await timed(() => a.close(100).then(() => inflight));
     expect(ms).toBeGreaterThanOrEqual(95);
     expect(ms).toBeLessThan(100 + 50);
     expect(failKind(await inflight)).toBe("closed");
@@ -624,7 +625,7 @@ describe("Agent over gRPC (default transport from config)", () => {
     mode = "block";
     expect(failKind(await a.call(ev()))).toBe("ok:block");
     mode = "hang";
-    const [r, ms] = await timed(a.call(ev()));
+    const [r, ms] = await timed(() => a.call(ev()));
     expect(failKind(r)).toBe("timeout");
     expect(ms).toBeLessThan(50 + 40);
   });
