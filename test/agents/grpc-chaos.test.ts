@@ -3,10 +3,10 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { TransportError, type AgentEvent, type AgentTransport, type TransportOptions } from "../../src/agents/types.ts";
+import type { AgentEvent, AgentTransport, TransportOptions } from "../../src/agents/types.ts";
 import { requestHeadersEvent } from "../../src/agents/test-events.ts";
 import { waitFor as poll } from "../helpers/proxy.ts";
-import { connected, grpcTransport, type LogLine } from "../helpers/agents.ts";
+import { connected, grpcTransport, type LogLine, rejection, never } from "../helpers/agents.ts";
 import { readJsonLines } from "../helpers/jsonl.ts";
 
 const root = join(import.meta.dir, "..", "..");
@@ -59,18 +59,6 @@ const waitFor = (cond: () => boolean, ms = 5000, what = "condition") => poll(con
 
 function ev(id: string, headers: Record<string, string[]> = {}): AgentEvent {
   return requestHeadersEvent(id, { metadata: { requestId: "rid" }, headers });
-}
-
-const never = () => new AbortController().signal;
-
-async function rejection(p: Promise<unknown>): Promise<TransportError> {
-  try {
-    await p;
-  } catch (e) {
-    expect(e).toBeInstanceOf(TransportError);
-    return e as TransportError;
-  }
-  throw new Error("expected a rejection");
 }
 
 describe("gRPC transport vs chaos agent", () => {

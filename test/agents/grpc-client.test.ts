@@ -4,10 +4,10 @@ import { createServer } from "node:net";
 import { serveGrpc } from "../../sdk/grpc-server.ts";
 import type { AgentHandler, RunningServer } from "../../sdk/types.ts";
 import { MAX_GRPC_MESSAGE_BYTES } from "../../src/agents/grpc/map.ts";
-import { TransportError, type AgentEvent, type AgentTransport, type TransportOptions } from "../../src/agents/types.ts";
+import type { AgentEvent, AgentTransport, TransportOptions } from "../../src/agents/types.ts";
 import { requestHeadersEvent } from "../../src/agents/test-events.ts";
 import { waitFor as poll } from "../helpers/proxy.ts";
-import { connected, grpcTransport, type LogLine } from "../helpers/agents.ts";
+import { connected, grpcTransport, type LogLine, rejection } from "../helpers/agents.ts";
 
 const cleanup: (() => Promise<unknown> | unknown)[] = [];
 afterEach(async () => {
@@ -39,16 +39,6 @@ async function freePort(): Promise<number> {
       s.close(() => resolve(p));
     });
   });
-}
-
-async function rejection(p: Promise<unknown>): Promise<TransportError> {
-  try {
-    await p;
-  } catch (e) {
-    expect(e).toBeInstanceOf(TransportError);
-    return e as TransportError;
-  }
-  throw new Error("expected a rejection");
 }
 
 describe("gRPC transport <-> serveGrpc", () => {

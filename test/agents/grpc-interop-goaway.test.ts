@@ -10,6 +10,7 @@ import { createGrpcTransport } from "../../src/agents/grpc/client.ts";
 import type { AgentEvent, AgentTransport } from "../../src/agents/types.ts";
 import { requestHeadersEvent } from "../../src/agents/test-events.ts";
 import { waitFor as poll } from "../helpers/proxy.ts";
+import { never } from "../helpers/agents.ts";
 
 const root = join(import.meta.dir, "..", "..");
 const nodeBin = Bun.which("node");
@@ -117,7 +118,6 @@ function ev(id: string, uri: string): AgentEvent {
   return requestHeadersEvent(id, { uri });
 }
 
-const never = () => new AbortController().signal;
 const gen = (r: { responseHeaders: { op: string; name?: string; value?: string }[] }) => r.responseHeaders.find((h) => h.name === "x-gen")?.value;
 
 describe.skipIf(!nodeBin)("graceful GOAWAY from a @grpc/grpc-js agent (tryShutdown)", () => {

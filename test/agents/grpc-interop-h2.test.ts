@@ -8,10 +8,10 @@ import { spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { TransportError, type AgentEvent, type AgentTransport, type TransportOptions } from "../../src/agents/types.ts";
+import type { AgentEvent, AgentTransport, TransportOptions } from "../../src/agents/types.ts";
 import { requestHeadersEvent } from "../../src/agents/test-events.ts";
 import { waitFor as poll } from "../helpers/proxy.ts";
-import { grpcTransport } from "../helpers/agents.ts";
+import { grpcTransport, rejection, never } from "../helpers/agents.ts";
 
 const root = join(import.meta.dir, "..", "..");
 const nodeBin = Bun.which("node");
@@ -116,18 +116,6 @@ const waitFor = (cond: () => boolean, ms = 8000, what = "condition") => poll(con
 
 function ev(id: string, uri = "/"): AgentEvent {
   return requestHeadersEvent(id, { uri, headers: { "x-long": ["v".repeat(3000)] } });
-}
-
-const never = () => new AbortController().signal;
-
-async function rejection(p: Promise<unknown>): Promise<TransportError> {
-  try {
-    await p;
-  } catch (e) {
-    expect(e).toBeInstanceOf(TransportError);
-    return e as TransportError;
-  }
-  throw new Error("expected a rejection");
 }
 
 describe.skipIf(!nodeBin)("our HTTP/2 gRPC client against @grpc/grpc-js", () => {

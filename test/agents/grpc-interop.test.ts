@@ -9,7 +9,7 @@ import { createGrpcTransport } from "../../src/agents/grpc/client.ts";
 import { MAX_GRPC_MESSAGE_BYTES } from "../../src/agents/grpc/map.ts";
 import type { AgentEvent, AgentTransport } from "../../src/agents/types.ts";
 import { requestHeadersEvent } from "../../src/agents/test-events.ts";
-import { connected as connectedWithin } from "../helpers/agents.ts";
+import { connected as connectedWithin, never } from "../helpers/agents.ts";
 
 const root = join(import.meta.dir, "..", "..");
 const helper = join(root, "test/helpers/grpcjs-agent.mjs");
@@ -54,8 +54,6 @@ const connected = (t: AgentTransport) => connectedWithin(t, 10_000, "a handshake
 function ev(id: string, headers: Record<string, string[]> = {}): AgentEvent {
   return requestHeadersEvent(id, { metadata: { requestId: "rid" }, headers });
 }
-
-const never = () => new AbortController().signal;
 
 describe.skipIf(!nodeBin)("gRPC interop with @grpc/grpc-js on Node", () => {
   test("our client -> grpc-js agent (header-block): handshake, capabilities, decisions, response header ops", async () => {

@@ -8,6 +8,7 @@ import { TransportError, type AgentEvent, type AgentTransport, type TransportOpt
 import { requestHeadersEvent } from "../../src/agents/test-events.ts";
 import { waitFor as poll } from "../helpers/proxy.ts";
 import { readJsonLines } from "../helpers/jsonl.ts";
+import { never } from "../helpers/agents.ts";
 
 const ROOT = new URL("../..", import.meta.url).pathname;
 const AGENT = `${ROOT}test/helpers/chaos-uds-agent.ts`;
@@ -75,7 +76,6 @@ function reqHeaders(id: string, headers: Record<string, string[]> = {}): AgentEv
   return requestHeadersEvent(id, { metadata: { requestId: `r-${id}`, clientPort: 40000 }, uri: "/admin/x", headers });
 }
 
-const never = () => new AbortController().signal;
 const settle = <T>(p: Promise<T>) => p.then((v) => ({ ok: true as const, v }), (e: TransportError) => ({ ok: false as const, e }));
 
 describe("broken answers fail the calls on that connection, then the client recovers", () => {

@@ -8,6 +8,7 @@ import { allow, block, setHeader } from "../../sdk/reply.ts";
 import type { AgentHandler, RunningServer } from "../../sdk/types.ts";
 import { requestHeadersEvent } from "../../src/agents/test-events.ts";
 import { waitFor as poll } from "../helpers/proxy.ts";
+import { never } from "../helpers/agents.ts";
 
 let seq = 0;
 const sockPath = () => `/tmp/sentinel-uds-e2e-${process.pid}-${++seq}.sock`;
@@ -36,8 +37,6 @@ const waitFor = (cond: () => boolean, ms = 3000, what = "condition") => poll(con
 function reqHeaders(id: string, headers: Record<string, string[]> = {}): AgentEvent {
   return requestHeadersEvent(id, { metadata: { requestId: `r-${id}`, clientPort: 40000, serverName: "example.test", routeId: "r" }, uri: "/x", headers });
 }
-
-const never = () => new AbortController().signal;
 
 const info = { agentId: "test-agent", name: "Test", version: "1.0.0" };
 

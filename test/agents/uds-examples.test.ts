@@ -5,6 +5,7 @@ import { createGrpcTransport } from "../../src/agents/grpc/client.ts";
 import type { AgentEvent, AgentTransport, TransportOptions } from "../../src/agents/types.ts";
 import { requestHeadersEvent } from "../../src/agents/test-events.ts";
 import { waitFor as poll } from "../helpers/proxy.ts";
+import { never } from "../helpers/agents.ts";
 
 const ROOT = new URL("../..", import.meta.url).pathname;
 let seq = 0;
@@ -48,8 +49,6 @@ const waitFor = (cond: () => boolean, ms = 3000) => poll(cond, ms, "condition", 
 function reqHeaders(id: string, headers: Record<string, string[]>): AgentEvent {
   return requestHeadersEvent(id, { uri: "/admin", headers });
 }
-const never = () => new AbortController().signal;
-
 describe("auth-agent", () => {
   test("keys from AUTH_KEYS: api key, bearer token, denial", async () => {
     const path = `/tmp/sentinel-uds-ex-${process.pid}-${++seq}.sock`;

@@ -8,6 +8,7 @@ import { serveUds } from "../../sdk/uds-server.ts";
 import { allow } from "../../sdk/reply.ts";
 import { requestHeadersEvent } from "../../src/agents/test-events.ts";
 import { waitFor as poll } from "../helpers/proxy.ts";
+import { never } from "../helpers/agents.ts";
 
 let seq = 0;
 const sockPath = () => `/tmp/sentinel-uds-v1-${process.pid}-${++seq}.sock`;
@@ -149,8 +150,6 @@ const waitFor = (cond: () => boolean, ms = 3000, what = "condition") => poll(con
 function reqHeaders(id: string, uri = "/x"): AgentEvent {
   return requestHeadersEvent(id, { metadata: { requestId: `r-${id}`, clientPort: 40000 }, uri, headers: { host: ["a"] } });
 }
-
-const never = () => new AbortController().signal;
 
 describe("v1 mode", () => {
   test("envelope, no handshake, FIFO answers without correlation ids", async () => {

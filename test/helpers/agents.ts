@@ -2,7 +2,8 @@
 import { join } from "node:path";
 import type { Subprocess } from "bun";
 import { createGrpcTransport } from "../../src/agents/grpc/client.ts";
-import type { AgentTransport, TransportOptions } from "../../src/agents/types.ts";
+import { TransportError, type AgentTransport, type TransportOptions } from "../../src/agents/types.ts";
+import { expect } from "bun:test";
 import { ROOT, tempDir, waitFor, type ProxyProcess } from "./proxy.ts";
 import type { Upstream } from "./upstream.ts";
 import { readJsonLines } from "./jsonl.ts";
@@ -180,4 +181,18 @@ export function grpcTransport(endpoint: string | number, cleanup: Array<() => un
 export async function connected(t: AgentTransport, ms = 5000, what = "handshake", everyMs = 5): Promise<void> {
   t.start();
   await waitFor(() => t.isConnected(), ms, what, everyMs);
+}
+
+/** A signal that never aborts (for transport calls whose cancellation is not under test). */
+export const never = (): AbortSignal => new AbortController().signal;
+
+/** The TransportError `p` rejects with (fails the test if it resolves or rejects otherwise). */
+export async function rejection(p: Promise<unknown>): Promise<TransportError> {
+  try {
+    await p;
+  } catch (e) {
+    expect(e).toBeInstanceOf(TransportError);
+    return e as TransportError;
+  }
+  throw new Error("expected a rejection");
 }
