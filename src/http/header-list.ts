@@ -55,6 +55,24 @@ export function headerValueNormalized(value: string): string {
   return a === 0x20 || a === 0x09 || z === 0x20 || z === 0x09 ? value.replace(EDGE_WS, "") : value;
 }
 
+/** The part of the Headers interface that header operations use (agent and policy ops). */
+export interface HeaderTarget {
+  get(name: string): string | null;
+  set(name: string, value: string): void;
+  append(name: string, value: string): void;
+  delete(name: string): void;
+}
+
+/** The list seen through HeaderTarget, with Headers' semantics: names case-insensitive, values trimmed, append joins. */
+export function listTarget(list: HeaderList): HeaderTarget {
+  return {
+    get: (name) => listGet(list, name.toLowerCase()),
+    set: (name, value) => listSet(list, name.toLowerCase(), headerValueNormalized(value)),
+    append: (name, value) => listAppend(list, name.toLowerCase(), headerValueNormalized(value)),
+    delete: (name) => listDelete(list, name.toLowerCase()),
+  };
+}
+
 export function listToHeaders(list: HeaderList): Headers {
   const h = new Headers();
   for (let i = 0; i < list.length; i += 2) h.append(list[i]!, list[i + 1]!);

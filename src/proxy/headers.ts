@@ -21,7 +21,7 @@ import type { HeaderOpConfig } from "../config/types.ts";
 import { applyPolicyOps } from "./policies.ts";
 import { MAX_RESPONSE_HEAD_BYTES } from "./limits.ts";
 import { HOP_BY_HOP } from "../http/hop-by-hop.ts";
-import { headerValueNormalized, listAppend, listDelete, listSet, listToHeaders, type HeaderList } from "../http/header-list.ts";
+import { listDelete, listSet, listTarget, type HeaderList, type HeaderTarget } from "../http/header-list.ts";
 
 export { HOP_BY_HOP };
 
@@ -78,12 +78,9 @@ export interface ForwardingInfo {
 export interface UpstreamRequestHeaders {
   /**
    * The headers agents see, then (finished) what the upstream receives: a flat name/value list
-   * (src/http/header-list.ts) while nothing mutates them, replaced by `headers` when agents or
-   * policies do.
+   * (src/http/header-list.ts); agents' and policies' operations change it in place.
    */
   list: HeaderList;
-  /** Set by `finishUpstreamRequestHeaders` when agents or policies changed something. */
-  headers: Headers | null;
   /** Names the client listed in Connection (removed after the agents have seen them). */
   nominated: string[];
   /** The proxy's own headers, set before the agents and again last. */
@@ -131,7 +128,7 @@ export function upstreamRequestHeaders(incoming: Headers, fwd: ForwardingInfo): 
   if (fwd.hostHeader) own.push(["x-forwarded-host", fwd.hostHeader]);
   // Every own name is PROXY_OWNED, so none of them is in the list yet.
   for (const [n, v] of own) list.push(n, v);
-  return { list, headers: null, nominated, own };
+  return { list, nominated, own };
 }
 
 /** Step 3: Connection-nominated names out, agent operations, policies, the proxy's own headers. */
@@ -139,41 +136,23 @@ export function finishUpstreamRequestHeaders(u: UpstreamRequestHeaders, agentOps
   const list = u.list;
   for (const name of u.nominated) listDelete(list, name);
   if (agentOps.length === 0 && policyOps.length === 0) return; // the own headers set in step 1 are intact
-  if (policyOps.length === 0) {
-    // Agents only: the same operations on the list, with Headers' semantics (lower-case names,
-    // values trimmed, `add` joined with ", "), without materialising a Headers object.
-    const names = agentOps.map((op) => op.name.toLowerCase());
-    for (let i = 0; i < agentOps.length; i++) if (agentOps[i]!.op !== "remove") listDelete(list, names[i]!);
-    for (let i = 0; i < agentOps.length; i++) {
-      const op = agentOps[i]!;
-      if (op.op === "set") listSet(list, names[i]!, headerValueNormalized(op.value));
-      else if (op.op === "add") listAppend(list, names[i]!, headerValueNormalized(op.value));
-      else listDelete(list, names[i]!);
-    }
-    // The proxy's own headers again, where an operation touched one of them.
-    for (const [n, v] of u.own) if (names.includes(n)) listSet(list, n, v);
-    return;
+  const h = listTarget(list);
+  for (const op of agentOps) if (op.op !== "remove") h.delete(op.name); // agent-owned from here on
+  applyHeaderOps(h, agentOps);
+  applyPolicyOps(h, policyOps);
+  // The proxy's own headers again, where an operation touched one of them.
+  const touched = new Set<string>();
+  for (const op of agentOps) touched.add(op.name.toLowerCase());
+  for (const op of policyOps) {
+    if (op.op === "rename") touched.add(op.from.toLowerCase()).add(op.to.toLowerCase());
+    else touched.add(op.name.toLowerCase());
   }
-  const h = (u.headers = listToHeaders(list));
-  if (agentOps.length > 0) {
-    for (const op of agentOps) if (op.op !== "remove") h.delete(op.name);
-    applyHeaderOps(h, agentOps);
-  }
-  if (policyOps.length > 0) applyPolicyOps(h, policyOps);
-  for (const [n, v] of u.own) h.set(n, v);
+  for (const [n, v] of u.own) if (touched.has(n)) listSet(list, n, v);
 }
 
-/** What the upstream receives (after step 3). */
-export function upstreamHeadersOf(u: UpstreamRequestHeaders): Headers | HeaderList {
-  return u.headers ?? u.list;
-}
-
-/** Set (or, with null, remove) one header on the upstream request, in whichever form it is. */
+/** Set (or, with null, remove) one header on the upstream request. */
 export function setUpstreamHeader(u: UpstreamRequestHeaders, name: string, value: string | null): void {
-  if (u.headers !== null) {
-    if (value === null) u.headers.delete(name);
-    else u.headers.set(name, value);
-  } else if (value === null) listDelete(u.list, name);
+  if (value === null) listDelete(u.list, name);
   else listSet(u.list, name, value);
 }
 
@@ -252,7 +231,7 @@ export function mutationProblem(op: HeaderOp): string | null {
 }
 
 /** Apply already-validated operations in order. Names are case-insensitive (Headers is). */
-export function applyHeaderOps(headers: Headers, ops: readonly HeaderOp[]): void {
+export function applyHeaderOps(headers: HeaderTarget, ops: readonly HeaderOp[]): void {
   for (const op of ops) {
     if (op.op === "set") headers.set(op.name, op.value);
     else if (op.op === "add") headers.append(op.name, op.value);

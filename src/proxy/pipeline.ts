@@ -15,7 +15,6 @@ import {
   downstreamResponseHeadersSanitized,
   finishUpstreamRequestHeaders,
   setUpstreamHeader,
-  upstreamHeadersOf,
   upstreamRequestHeaders,
 } from "./headers.ts";
 import { armConnectionTimer, checkRequestHead, guardRequestBody, guardResponseBody, inFlightIdleSecs, keepAliveIdleSecs } from "./limits.ts";
@@ -406,7 +405,7 @@ export async function handleRequest(req: Request, server: Server<unknown>, liste
       pool,
       method: ctx.method,
       pathAndQuery: ctx.path + ctx.query,
-      headers: upstreamHeadersOf(ctx.upstreamHeaders!),
+      headers: ctx.upstreamHeaders!.list,
       body: filtered.body,
       clientIp: ctx.clientIp,
       hashKey: ctx.path,

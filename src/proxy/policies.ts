@@ -1,7 +1,8 @@
 // Route and filter header policies (config.md §6 `policies { request-headers response-headers }`).
 import type { HeaderOpConfig } from "../config/types.ts";
+import type { HeaderTarget } from "../http/header-list.ts";
 
-export function applyPolicyOps(headers: Headers, ops: readonly HeaderOpConfig[]): void {
+export function applyPolicyOps(headers: HeaderTarget, ops: readonly HeaderOpConfig[]): void {
   for (const op of ops) {
     switch (op.op) {
       case "set":

@@ -4,7 +4,6 @@
 import type { ServerWebSocket, WebSocketHandler } from "bun";
 import type { RequestContext } from "./context.ts";
 import { errorResponse } from "./errors.ts";
-import { upstreamHeadersOf } from "./headers.ts";
 import { eachHeader } from "../http/header-list.ts";
 
 const HANDSHAKE_HEADERS = ["sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol", "content-length"];
@@ -46,7 +45,7 @@ export async function proxyWebSocket(ctx: RequestContext, done: () => void): Pro
   target.active++;
   ctx.attempts = 1;
   const headers: Record<string, string> = {};
-  eachHeader(upstreamHeadersOf(ctx.upstreamHeaders!), (v, k) => {
+  eachHeader(ctx.upstreamHeaders!.list, (v, k) => {
     if (!HANDSHAKE_HEADERS.includes(k)) headers[k] = v;
   });
   const protocols = (ctx.req.headers.get("sec-websocket-protocol") ?? "")
