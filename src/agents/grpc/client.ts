@@ -25,8 +25,10 @@
 // object itself (handleEvent), no encode-to-measure (the size check is an upper-bound estimate).
 //
 // Wire: our own HTTP/2 client (h2/connection.ts, on Bun.connect: h2c with prior knowledge, or TLS
-// with ALPN h2) carrying one gRPC bidi call (h2/grpc.ts) per connection; messages are the
-// generated protobuf-es types, encoded with toBinary / decoded with fromBinary. Each stream
+// with ALPN h2) carrying one gRPC bidi call (h2/grpc.ts) per connection. Per-request events and
+// the common allow answer go through the hand-written codec in wire.ts; everything else (handshake,
+// ping, block/redirect/challenge, odd input) uses the generated protobuf-es types with toBinary /
+// fromBinary, which stay the reference the codec is tested against. Each stream
 // attempt gets a fresh connection, closed when the stream ends.
 import { readFileSync } from "node:fs";
 import { fromBinary, toBinary } from "@bufbuild/protobuf";
@@ -58,6 +60,7 @@ import {
 } from "./map.ts";
 import { H2Connection, type H2TlsOptions } from "./h2/connection.ts";
 import { GrpcCall, GrpcStatusError, Status } from "./h2/grpc.ts";
+import { decodeSimpleResponse, encodeEvent } from "./wire.ts";
 import { ErrorCode, errorCodeName } from "./h2/frames.ts";
 
 export const PROXY_ID = "sentinel";
@@ -290,7 +293,7 @@ export class GrpcAgentTransport implements AgentTransport {
     }
     let bytes: Uint8Array;
     try {
-      bytes = toBinary(ProxyToAgentSchema, eventToProto(event));
+      bytes = encodeEvent(event) ?? toBinary(ProxyToAgentSchema, eventToProto(event));
       if (bytes.length > WRITE_MAX_BYTES) throw new Error(`encoded ${event.type} event of ${bytes.length} bytes exceeds ${WRITE_MAX_BYTES}`);
     } catch (err) {
       return Promise.reject(new TransportError("protocol", `cannot send ${event.type}: ${String((err as Error)?.message ?? err)}`, true));
@@ -451,7 +454,17 @@ export class GrpcAgentTransport implements AgentTransport {
   }
 
   private onResponse(r: AgentResponse): void {
-    const id = r.correlationId;
+    let reply: AgentReply | Error;
+    try {
+      reply = replyFromProto(r);
+    } catch (err) {
+      reply = new Error(`undecodable agent answer: ${String(err)}`);
+    }
+    this.onReply(r.correlationId, reply);
+  }
+
+  /** An answer for correlation id `id`: settles its pending call (an Error rejects it). */
+  private onReply(id: string, reply: AgentReply | Error): void {
     const p = this.pending.get(id);
     if (p === undefined) {
       if (this.quiet.size > 0 && this.takeQuiet(id)) return;
@@ -461,11 +474,8 @@ export class GrpcAgentTransport implements AgentTransport {
     this.pending.delete(id);
     p.signal.removeEventListener("abort", p);
     this.settled(p);
-    let reply: AgentReply;
-    try {
-      reply = replyFromProto(r);
-    } catch (err) {
-      p.reject(new TransportError("protocol", `undecodable agent answer: ${String(err)}`));
+    if (reply instanceof Error) {
+      p.reject(new TransportError("protocol", reply.message));
       this.afterSettle(id);
       return;
     }
@@ -532,6 +542,14 @@ export class GrpcAgentTransport implements AgentTransport {
   /** One message from the agent (a view into the received bytes, valid during this call). */
   private onMessage(s: StreamState, bytes: Uint8Array): void {
     if (s.ended) return;
+    if (s.ready) {
+      // the common answer, decoded without building protobuf-es messages (wire.ts)
+      const reply = decodeSimpleResponse(bytes);
+      if (reply !== undefined) {
+        this.onReply(reply.correlationId, reply);
+        return;
+      }
+    }
     let msg: AgentToProxy;
     try {
       msg = fromBinary(AgentToProxySchema, bytes);

@@ -303,7 +303,7 @@ export function unquoteCustom(value: string): string {
 }
 
 /** f32 -> the shortest decimal that round-trips through f32 (0.9f arrives as 0.899999976…). */
-function f32ToNumber(x: number): number {
+export function f32ToNumber(x: number): number {
   if (!Number.isFinite(x)) return x;
   for (let p = 1; p <= 9; p++) {
     const d = Number(x.toPrecision(p));
@@ -346,7 +346,8 @@ function headerOpsFromProto(ops: readonly PbHeaderOp[]): HeaderOp[] {
   return out;
 }
 
-const ALLOW: Decision = Object.freeze({ kind: "allow" }) as Decision;
+/** The allow decision every answer without block/redirect/challenge shares (never mutated). */
+export const ALLOW_DECISION: Decision = Object.freeze({ kind: "allow" }) as Decision;
 
 function decisionFromProto(d: AgentResponse["decision"]): Decision {
   switch (d.case) {
@@ -362,7 +363,7 @@ function decisionFromProto(d: AgentResponse["decision"]): Decision {
     case "challenge":
       return { kind: "challenge", challengeType: d.value.challengeType, params: { ...d.value.params } };
     default:
-      return ALLOW; // "allow" or no field set (§6.4)
+      return ALLOW_DECISION; // "allow" or no field set (§6.4)
   }
 }
 
