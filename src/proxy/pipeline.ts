@@ -345,9 +345,22 @@ function finishOnBodyEnd(ctx: RequestContext, state: ProxyState, res: Response):
   return new Response(body, { status: res.status, statusText: res.statusText, headers: res.headers });
 }
 
-/** Resolves on the next macrotask turn (after Bun has looked at the rest of the connection's input). */
+let turnWaiters: (() => void)[] = [];
+
+function releaseTurnWaiters(): void {
+  const waiters = turnWaiters;
+  turnWaiters = [];
+  for (let i = 0; i < waiters.length; i++) waiters[i]!();
+}
+
+/**
+ * Resolves on the next macrotask turn (after Bun has looked at the rest of the connection's
+ * input). Every request that waits in the same turn shares one setImmediate.
+ */
 function nextTurn(): Promise<void> {
-  return new Promise((resolve) => setImmediate(resolve));
+  return new Promise((resolve) => {
+    if (turnWaiters.push(resolve) === 1) setImmediate(releaseTurnWaiters);
+  });
 }
 
 /** Entry point for every HTTP request on a proxy listener. */
