@@ -1,7 +1,8 @@
 // Agent SDK: serve an AgentHandler over gRPC (zentinel.agent.v2.AgentServiceV2, spec §6).
 //
-// Runs on node:http2 with connect-node's adapter (Bun.serve cannot send HTTP/2 trailers, which
-// gRPC needs). Works under Bun and Node.
+// Runs on node:http2 (Bun.serve cannot send HTTP/2 trailers, which gRPC needs). ProcessStream
+// calls in plain gRPC are served directly (sdk/grpc-direct.ts); everything else goes through
+// connect-node's adapter. Works under Bun and Node.
 //
 //   ProcessStream  handshake -> onConfigure(config_json) when it is a non-empty object; answers
 //                  success:false + error if that throws (and then ends the stream). Messages
@@ -38,6 +39,7 @@ import {
   responseEnvelope,
 } from "../src/agents/grpc/map.ts";
 import { PushQueue } from "../src/agents/grpc/queue.ts";
+import { isDirectProcessStream, serveDirectProcessStream } from "./grpc-direct.ts";
 import { log as defaultLog } from "../src/observability/log.ts";
 import { allowReply, type AgentEvent } from "../src/agents/types.ts";
 import { completeReply } from "./reply.ts";
@@ -239,6 +241,11 @@ export async function serveGrpc(address: string, handler: AgentHandler, options:
         controlStream: (requests, ctx) => controlStream(requests, ctx),
       }),
   });
+  // ProcessStream (every per-request event) skips Connect's pipeline: sdk/grpc-direct.ts
+  const onRequest = (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => {
+    if (isDirectProcessStream(req)) serveDirectProcessStream(req, res, (requests, ctx) => processStream(handler, requests, ctx, log));
+    else adapter(req, res);
+  };
   const server: http2.Http2Server | http2.Http2SecureServer = options.tls
     ? http2.createSecureServer(
         {
@@ -249,9 +256,9 @@ export async function serveGrpc(address: string, handler: AgentHandler, options:
           rejectUnauthorized: options.tls.ca !== undefined,
           allowHTTP1: false,
         },
-        adapter,
+        onRequest,
       )
-    : http2.createServer({}, adapter);
+    : http2.createServer({}, onRequest);
   const sessions = new Set<http2.ServerHttp2Session>();
   server.on("session", (s: http2.ServerHttp2Session) => {
     sessions.add(s);

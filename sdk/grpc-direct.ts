@@ -1,0 +1,158 @@
+// Agent SDK: ProcessStream served straight from node:http2's request/response, without Connect.
+//
+// ProcessStream carries every event the proxy sends, so its per-message cost is the agent's cost
+// per request. Connect's server pipeline runs each message through several async generators;
+// this path reads gRPC messages off the request body (RFC-style length-prefixed framing: 1 byte
+// compressed flag, 4 bytes big-endian length), hands them to the same processStream() logic, and
+// writes the answers back as they come. Everything else (ProcessEvent, ControlStream, non-gRPC
+// content types such as Connect or gRPC-web, compressed streams) still goes through Connect.
+//
+// Limits: a message may be at most MAX_MESSAGE_BYTES (RESOURCE_EXHAUSTED otherwise, as Connect's
+// readMaxBytes); a flagged-compressed message on a stream without grpc-encoding is INTERNAL, an
+// undecodable one INTERNAL ("parse binary: …", Connect's wording). While the response stream
+// asks to wait (write() returned false), answers queue in memory; the proxy bounds how many
+// events it has in flight per stream, so the queue is bounded by the proxy's in-flight limit.
+import type * as http2 from "node:http2";
+import { fromBinary, toBinary } from "@bufbuild/protobuf";
+import type { HandlerContext } from "@connectrpc/connect";
+import { AgentToProxySchema, ProxyToAgentSchema, type AgentToProxy, type ProxyToAgent } from "../src/gen/zentinel/agent/v2/agent_v2_pb.ts";
+import { PushQueue } from "../src/agents/grpc/queue.ts";
+
+export const PROCESS_STREAM_PATH = "/zentinel.agent.v2.AgentServiceV2/ProcessStream";
+export const MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
+
+const GRPC_OK = 0;
+const GRPC_INTERNAL = 13;
+const GRPC_RESOURCE_EXHAUSTED = 8;
+
+type StreamLogic = (requests: AsyncIterable<ProxyToAgent>, ctx: HandlerContext) => AsyncIterable<AgentToProxy>;
+
+/** True when this request is a plain (uncompressed) gRPC ProcessStream call this module serves. */
+export function isDirectProcessStream(req: http2.Http2ServerRequest): boolean {
+  if (req.method !== "POST" || req.url !== PROCESS_STREAM_PATH) return false;
+  const ct = req.headers["content-type"];
+  if (ct !== "application/grpc" && ct !== "application/grpc+proto") return false;
+  const enc = req.headers["grpc-encoding"];
+  return enc === undefined || enc === "identity";
+}
+
+/** One gRPC message frame: flag 0, 4-byte length, the message. */
+function frame(msg: AgentToProxy): Uint8Array {
+  const body = toBinary(AgentToProxySchema, msg);
+  const out = new Uint8Array(5 + body.length);
+  const n = body.length;
+  out[1] = (n >>> 24) & 0xff;
+  out[2] = (n >>> 16) & 0xff;
+  out[3] = (n >>> 8) & 0xff;
+  out[4] = n & 0xff;
+  out.set(body, 5);
+  return out;
+}
+
+/** Splits a byte stream into gRPC messages; holds at most one partial message. */
+class MessageReader {
+  private pending: Uint8Array | null = null;
+
+  /** Calls onMessage for each complete message; returns an error text for bad framing. */
+  push(chunk: Uint8Array, onMessage: (bytes: Uint8Array) => void): string | null {
+    let data = chunk;
+    if (this.pending !== null) {
+      const joined = new Uint8Array(this.pending.length + chunk.length);
+      joined.set(this.pending);
+      joined.set(chunk, this.pending.length);
+      data = joined;
+      this.pending = null;
+    }
+    let at = 0;
+    while (data.length - at >= 5) {
+      const flag = data[at]!;
+      const len = ((data[at + 1]! << 24) | (data[at + 2]! << 16) | (data[at + 3]! << 8) | data[at + 4]!) >>> 0;
+      if (flag !== 0) return flag === 1 ? "compressed message on a stream without grpc-encoding" : `invalid message flag ${flag}`;
+      if (len > MAX_MESSAGE_BYTES) return `message size ${len} is larger than configured readMaxBytes ${MAX_MESSAGE_BYTES}`;
+      if (data.length - at - 5 < len) break;
+      onMessage(data.subarray(at + 5, at + 5 + len));
+      at += 5 + len;
+    }
+    if (at < data.length) this.pending = data.slice(at);
+    return null;
+  }
+
+  get hasPartial(): boolean {
+    return this.pending !== null;
+  }
+}
+
+/** Serve one ProcessStream call on `req`/`res` with `logic` (sdk/grpc-server.ts processStream). */
+export function serveDirectProcessStream(req: http2.Http2ServerRequest, res: http2.Http2ServerResponse, logic: StreamLogic): void {
+  const abort = new AbortController();
+  const input = new PushQueue<ProxyToAgent>();
+  const reader = new MessageReader();
+  let finished = false;
+
+  res.writeHead(200, { "content-type": "application/grpc" });
+
+  const finish = (code: number, message?: string) => {
+    if (finished) return;
+    finished = true;
+    input.clear();
+    if (res.writableEnded || res.destroyed) return;
+    const trailers: Record<string, string> = { "grpc-status": String(code) };
+    if (message !== undefined) trailers["grpc-message"] = encodeURIComponent(message);
+    res.addTrailers(trailers);
+    res.end();
+  };
+  const fail = (code: number, message: string) => {
+    finish(code, message);
+    abort.abort(new Error(message));
+    req.destroy();
+  };
+
+  req.on("data", (chunk: Buffer) => {
+    if (finished) return;
+    const err = reader.push(chunk, (bytes) => {
+      if (finished) return;
+      let msg: ProxyToAgent;
+      try {
+        msg = fromBinary(ProxyToAgentSchema, bytes);
+      } catch (e) {
+        fail(GRPC_INTERNAL, `parse binary: ${e instanceof Error ? e.message : String(e)}`);
+        return;
+      }
+      input.push(msg);
+    });
+    if (err !== null) fail(err.startsWith("message size") ? GRPC_RESOURCE_EXHAUSTED : GRPC_INTERNAL, err);
+  });
+  req.on("end", () => {
+    if (reader.hasPartial) fail(GRPC_INTERNAL, "request stream ended inside a message");
+    else input.end();
+  });
+  const gone = () => {
+    if (finished) return;
+    finished = true;
+    input.clear();
+    abort.abort(new Error("stream closed by the peer"));
+  };
+  req.on("aborted", gone);
+  req.on("error", gone);
+  res.on("close", gone);
+  res.on("error", gone);
+
+  const answers = logic(input, { signal: abort.signal } as HandlerContext)[Symbol.asyncIterator]();
+  const pump = async () => {
+    for (;;) {
+      const r = await answers.next();
+      if (r.done || finished) break;
+      if (!res.write(frame(r.value))) await new Promise<void>((resolve) => {
+        const done = () => {
+          res.off("drain", done);
+          res.off("close", done);
+          resolve();
+        };
+        res.on("drain", done);
+        res.on("close", done);
+      });
+    }
+    finish(GRPC_OK);
+  };
+  pump().catch((e) => fail(GRPC_INTERNAL, e instanceof Error ? e.message : String(e)));
+}
