@@ -13,7 +13,7 @@ import {
 } from "../../src/gen/zentinel/agent/v2/agent_v2_pb.ts";
 import { eventToProto, replyFromProto, replyToProto, responseEnvelope } from "../../src/agents/grpc/map.ts";
 import { decodeSimpleResponse, encodeEvent } from "../../src/agents/grpc/wire.ts";
-import type { AgentEvent, AgentReply, HeaderMap, HeaderOp } from "../../src/agents/types.ts";
+import { allowReply, type AgentEvent, type AgentReply, type HeaderMap, type HeaderOp } from "../../src/agents/types.ts";
 
 const NOW = 1_700_000_000_123;
 
@@ -235,17 +235,7 @@ describe("grpc wire: decodeSimpleResponse = replyFromProto(fromBinary(...)) or d
   });
 
   test("the example agent's answer (allow + one header set) takes the fast path", () => {
-    const r: AgentReply = {
-      correlationId: "0123456789abcdef",
-      decision: { kind: "allow" },
-      requestHeaders: [{ op: "set", name: "x-echo", value: "1" }],
-      responseHeaders: [],
-      routingMetadata: {},
-      audit: { tags: [], ruleIds: [], confidence: null, reasonCodes: [], custom: {} },
-      needsMore: false,
-      requestBodyMutation: null,
-      responseBodyMutation: null,
-    };
+    const r: AgentReply = { ...allowReply("0123456789abcdef"), requestHeaders: [{ op: "set", name: "x-echo", value: "1" }] };
     expect(decodeSimpleResponse(toBinary(AgentToProxySchema, responseEnvelope(replyToProto(r, 3))))).toEqual(r);
   });
 
