@@ -40,6 +40,7 @@
 import type { AgentConfig, AgentEventName } from "../config/types.ts";
 import { agentCalls, agentCircuitState, agentErrors, agentHealth, agentLatency } from "../observability/metrics.ts";
 import { log } from "../observability/log.ts";
+import { fastCounterChild, fastHistogramChild } from "../observability/fast-series.ts";
 import type { BreakerPermit, CircuitState } from "./breaker.ts";
 import { callDeadline, realClock, sharedDeadlines, sleep } from "./deadline.ts";
 import {
@@ -209,13 +210,14 @@ class AgentImpl implements Agent {
     this.transportFor = opts.transportFor ?? ((address) => createTransportFor(config, address));
     this.lookup = opts.lookup ?? systemLookup;
     const agent = config.id;
-    this.mLatency = agentLatency.labels({ agent });
+    this.mLatency = fastHistogramChild(agentLatency, { agent });
+    const decision = (d: "allow" | "block" | "redirect" | "challenge" | "error") => fastCounterChild(agentCalls, { agent, decision: d });
     this.mDecision = {
-      allow: agentCalls.labels({ agent, decision: "allow" }),
-      block: agentCalls.labels({ agent, decision: "block" }),
-      redirect: agentCalls.labels({ agent, decision: "redirect" }),
-      challenge: agentCalls.labels({ agent, decision: "challenge" }),
-      error: agentCalls.labels({ agent, decision: "error" }),
+      allow: decision("allow"),
+      block: decision("block"),
+      redirect: decision("redirect"),
+      challenge: decision("challenge"),
+      error: decision("error"),
     };
     const err = (kind: AgentFailureKind) => agentErrors.labels({ agent, kind });
     this.mErrors = {

@@ -4,6 +4,7 @@
 import type { Pool, Target } from "../upstreams/pool.ts";
 import type { AttemptFailure } from "../upstreams/forward.ts";
 import { upstreamDuration, upstreamErrors } from "./metrics.ts";
+import { fastHistogramChild } from "./fast-series.ts";
 
 type Kind = AttemptFailure | "status_5xx";
 const KINDS: Kind[] = ["connect", "timeout", "error", "status_5xx"];
@@ -32,7 +33,7 @@ function seriesFor(pool: Pool, target: Target): Series {
       upstreamErrors.inc({ ...labels, kind: k }, 0); // exported at 0 from the start
     }
     upstreamDuration.zero(labels);
-    const created = { key, dead: false, duration: upstreamDuration.labels(labels), errors, ...labels };
+    const created = { key, dead: false, duration: fastHistogramChild(upstreamDuration, labels), errors, ...labels };
     known.set(key, created);
     s = created;
   }

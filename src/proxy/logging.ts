@@ -5,6 +5,7 @@
 // handed to a non-blocking sink (src/observability/access-log.ts).
 import type { RequestContext } from "./context.ts";
 import { requestDuration, requestsTotal } from "../observability/metrics.ts";
+import { fastCounterChild, fastHistogramChild } from "../observability/fast-series.ts";
 import type { LineSink } from "../observability/access-log.ts";
 
 export interface LogSinks {
@@ -47,7 +48,7 @@ function routeSeries(route: string): RouteSeries {
   let s = byRoute.get(route);
   if (!s) {
     if (removedRoutes.has(route)) return NOOP_SERIES;
-    s = { route, duration: requestDuration.labels(route), counts: new Array(METHODS.length * STATUS_CLASS.length) };
+    s = { route, duration: fastHistogramChild(requestDuration, { route }), counts: new Array(METHODS.length * STATUS_CLASS.length) };
     requestDuration.zero({ route }); // exported (empty) from the start
     byRoute.set(route, s);
   }
@@ -59,7 +60,7 @@ function countRequest(s: RouteSeries, method: string, status: number): void {
   const c = status >= 100 && status < 600 ? Math.floor(status / 100) : 0;
   const i = m * STATUS_CLASS.length + c;
   let child = s.counts[i];
-  if (child === undefined) child = s.counts[i] = requestsTotal.labels(s.route, METHODS[m]!, STATUS_CLASS[c]!);
+  if (child === undefined) child = s.counts[i] = fastCounterChild(requestsTotal, { route: s.route, method: METHODS[m]!, status_class: STATUS_CLASS[c]! });
   child.inc();
 }
 
