@@ -90,6 +90,17 @@ for (const transport of ["uds", "grpc"] as Transport[]) {
       expect(await ok.text()).toBe(transport === "uds" ? "please REPLACED me" : "please REPLACE me");
     });
 
+    test("a header named like an Object.prototype member (constructor) reaches the agent and the upstream", async () => {
+      const res = await fetch(`${proxy.url}/sdk/proto-names`, { headers: new Headers([["x-request-tag", "ctor-1"], ["constructor", "c1"], ["__proto__", "p1"]]) });
+      expect(res.status).toBe(200);
+      const seen = agent.events("request_headers").find((e) => e.tag === "ctor-1")!;
+      expect(seen.ctor).toBe("c1");
+      const rec = up.requests.at(-1)!;
+      expect(rec.headers["constructor"]).toBe("c1");
+      // names with "_" are dropped, as nginx does by default (SECURITY.md); it breaks nothing
+      expect(rec.rawHeaders.some(([n]) => n === "__proto__")).toBe(false);
+    });
+
     test("request_complete is delivered to subscribed agents", async () => {
       const res = await fetch(`${proxy.url}/sdk/complete`, { headers: { "x-request-tag": "complete-1" } });
       expect(res.status).toBe(200);

@@ -188,7 +188,8 @@ export function downstreamResponseHeadersSanitized(headers: Headers): Headers {
 
 /** Headers (or a header list) → protocol header map (lower-case name → values), built once per request. */
 export function toHeaderMap(headers: Headers | HeaderList): HeaderMap {
-  const map: HeaderMap = {};
+  // No prototype: names are client text, and "constructor" or "__proto__" is a valid header name.
+  const map: HeaderMap = Object.create(null);
   if (Array.isArray(headers)) {
     for (let i = 0; i < headers.length; i += 2) {
       const name = headers[i]!;

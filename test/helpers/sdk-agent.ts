@@ -28,7 +28,7 @@ const handler: AgentHandler = {
     record("configure", "", { config });
   },
   async onRequestHeaders(e) {
-    record("request_headers", e.correlationId, { uri: e.uri, tag: first(e.headers, "x-request-tag") });
+    record("request_headers", e.correlationId, { uri: e.uri, tag: first(e.headers, "x-request-tag"), ctor: first(e.headers, "constructor") ?? null });
     const delay = Number(first(e.headers, "x-delay-ms") ?? 0);
     if (delay > 0) await Bun.sleep(delay);
     switch (first(e.headers, "x-want")) {

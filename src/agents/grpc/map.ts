@@ -64,7 +64,7 @@ export function headersToProto(headers: HeaderMap): Header[] {
 
 /** repeated Header -> header map; names are lower-cased, repeated names collect every value. */
 export function headersFromProto(headers: readonly Header[]): HeaderMap {
-  const out: HeaderMap = {};
+  const out: HeaderMap = Object.create(null); // names are client text: "constructor" is a header
   for (let i = 0; i < headers.length; i++) {
     const h = headers[i]!;
     const name = h.name.toLowerCase();
