@@ -2,9 +2,10 @@
 //
 // ProcessStream carries every event the proxy sends, so its per-message cost is the agent's cost
 // per request. Connect's server pipeline runs each message through several async generators;
-// this path reads gRPC messages off the request body (RFC-style length-prefixed framing: 1 byte
-// compressed flag, 4 bytes big-endian length), hands them to the same processStream() logic, and
-// writes the answers back as they come. Everything else (ProcessEvent, ControlStream, non-gRPC
+// this path reads gRPC messages off the request body (length-prefixed framing: 1 byte compressed
+// flag, 4 bytes big-endian length), hands them to the same processStream() logic, and writes the
+// answers back as they come. request_headers events and allow answers go through the hand-written
+// codec (src/agents/grpc/wire.ts), everything else through the generated protobuf-es code. Everything else (ProcessEvent, ControlStream, non-gRPC
 // content types such as Connect or gRPC-web, compressed streams) still goes through Connect.
 //
 // Limits: a message may be at most MAX_MESSAGE_BYTES (RESOURCE_EXHAUSTED otherwise, as Connect's
@@ -17,6 +18,9 @@ import { fromBinary, toBinary } from "@bufbuild/protobuf";
 import type { HandlerContext } from "@connectrpc/connect";
 import { AgentToProxySchema, ProxyToAgentSchema, type AgentToProxy, type ProxyToAgent } from "../src/gen/zentinel/agent/v2/agent_v2_pb.ts";
 import { PushQueue } from "../src/agents/grpc/queue.ts";
+import { replyToProto, responseEnvelope } from "../src/agents/grpc/map.ts";
+import { decodeSimpleEvent, encodeAllowReply } from "../src/agents/grpc/wire.ts";
+import type { AgentEvent, AgentReply } from "../src/agents/types.ts";
 
 export const PROCESS_STREAM_PATH = "/zentinel.agent.v2.AgentServiceV2/ProcessStream";
 export const MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
@@ -25,7 +29,19 @@ const GRPC_OK = 0;
 const GRPC_INTERNAL = 13;
 const GRPC_RESOURCE_EXHAUSTED = 8;
 
-type StreamLogic = (requests: AsyncIterable<ProxyToAgent>, ctx: HandlerContext) => AsyncIterable<AgentToProxy>;
+/** An answer to an event, encoded here: the protobuf bytes of an AgentToProxy message. */
+type Encoded = Uint8Array;
+
+type StreamLogic = (
+  requests: AsyncIterable<ProxyToAgent | AgentEvent>,
+  ctx: HandlerContext,
+  encode: (reply: AgentReply, processingTimeMs: number) => Encoded,
+) => AsyncIterable<AgentToProxy | Encoded>;
+
+/** Allow answers through the hand-written codec, anything else through the generated code. */
+function encodeAnswer(reply: AgentReply, processingTimeMs: number): Encoded {
+  return encodeAllowReply(reply, processingTimeMs) ?? toBinary(AgentToProxySchema, responseEnvelope(replyToProto(reply, processingTimeMs)));
+}
 
 /** True when this request is a plain (uncompressed) gRPC ProcessStream call this module serves. */
 export function isDirectProcessStream(req: http2.Http2ServerRequest): boolean {
@@ -37,8 +53,8 @@ export function isDirectProcessStream(req: http2.Http2ServerRequest): boolean {
 }
 
 /** One gRPC message frame: flag 0, 4-byte length, the message. */
-function frame(msg: AgentToProxy): Uint8Array {
-  const body = toBinary(AgentToProxySchema, msg);
+function frame(msg: AgentToProxy | Encoded): Uint8Array {
+  const body = msg instanceof Uint8Array ? msg : toBinary(AgentToProxySchema, msg);
   const out = new Uint8Array(5 + body.length);
   const n = body.length;
   out[1] = (n >>> 24) & 0xff;
@@ -85,7 +101,7 @@ class MessageReader {
 /** Serve one ProcessStream call on `req`/`res` with `logic` (sdk/grpc-server.ts processStream). */
 export function serveDirectProcessStream(req: http2.Http2ServerRequest, res: http2.Http2ServerResponse, logic: StreamLogic): void {
   const abort = new AbortController();
-  const input = new PushQueue<ProxyToAgent>();
+  const input = new PushQueue<ProxyToAgent | AgentEvent>();
   const reader = new MessageReader();
   let finished = false;
 
@@ -111,9 +127,9 @@ export function serveDirectProcessStream(req: http2.Http2ServerRequest, res: htt
     if (finished) return;
     const err = reader.push(chunk, (bytes) => {
       if (finished) return;
-      let msg: ProxyToAgent;
+      let msg: ProxyToAgent | AgentEvent | undefined;
       try {
-        msg = fromBinary(ProxyToAgentSchema, bytes);
+        msg = decodeSimpleEvent(bytes) ?? fromBinary(ProxyToAgentSchema, bytes);
       } catch (e) {
         fail(GRPC_INTERNAL, `parse binary: ${e instanceof Error ? e.message : String(e)}`);
         return;
@@ -137,7 +153,7 @@ export function serveDirectProcessStream(req: http2.Http2ServerRequest, res: htt
   res.on("close", gone);
   res.on("error", gone);
 
-  const answers = logic(input, { signal: abort.signal } as HandlerContext)[Symbol.asyncIterator]();
+  const answers = logic(input, { signal: abort.signal } as HandlerContext, encodeAnswer)[Symbol.asyncIterator]();
   const pump = async () => {
     for (;;) {
       const r = await answers.next();

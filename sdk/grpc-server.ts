@@ -41,7 +41,7 @@ import {
 import { PushQueue } from "../src/agents/grpc/queue.ts";
 import { isDirectProcessStream, serveDirectProcessStream } from "./grpc-direct.ts";
 import { log as defaultLog } from "../src/observability/log.ts";
-import { allowReply, type AgentEvent } from "../src/agents/types.ts";
+import { allowReply, type AgentEvent, type AgentReply } from "../src/agents/types.ts";
 import { completeReply } from "./reply.ts";
 import { runDecisionHook, supportedEvents } from "./dispatch.ts";
 import type { AgentHandler, ReplyInit, RunningServer } from "./types.ts";
@@ -70,8 +70,13 @@ async function runHandler(handler: AgentHandler, event: AgentEvent): Promise<Rep
   }
 }
 
-/** Handle one event; resolves to the answer envelope, or null when there must be no answer. */
-async function dispatchEvent(handler: AgentHandler, event: AgentEvent, log: Log): Promise<AgentToProxy | null> {
+/** How an answer leaves: a message for Connect, or bytes already encoded (sdk/grpc-direct.ts). */
+export type AnswerEncoder<T> = (reply: AgentReply, processingTimeMs: number) => T;
+
+const toEnvelope: AnswerEncoder<AgentToProxy> = (reply, ms) => responseEnvelope(replyToProto(reply, ms));
+
+/** Handle one event; resolves to the encoded answer, or null when there must be no answer. */
+async function dispatchEvent<T>(handler: AgentHandler, event: AgentEvent, log: Log, encode: AnswerEncoder<T>): Promise<T | null> {
   const started = performance.now();
   let init: ReplyInit | void = undefined;
   try {
@@ -88,7 +93,7 @@ async function dispatchEvent(handler: AgentHandler, event: AgentEvent, log: Log)
     }
   }
   if (event.type === "configure") return null;
-  return responseEnvelope(replyToProto(completeReply(event.correlationId, init), performance.now() - started));
+  return encode(completeReply(event.correlationId, init), performance.now() - started);
 }
 
 function pong(msg: Extract<ProxyToAgent["message"], { case: "ping" }>["value"]): AgentToProxy {
@@ -134,16 +139,26 @@ function allowFor(msg: ProxyToAgent): AgentToProxy {
   return responseEnvelope(replyToProto(allowReply(correlationIdOf(msg))));
 }
 
-/** One ProcessStream: read messages, answer concurrently, end after the reader ends and answers drain. */
-function processStream(handler: AgentHandler, requests: AsyncIterable<ProxyToAgent>, ctx: HandlerContext, log: Log): AsyncIterable<AgentToProxy> {
-  const out = new PushQueue<AgentToProxy>();
+/**
+ * One ProcessStream: read messages, answer concurrently, end after the reader ends and answers
+ * drain. Requests are protobuf messages, or events already decoded (sdk/grpc-direct.ts); answers
+ * to events are made by `encode` (protobuf messages for Connect by default).
+ */
+export function processStream<T = AgentToProxy>(
+  handler: AgentHandler,
+  requests: AsyncIterable<ProxyToAgent | AgentEvent>,
+  ctx: HandlerContext,
+  log: Log,
+  encode: AnswerEncoder<T> = toEnvelope as AnswerEncoder<T>,
+): AsyncIterable<AgentToProxy | T> {
+  const out = new PushQueue<AgentToProxy | T>();
   let inFlight = 0;
   let inputDone = false;
-  const settle = (answer: AgentToProxy | null) => {
+  const settle = (answer: AgentToProxy | T | null) => {
     if (answer !== null) out.push(answer);
     if (--inFlight === 0 && inputDone) out.end();
   };
-  const track = (p: Promise<AgentToProxy | null>) => {
+  const track = (p: Promise<AgentToProxy | T | null>) => {
     inFlight++;
     p.then(settle, () => settle(null));
   };
@@ -153,6 +168,10 @@ function processStream(handler: AgentHandler, requests: AsyncIterable<ProxyToAge
     try {
       for await (const msg of requests) {
         if (out.isEnded) break;
+        if (!("$typeName" in msg)) {
+          track(dispatchEvent(handler, msg, log, encode));
+          continue;
+        }
         const m = msg.message;
         switch (m.case) {
           case "handshake": {
@@ -174,7 +193,7 @@ function processStream(handler: AgentHandler, requests: AsyncIterable<ProxyToAge
             break;
           default: {
             const ev = eventFromProto(msg);
-            track(ev ? dispatchEvent(handler, ev, log) : Promise.resolve(allowFor(msg)));
+            track(ev ? dispatchEvent(handler, ev, log, encode) : Promise.resolve(allowFor(msg)));
           }
         }
       }
@@ -198,7 +217,7 @@ async function processEvent(handler: AgentHandler, msg: ProxyToAgent, log: Log):
     default: {
       const ev = eventFromProto(msg);
       if (!ev) return allowFor(msg);
-      const answer = await dispatchEvent(handler, ev, log);
+      const answer = await dispatchEvent(handler, ev, log, toEnvelope);
       if (answer === null) {
         if (ev.type === "configure") return allowFor(msg);
         throw new ConnectError("agent handler failed", Code.Internal);
@@ -243,7 +262,7 @@ export async function serveGrpc(address: string, handler: AgentHandler, options:
   });
   // ProcessStream (every per-request event) skips Connect's pipeline: sdk/grpc-direct.ts
   const onRequest = (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => {
-    if (isDirectProcessStream(req)) serveDirectProcessStream(req, res, (requests, ctx) => processStream(handler, requests, ctx, log));
+    if (isDirectProcessStream(req)) serveDirectProcessStream(req, res, (requests, ctx, encode) => processStream(handler, requests, ctx, log, encode));
     else adapter(req, res);
   };
   const server: http2.Http2Server | http2.Http2SecureServer = options.tls

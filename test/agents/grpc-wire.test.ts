@@ -11,8 +11,9 @@ import {
   HeaderSchema,
   ProxyToAgentSchema,
 } from "../../src/gen/zentinel/agent/v2/agent_v2_pb.ts";
-import { eventToProto, replyFromProto, replyToProto, responseEnvelope } from "../../src/agents/grpc/map.ts";
-import { decodeSimpleResponse, encodeEvent } from "../../src/agents/grpc/wire.ts";
+import { eventFromProto, eventToProto, replyFromProto, replyToProto, responseEnvelope } from "../../src/agents/grpc/map.ts";
+import { decodeSimpleEvent, decodeSimpleResponse, encodeAllowReply, encodeEvent } from "../../src/agents/grpc/wire.ts";
+import { requestHeadersEvent } from "../../src/agents/test-events.ts";
 import { allowReply, type AgentEvent, type AgentReply, type HeaderMap, type HeaderOp } from "../../src/agents/types.ts";
 
 const NOW = 1_700_000_000_123;
@@ -273,5 +274,81 @@ describe("grpc wire: decodeSimpleResponse = replyFromProto(fromBinary(...)) or d
       if (!agrees(bad)) declined++;
     }
     expect(declined).toBeGreaterThan(0);
+  });
+});
+
+describe("grpc wire, agent side: decodeSimpleEvent = eventFromProto(fromBinary(...)) or declines", () => {
+  test("generated request_headers events: ASCII ones are decoded, all agree", () => {
+    let decoded = 0;
+    for (let i = 0; i < 3_000; i++) {
+      let ev = randomEvent();
+      while (ev.type !== "request_headers") ev = randomEvent();
+      const bytes = reference(ev);
+      const ours = decodeSimpleEvent(bytes);
+      if (ours === undefined) continue;
+      decoded++;
+      expect(ours).toEqual(eventFromProto(fromBinary(ProxyToAgentSchema, bytes))!);
+    }
+    expect(decoded).toBeGreaterThan(300);
+  });
+
+  test("the proxy's usual event takes the fast path; header names are lower-cased and may be any token", () => {
+    const ev = requestHeadersEvent("c1", { uri: "/x?y=1", headers: Object.fromEntries([["Host", ["a"]], ["constructor", ["1"]], ["__proto__", ["2"]], ["x-a", ["1", "2"]]]) });
+    const bytes = reference(ev);
+    const ours = decodeSimpleEvent(bytes)!;
+    expect(ours).toEqual(eventFromProto(fromBinary(ProxyToAgentSchema, bytes))!);
+    expect(ours.type === "request_headers" && ours.headers["constructor"]).toEqual(["1"] as never);
+    expect(ours.type === "request_headers" && Object.keys(ours.headers)).toEqual(["host", "constructor", "__proto__", "x-a"]);
+  });
+
+  test("other events, odd shapes and corrupted bytes are declined or agree; never a throw", () => {
+    for (let i = 0; i < 3_000; i++) {
+      const ev = randomEvent();
+      const good = reference(ev);
+      const bad = good.slice(0, rnd() < 0.5 ? int(good.length) : good.length);
+      const flips = int(3);
+      for (let f = 0; f < flips && bad.length > 0; f++) bad[int(bad.length)] = int(256);
+      const ours = decodeSimpleEvent(bad);
+      if (ours === undefined) continue;
+      expect(ev.type).toBe("request_headers");
+      expect(ours).toEqual(eventFromProto(fromBinary(ProxyToAgentSchema, bad))!);
+    }
+  });
+});
+
+describe("grpc wire, agent side: encodeAllowReply = toBinary(responseEnvelope(replyToProto(...))) or declines", () => {
+  const ref = (r: AgentReply, ms?: number) => toBinary(AgentToProxySchema, responseEnvelope(replyToProto(r, ms)));
+
+  test("generated answers: allow without custom audit is encoded byte for byte, the rest declined", () => {
+    let encoded = 0;
+    for (let i = 0; i < 3_000; i++) {
+      const r = randomReply();
+      const ms = rnd() < 0.2 ? undefined : pick([0, 0.4, 3.7, 120, 2 ** 33]);
+      const ours = encodeAllowReply(r, ms);
+      const simple = r.decision.kind === "allow" && Object.keys(r.audit.custom).length === 0;
+      if (ours === null) {
+        expect(simple).toBe(false);
+        continue;
+      }
+      expect(simple).toBe(true);
+      encoded++;
+      if (!Bun.deepEquals(ours, ref(r, ms))) throw new Error(`answer ${i} differs: ${JSON.stringify(r)}`);
+    }
+    expect(encoded).toBeGreaterThan(1_000);
+  });
+
+  test("values plain-JS handlers may return with the wrong type are left to the generated code", () => {
+    const base = allowReply("c");
+    const odd: AgentReply[] = [
+      { ...base, requestHeaders: [{ op: "set", name: "a", value: 1 as unknown as string }] },
+      { ...base, requestHeaders: [{ op: "rename", name: "a" } as unknown as HeaderOp] },
+      { ...base, audit: { ...base.audit, confidence: 1e40 } },
+      { ...base, audit: { ...base.audit, tags: ["a", 2 as unknown as string] } },
+      { ...base, needsMore: "yes" as unknown as boolean },
+    ];
+    for (const r of odd) expect(encodeAllowReply(r, 1)).toBeNull();
+    // a confidence of NaN or Infinity is a valid float32 on both paths
+    const inf = { ...base, audit: { ...base.audit, confidence: Number.POSITIVE_INFINITY } };
+    expect(encodeAllowReply(inf, 1)).toEqual(ref(inf, 1));
   });
 });

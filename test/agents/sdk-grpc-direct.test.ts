@@ -12,6 +12,7 @@ import { eventToProto, handshakeToProto } from "../../src/agents/grpc/map.ts";
 import { requestHeadersEvent } from "../../src/agents/test-events.ts";
 import { serveGrpc } from "../../sdk/grpc-server.ts";
 import type { RunningServer } from "../../sdk/types.ts";
+import type { HeaderMap } from "../../src/agents/types.ts";
 import { waitFor } from "../helpers/proxy.ts";
 
 let server: RunningServer;
@@ -22,7 +23,10 @@ beforeAll(async () => {
     "127.0.0.1:0",
     {
       info: { agentId: "direct", name: "direct", version: "1" },
-      onRequestHeaders: (e) => ({ requestHeaders: [{ op: "set", name: "x-seen", value: e.uri }] }),
+      onRequestHeaders: (e) =>
+        e.uri === "/block"
+          ? { decision: { kind: "block", status: 451, body: `saw ${e.headers["x-name"]?.[0]} ${e.headers["constructor"]?.[0]}` } }
+          : { requestHeaders: [{ op: "set", name: "x-seen", value: e.uri }] },
     },
     { log: () => {} },
   );
@@ -71,7 +75,8 @@ function rawWrite(c: Call, bytes: Uint8Array, end = false): void {
 }
 
 const handshake = () => framed(toBinary(ProxyToAgentSchema, handshakeToProto("test", "0", null)));
-const headersEvent = (id: string) => framed(toBinary(ProxyToAgentSchema, eventToProto(requestHeadersEvent(id, { uri: `/${id}` }))));
+const headersEvent = (id: string, uri = `/${id}`, headers: HeaderMap = {}) =>
+  framed(toBinary(ProxyToAgentSchema, eventToProto(requestHeadersEvent(id, { uri, headers }))));
 
 function responses(c: Call): { id: string; seen: string }[] {
   return c.answers
@@ -134,5 +139,20 @@ describe("SDK gRPC server: direct ProcessStream", () => {
     await waitFor(() => next.end !== undefined, 5000, "the next call to end");
     expect(next.end).toBeNull();
     expect(responses(next)).toEqual([{ id: "z", seen: "/z" }]);
+  });
+});
+
+describe("SDK gRPC server: direct ProcessStream answers beyond the fast codec", () => {
+  test("a non-ASCII header and a block answer go through the generated code; any header name reaches the handler", async () => {
+    const c = open();
+    const headers = Object.fromEntries([["x-name", ["Zoë"]], ["constructor", ["c"]]]);
+    rawWrite(c, new Uint8Array([...handshake(), ...headersEvent("nb", "/block", headers), ...headersEvent("ok")]), true);
+    await waitFor(() => c.end !== undefined, 5000, "the call to end");
+    expect(c.end).toBeNull();
+    const byId = new Map(c.answers.filter((a) => a.message.case === "response").map((a) => [(a.message.value as { correlationId: string }).correlationId, a.message.value]));
+    const blocked = byId.get("nb") as { decision: { case: string; value: { status: number; body?: string } } };
+    expect(blocked.decision.case).toBe("block");
+    expect(blocked.decision.value).toMatchObject({ status: 451, body: "saw Zoë c" });
+    expect(responses(c).find((r) => r.id === "ok")).toEqual({ id: "ok", seen: "/ok" });
   });
 });

@@ -14,7 +14,11 @@
 //   else (another message, block/redirect/challenge, non-ASCII text, unknown or repeated message
 //   fields, odd wire types, malformed input) it returns undefined and the caller decodes with the
 //   generated code, which also produces the error message for bad input.
-import type { AgentEvent, AgentReply, Decision, HeaderMap, HeaderOp, RequestMetadata } from "../types.ts";
+//
+// The agent side (the SDK's direct ProcessStream, sdk/grpc-direct.ts) has the mirror pair:
+// decodeSimpleEvent for request_headers events and encodeAllowReply for allow answers, with the
+// same rule: anything outside the simple shape goes to the generated code.
+import type { AgentEvent, AgentReply, AuditMetadata, Decision, HeaderMap, HeaderOp, RequestMetadata } from "../types.ts";
 import { ALLOW_DECISION, f32ToNumber } from "./map.ts";
 
 // ------------------------------------------------------------------------------------ encoding
@@ -428,4 +432,226 @@ export function decodeSimpleResponse(bytes: Uint8Array): AgentReply | undefined 
   } finally {
     d = buf;
   }
+}
+
+// ------------------------------------------------------------------------------------ agent side
+
+/** A varint of at most 7 bytes (< 2^49, exact as a number); longer ones go to the reference. */
+function readVarintNumber(): number {
+  let result = 0;
+  let mul = 1;
+  for (let i = 0; i < 7; i++) {
+    if (at >= d.length) throw NOT_SIMPLE;
+    const b = d[at++]!;
+    result += (b & 0x7f) * mul;
+    if (b < 0x80) return result;
+    mul *= 128;
+  }
+  throw NOT_SIMPLE;
+}
+
+/** RequestMetadata, read into a model metadata object (absent optional fields are null). */
+function readMetadata(end: number): RequestMetadata {
+  const stop = readLength(end);
+  const m: RequestMetadata = {
+    correlationId: "",
+    requestId: "",
+    clientIp: "",
+    clientPort: 0,
+    serverName: null,
+    protocol: "",
+    tlsVersion: null,
+    routeId: null,
+    upstreamId: null,
+    timestampMs: 0,
+  };
+  while (at < stop) {
+    const t = readVarint32();
+    switch (t) {
+      case (1 << 3) | 2:
+        m.correlationId = readAscii(stop);
+        break;
+      case (2 << 3) | 2:
+        m.requestId = readAscii(stop);
+        break;
+      case (3 << 3) | 2:
+        m.clientIp = readAscii(stop);
+        break;
+      case (4 << 3) | 0:
+        m.clientPort = readVarint32();
+        break;
+      case (5 << 3) | 2:
+        m.serverName = readAscii(stop);
+        break;
+      case (6 << 3) | 2:
+        m.protocol = readAscii(stop);
+        break;
+      case (7 << 3) | 2:
+        m.tlsVersion = readAscii(stop);
+        break;
+      case (8 << 3) | 2:
+        m.routeId = readAscii(stop);
+        break;
+      case (9 << 3) | 2:
+        m.upstreamId = readAscii(stop);
+        break;
+      case (10 << 3) | 0:
+        m.timestampMs = readVarintNumber();
+        break;
+      case (11 << 3) | 2:
+        m.traceparent = readAscii(stop);
+        break;
+      default:
+        throw NOT_SIMPLE;
+    }
+  }
+  if (at !== stop) throw NOT_SIMPLE;
+  return m;
+}
+
+/**
+ * An encoded ProxyToAgent -> the model event, when it is a request_headers event of the simple
+ * shape (ASCII text, known fields, metadata once); undefined otherwise. The result equals
+ * eventFromProto(fromBinary(ProxyToAgentSchema, bytes)).
+ */
+export function decodeSimpleEvent(bytes: Uint8Array): AgentEvent | undefined {
+  d = bytes;
+  at = 0;
+  try {
+    if (readVarint32() !== ((2 << 3) | 2)) return undefined;
+    const end = readLength(bytes.length);
+    if (end !== bytes.length) return undefined;
+    let metadata: RequestMetadata | null = null;
+    let method = "";
+    let uri = "";
+    let httpVersion = "";
+    const headers: HeaderMap = Object.create(null); // header names are client text ("constructor")
+    while (at < end) {
+      const t = readVarint32();
+      switch (t) {
+        case (1 << 3) | 2:
+          if (metadata !== null) throw NOT_SIMPLE; // a repeated message field merges: reference
+          metadata = readMetadata(end);
+          break;
+        case (2 << 3) | 2:
+          method = readAscii(end);
+          break;
+        case (3 << 3) | 2:
+          uri = readAscii(end);
+          break;
+        case (4 << 3) | 2:
+          httpVersion = readAscii(end);
+          break;
+        case (5 << 3) | 2: {
+          const h = readHeader(end);
+          const name = h.name.toLowerCase();
+          const list = headers[name];
+          if (list === undefined) headers[name] = [h.value];
+          else list.push(h.value);
+          break;
+        }
+        default:
+          throw NOT_SIMPLE;
+      }
+    }
+    if (metadata === null) return undefined; // eventFromProto's defaults for a missing metadata: reference
+    metadata.protocol ||= httpVersion || "HTTP/1.1";
+    return { type: "request_headers", correlationId: metadata.correlationId, metadata, method, uri, headers };
+  } catch (err) {
+    if (err === NOT_SIMPLE) return undefined;
+    throw err;
+  } finally {
+    d = buf;
+  }
+}
+
+const isString = (v: unknown): v is string => typeof v === "string";
+const stringsOrNone = (v: unknown) => v === undefined || (Array.isArray(v) && v.every(isString));
+
+/**
+ * An allow answer whose every field has the type the model says (handlers are often plain JS),
+ * an audit without `custom` entries, and a confidence that fits a float32; the generated code
+ * encodes (or refuses) anything else.
+ */
+function simpleAllow(reply: AgentReply): boolean {
+  if (reply.decision?.kind !== "allow" || !isString(reply.correlationId) || typeof reply.needsMore !== "boolean") return false;
+  for (const ops of [reply.requestHeaders, reply.responseHeaders]) {
+    if (ops === undefined) continue;
+    if (!Array.isArray(ops)) return false;
+    for (const o of ops) {
+      if (o.op === "remove") {
+        if (!isString(o.name)) return false;
+      } else if ((o.op !== "set" && o.op !== "add") || !isString(o.name) || !isString(o.value)) return false;
+    }
+  }
+  const a = reply.audit;
+  if (a === undefined) return true;
+  if (!stringsOrNone(a.tags) || !stringsOrNone(a.ruleIds) || !stringsOrNone(a.reasonCodes)) return false;
+  const c = a.confidence;
+  if (c != null && (typeof c !== "number" || (Number.isFinite(c) && !Number.isFinite(Math.fround(c))))) return false;
+  if (a.custom) for (const _ in a.custom) return false;
+  return true;
+}
+
+function headerOpsField(field: number, ops: readonly HeaderOp[]): void {
+  for (let i = 0; i < ops.length; i++) {
+    const o = ops[i]!;
+    const at = beginMessage(field);
+    if (o.op === "remove") {
+      stringField(3, o.name); // a oneof member is written even when empty
+    } else {
+      const h = beginMessage(o.op === "set" ? 1 : 2);
+      implicitString(1, o.name);
+      implicitString(2, o.value);
+      endMessage(h);
+    }
+    endMessage(at);
+  }
+}
+
+function repeatedStrings(field: number, values: readonly string[]): void {
+  for (let i = 0; i < values.length; i++) stringField(field, values[i]!);
+}
+
+const f32 = new DataView(new ArrayBuffer(4));
+
+function auditMessage(a: AuditMetadata | undefined): void {
+  const at = beginMessage(12);
+  if (a) {
+    repeatedStrings(1, a.tags ?? []);
+    repeatedStrings(2, a.ruleIds ?? []);
+    if (a.confidence != null) {
+      ensure(5);
+      tag(3, 5);
+      f32.setFloat32(0, a.confidence, true);
+      for (let i = 0; i < 4; i++) buf[pos++] = f32.getUint8(i);
+    }
+    repeatedStrings(4, a.reasonCodes ?? []);
+  }
+  endMessage(at);
+}
+
+/**
+ * An allow answer -> encoded AgentToProxy, the same bytes as toBinary(AgentToProxySchema,
+ * responseEnvelope(replyToProto(reply, processingTimeMs))). Returns null for other decisions and
+ * for an audit with `custom` entries, which the generated code encodes.
+ */
+export function encodeAllowReply(reply: AgentReply, processingTimeMs?: number): Uint8Array | null {
+  if (!simpleAllow(reply)) return null;
+  const a = reply.audit;
+  pos = 0;
+  const at = beginMessage(2);
+  implicitString(1, reply.correlationId);
+  ensure(2);
+  tag(2, 2);
+  buf[pos++] = 0; // AllowDecision {}
+  headerOpsField(10, reply.requestHeaders ?? []);
+  headerOpsField(11, reply.responseHeaders ?? []);
+  auditMessage(a);
+  if (processingTimeMs !== undefined) varintField(13, u64(processingTimeMs));
+  if (reply.needsMore) varintField(14, 1);
+  endMessage(at);
+  const out = buf.slice(0, pos);
+  if (buf.length > SCRATCH_BYTES * 4) buf = new Uint8Array(SCRATCH_BYTES);
+  return out;
 }
