@@ -300,6 +300,15 @@ describe("gRPC transport <-> serveGrpc", () => {
     expect(r.correlationId).toBe("big");
     const cfg = await rejection(t.call({ type: "configure", correlationId: "", config: {}, configVersion: null }, never()));
     expect(cfg.kind).toBe("protocol");
+    // a header event is checked on its exact encoded size: 64 KiB less than the limit is sent,
+    // one byte over it is refused before sending
+    const bigHeaders = (n: number) => requestHeadersEvent("hdr", { headers: { "x-big": ["v".repeat(n)] } });
+    const fits = await t.call(bigHeaders(MAX_GRPC_MESSAGE_BYTES - 64 * 1024), never());
+    expect(fits.correlationId).toBe("hdr");
+    const over = await rejection(t.call(bigHeaders(MAX_GRPC_MESSAGE_BYTES), never()));
+    expect(over.kind).toBe("protocol");
+    expect(over.message).toContain("gRPC message limit");
+    expect(over.notSent).toBe(true);
     expect(t.isConnected()).toBe(true);
   });
 

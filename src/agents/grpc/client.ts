@@ -286,18 +286,19 @@ export class GrpcAgentTransport implements AgentTransport {
       return Promise.reject(new TransportError("overload", `correlation id ${id} already has an event in flight`, true));
     }
     if (signal.aborted) return Promise.reject(new TransportError("timeout", abortMessage(signal), true));
-    if (estimateEventSize(event) > MAX_GRPC_MESSAGE_BYTES) {
-      return Promise.reject(
-        new TransportError("protocol", `${event.type} event exceeds the gRPC message limit (${MAX_GRPC_MESSAGE_BYTES} bytes); chunk it`, true),
-      );
-    }
+    // Body chunks are checked before encoding (an upper-bound estimate: no copy of a huge body);
+    // header and completion events are small and are checked exactly, once encoded.
+    const tooLarge = () =>
+      Promise.reject(new TransportError("protocol", `${event.type} event exceeds the gRPC message limit (${MAX_GRPC_MESSAGE_BYTES} bytes); chunk it`, true));
+    const isBody = event.type === "request_body_chunk" || event.type === "response_body_chunk";
+    if (isBody && estimateEventSize(event) > MAX_GRPC_MESSAGE_BYTES) return tooLarge();
     let bytes: Uint8Array;
     try {
       bytes = encodeEvent(event) ?? toBinary(ProxyToAgentSchema, eventToProto(event));
-      if (bytes.length > WRITE_MAX_BYTES) throw new Error(`encoded ${event.type} event of ${bytes.length} bytes exceeds ${WRITE_MAX_BYTES}`);
     } catch (err) {
       return Promise.reject(new TransportError("protocol", `cannot send ${event.type}: ${String((err as Error)?.message ?? err)}`, true));
     }
+    if (bytes.length > MAX_GRPC_MESSAGE_BYTES) return tooLarge();
     return new Promise<AgentReply>((resolve, reject) => {
       const p = new Pending(this, s, id, resolve, reject, signal);
       this.pending.set(id, p);

@@ -273,15 +273,16 @@ function readLength(end: number): number {
   return stop;
 }
 
+/** Bun's native Latin-1 slice (works on any Uint8Array); for ASCII it is the text itself. */
+const latin1Slice = (Buffer.prototype as unknown as { latin1Slice?: (this: Uint8Array, start: number, end: number) => string }).latin1Slice;
+
 /** An ASCII string field (anything else goes to the reference decoder, which validates UTF-8). */
 function readAscii(end: number): string {
   const stop = readLength(end);
+  for (let i = at; i < stop; i++) if (d[i]! > 0x7f) throw NOT_SIMPLE;
   let s = "";
-  for (let i = at; i < stop; i++) {
-    const c = d[i]!;
-    if (c > 0x7f) throw NOT_SIMPLE;
-    s += String.fromCharCode(c);
-  }
+  if (stop - at > 8 && latin1Slice !== undefined) s = latin1Slice.call(d, at, stop);
+  else for (let i = at; i < stop; i++) s += String.fromCharCode(d[i]!);
   at = stop;
   return s;
 }
