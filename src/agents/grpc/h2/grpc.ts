@@ -6,6 +6,7 @@
 import type { H2Connection, H2Stream, H2StreamHandler } from "./connection.ts";
 import { ErrorCode } from "./frames.ts";
 import type { HeaderField } from "./hpack.ts";
+import { MessageDeframer, messagePrefix, type FramingProblem } from "./messages.ts";
 
 /** gRPC status codes. */
 export const Status = {
@@ -128,8 +129,6 @@ function utf8FromLatin1(s: string): string {
   return s;
 }
 
-const EMPTY = new Uint8Array(0);
-
 /**
  * One gRPC call on its own HTTP/2 stream. Streaming in both directions: send() any number of
  * messages, end() to half-close; messages and the final status arrive through the handler.
@@ -143,11 +142,10 @@ export class GrpcCall implements H2StreamHandler {
   private gotHeaders = false;
   private encoding = "identity";
 
-  // Message reassembly across DATA frames.
-  private readonly prefix = new Uint8Array(5);
-  private prefixHave = 0;
-  private msg: Uint8Array | null = null;
-  private msgHave = 0;
+  /** Message reassembly across DATA frames. */
+  private readonly deframer: MessageDeframer;
+  private readonly deliver = (bytes: Uint8Array) => this.handler.onMessage(bytes);
+  private readonly isOver = () => this.ended;
 
   constructor(
     private readonly conn: H2Connection,
@@ -155,6 +153,7 @@ export class GrpcCall implements H2StreamHandler {
     private readonly handler: GrpcCallHandler,
   ) {
     this.maxReceive = opts.maxReceiveBytes ?? 16 * 1024 * 1024;
+    this.deframer = new MessageDeframer(this.maxReceive);
     this.maxSend = opts.maxSendBytes ?? 4 * 1024 * 1024;
     this.maxBuffered = opts.maxBufferedBytes ?? 16 * 1024 * 1024;
     const headers: HeaderField[] = [
@@ -192,12 +191,7 @@ export class GrpcCall implements H2StreamHandler {
     if (buffered > 0 && buffered + 5 + n > this.maxBuffered) {
       throw new GrpcStatusError(Status.RESOURCE_EXHAUSTED, `send buffer full: ${buffered} bytes not yet taken by the agent (limit ${this.maxBuffered})`);
     }
-    const head = new Uint8Array(5);
-    head[1] = (n >>> 24) & 0xff;
-    head[2] = (n >>> 16) & 0xff;
-    head[3] = (n >>> 8) & 0xff;
-    head[4] = n & 0xff;
-    this.conn.writeData(this.stream, head, bytes);
+    this.conn.writeData(this.stream, messagePrefix(n), bytes);
   }
 
   /** Half-close: no more messages from us. */
@@ -267,7 +261,7 @@ export class GrpcCall implements H2StreamHandler {
       this.finish(new GrpcStatusError(Status.INTERNAL, "missing grpc-status in the agent's trailers"), false);
       return;
     }
-    if (this.prefixHave > 0 || this.msg !== null) {
+    if (this.deframer.midMessage) {
       this.finish(new GrpcStatusError(Status.INTERNAL, "stream ended in the middle of a message"), false);
       return;
     }
@@ -280,77 +274,25 @@ export class GrpcCall implements H2StreamHandler {
       this.finish(new GrpcStatusError(Status.INTERNAL, "DATA before response headers"), true);
       return;
     }
-    let pos = 0;
-    const n = data.length;
-    while (pos < n && !this.ended) {
-      if (this.msg !== null) {
-        // Continue a message that spans frames.
-        const take = Math.min(n - pos, this.msg.length - this.msgHave);
-        this.msg.set(data.subarray(pos, pos + take), this.msgHave);
-        this.msgHave += take;
-        pos += take;
-        if (this.msgHave === this.msg.length) {
-          const m = this.msg;
-          this.msg = null;
-          this.msgHave = 0;
-          this.handler.onMessage(m);
-        }
-        continue;
-      }
-      let len: number;
-      if (this.prefixHave === 0 && n - pos >= 5) {
-        if (!this.checkFlag(data[pos]!)) return;
-        len = ((data[pos + 1]! << 24) | (data[pos + 2]! << 16) | (data[pos + 3]! << 8) | data[pos + 4]!) >>> 0;
-        pos += 5;
-        if (!this.checkLength(len)) return;
-        if (n - pos >= len) {
-          // Whole message inside this frame: hand out a view, no copy.
-          const m = data.subarray(pos, pos + len);
-          pos += len;
-          this.handler.onMessage(m);
-          continue;
-        }
-      } else {
-        const take = Math.min(5 - this.prefixHave, n - pos);
-        this.prefix.set(data.subarray(pos, pos + take), this.prefixHave);
-        this.prefixHave += take;
-        pos += take;
-        if (this.prefixHave < 5) break;
-        this.prefixHave = 0;
-        const p = this.prefix;
-        if (!this.checkFlag(p[0]!)) return;
-        len = ((p[1]! << 24) | (p[2]! << 16) | (p[3]! << 8) | p[4]!) >>> 0;
-        if (!this.checkLength(len)) return;
-        if (len === 0) {
-          this.handler.onMessage(EMPTY);
-          continue;
-        }
-      }
-      this.msg = new Uint8Array(len);
-      this.msgHave = 0;
+    const bad = this.deframer.push(data, this.deliver, this.isOver);
+    if (bad !== null) {
+      this.finish(this.framingError(bad), true);
+      return;
     }
     if (endStream && !this.ended) {
       this.finish(new GrpcStatusError(Status.INTERNAL, "stream ended without trailers (missing grpc-status)"), false);
     }
   }
 
-  private checkFlag(flag: number): boolean {
-    if (flag === 0) return true;
-    if (flag === 1) {
-      this.finish(
-        new GrpcStatusError(Status.INTERNAL, `the agent sent a compressed message (grpc-encoding ${this.encoding}); compression is not supported`),
-        true,
-      );
-    } else {
-      this.finish(new GrpcStatusError(Status.INTERNAL, `invalid message flags 0x${flag.toString(16)}`), true);
+  private framingError(bad: FramingProblem): GrpcStatusError {
+    switch (bad.kind) {
+      case "compressed":
+        return new GrpcStatusError(Status.INTERNAL, `the agent sent a compressed message (grpc-encoding ${this.encoding}); compression is not supported`);
+      case "flag":
+        return new GrpcStatusError(Status.INTERNAL, `invalid message flags 0x${bad.flag.toString(16)}`);
+      case "size":
+        return new GrpcStatusError(Status.RESOURCE_EXHAUSTED, `message of ${bad.length} bytes exceeds the receive limit of ${this.maxReceive} bytes`);
     }
-    return false;
-  }
-
-  private checkLength(len: number): boolean {
-    if (len <= this.maxReceive) return true;
-    this.finish(new GrpcStatusError(Status.RESOURCE_EXHAUSTED, `message of ${len} bytes exceeds the receive limit of ${this.maxReceive} bytes`), true);
-    return false;
   }
 
   onReset(_st: H2Stream, code: number, reason: string, connectionError?: Error): void {
