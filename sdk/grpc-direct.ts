@@ -2,11 +2,12 @@
 //
 // ProcessStream carries every event the proxy sends, so its per-message cost is the agent's cost
 // per request. Connect's server pipeline runs each message through several async generators;
-// this path reads gRPC messages off the request body (length-prefixed framing: 1 byte compressed
-// flag, 4 bytes big-endian length), hands them to the same processStream() logic, and writes the
+// this path reads gRPC messages off the request body (the same deframer as the proxy's client,
+// src/agents/grpc/h2/messages.ts), hands them to the same processStream() logic, and writes the
 // answers back as they come. request_headers events and allow answers go through the hand-written
-// codec (src/agents/grpc/wire.ts), everything else through the generated protobuf-es code. Everything else (ProcessEvent, ControlStream, non-gRPC
-// content types such as Connect or gRPC-web, compressed streams) still goes through Connect.
+// codec (src/agents/grpc/wire.ts), other messages through the generated protobuf-es code. Other
+// calls (ProcessEvent, ControlStream, non-gRPC content types such as Connect or gRPC-web,
+// compressed streams) still go through Connect.
 //
 // Limits: a message may be at most MAX_MESSAGE_BYTES (RESOURCE_EXHAUSTED otherwise, as Connect's
 // readMaxBytes); a flagged-compressed message on a stream without grpc-encoding is INTERNAL, an
@@ -18,6 +19,7 @@ import { fromBinary, toBinary } from "@bufbuild/protobuf";
 import type { HandlerContext } from "@connectrpc/connect";
 import { AgentToProxySchema, ProxyToAgentSchema, type AgentToProxy, type ProxyToAgent } from "../src/gen/zentinel/agent/v2/agent_v2_pb.ts";
 import { PushQueue } from "../src/agents/grpc/queue.ts";
+import { MessageDeframer, messagePrefix, type FramingProblem } from "../src/agents/grpc/h2/messages.ts";
 import { replyToProto, responseEnvelope } from "../src/agents/grpc/map.ts";
 import { decodeSimpleEvent, encodeAllowReply } from "../src/agents/grpc/wire.ts";
 import type { AgentEvent, AgentReply } from "../src/agents/types.ts";
@@ -52,49 +54,24 @@ export function isDirectProcessStream(req: http2.Http2ServerRequest): boolean {
   return enc === undefined || enc === "identity";
 }
 
-/** One gRPC message frame: flag 0, 4-byte length, the message. */
+/** One gRPC message: the 5-byte prefix and the message, in one buffer (one write). */
 function frame(msg: AgentToProxy | Encoded): Uint8Array {
   const body = msg instanceof Uint8Array ? msg : toBinary(AgentToProxySchema, msg);
   const out = new Uint8Array(5 + body.length);
-  const n = body.length;
-  out[1] = (n >>> 24) & 0xff;
-  out[2] = (n >>> 16) & 0xff;
-  out[3] = (n >>> 8) & 0xff;
-  out[4] = n & 0xff;
+  out.set(messagePrefix(body.length));
   out.set(body, 5);
   return out;
 }
 
-/** Splits a byte stream into gRPC messages; holds at most one partial message. */
-class MessageReader {
-  private pending: Uint8Array | null = null;
-
-  /** Calls onMessage for each complete message; returns an error text for bad framing. */
-  push(chunk: Uint8Array, onMessage: (bytes: Uint8Array) => void): string | null {
-    let data = chunk;
-    if (this.pending !== null) {
-      const joined = new Uint8Array(this.pending.length + chunk.length);
-      joined.set(this.pending);
-      joined.set(chunk, this.pending.length);
-      data = joined;
-      this.pending = null;
-    }
-    let at = 0;
-    while (data.length - at >= 5) {
-      const flag = data[at]!;
-      const len = ((data[at + 1]! << 24) | (data[at + 2]! << 16) | (data[at + 3]! << 8) | data[at + 4]!) >>> 0;
-      if (flag !== 0) return flag === 1 ? "compressed message on a stream without grpc-encoding" : `invalid message flag ${flag}`;
-      if (len > MAX_MESSAGE_BYTES) return `message size ${len} is larger than configured readMaxBytes ${MAX_MESSAGE_BYTES}`;
-      if (data.length - at - 5 < len) break;
-      onMessage(data.subarray(at + 5, at + 5 + len));
-      at += 5 + len;
-    }
-    if (at < data.length) this.pending = data.slice(at);
-    return null;
-  }
-
-  get hasPartial(): boolean {
-    return this.pending !== null;
+/** Connect's wording for framing it refuses, with the status it answers. */
+function framingFailure(bad: FramingProblem): [number, string] {
+  switch (bad.kind) {
+    case "compressed":
+      return [GRPC_INTERNAL, "compressed message on a stream without grpc-encoding"];
+    case "flag":
+      return [GRPC_INTERNAL, `invalid message flag ${bad.flag}`];
+    case "size":
+      return [GRPC_RESOURCE_EXHAUSTED, `message size ${bad.length} is larger than configured readMaxBytes ${MAX_MESSAGE_BYTES}`];
   }
 }
 
@@ -102,8 +79,9 @@ class MessageReader {
 export function serveDirectProcessStream(req: http2.Http2ServerRequest, res: http2.Http2ServerResponse, logic: StreamLogic): void {
   const abort = new AbortController();
   const input = new PushQueue<ProxyToAgent | AgentEvent>();
-  const reader = new MessageReader();
+  const reader = new MessageDeframer(MAX_MESSAGE_BYTES);
   let finished = false;
+  const isFinished = () => finished;
 
   res.writeHead(200, { "content-type": "application/grpc" });
 
@@ -125,8 +103,7 @@ export function serveDirectProcessStream(req: http2.Http2ServerRequest, res: htt
 
   req.on("data", (chunk: Buffer) => {
     if (finished) return;
-    const err = reader.push(chunk, (bytes) => {
-      if (finished) return;
+    const bad = reader.push(chunk, (bytes) => {
       let msg: ProxyToAgent | AgentEvent | undefined;
       try {
         msg = decodeSimpleEvent(bytes) ?? fromBinary(ProxyToAgentSchema, bytes);
@@ -135,11 +112,11 @@ export function serveDirectProcessStream(req: http2.Http2ServerRequest, res: htt
         return;
       }
       input.push(msg);
-    });
-    if (err !== null) fail(err.startsWith("message size") ? GRPC_RESOURCE_EXHAUSTED : GRPC_INTERNAL, err);
+    }, isFinished);
+    if (bad !== null) fail(...framingFailure(bad));
   });
   req.on("end", () => {
-    if (reader.hasPartial) fail(GRPC_INTERNAL, "request stream ended inside a message");
+    if (reader.midMessage) fail(GRPC_INTERNAL, "request stream ended inside a message");
     else input.end();
   });
   const gone = () => {

@@ -105,6 +105,17 @@ describe("SDK gRPC server: direct ProcessStream", () => {
     ]);
   });
 
+  test("a 1 MiB message written in 16 KiB pieces is reassembled and answered", async () => {
+    const c = open();
+    rawWrite(c, handshake());
+    const big = headersEvent("big", "/big", { "x-big": ["b".repeat(1024 * 1024)] });
+    for (let i = 0; i < big.length; i += 16 * 1024) rawWrite(c, big.subarray(i, i + 16 * 1024));
+    rawWrite(c, new Uint8Array(0), true);
+    await waitFor(() => c.end !== undefined, 10_000, "the call to end");
+    expect(c.end).toBeNull();
+    expect(responses(c)).toEqual([{ id: "big", seen: "/big" }]);
+  });
+
   test("a message flagged compressed on a stream without grpc-encoding: INTERNAL", async () => {
     const c = open();
     rawWrite(c, handshake());
