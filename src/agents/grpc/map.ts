@@ -65,14 +65,16 @@ export function headersToProto(headers: HeaderMap): Header[] {
 /** repeated Header -> header map; names are lower-cased, repeated names collect every value. */
 export function headersFromProto(headers: readonly Header[]): HeaderMap {
   const out: HeaderMap = Object.create(null); // names are client text: "constructor" is a header
-  for (let i = 0; i < headers.length; i++) {
-    const h = headers[i]!;
-    const name = h.name.toLowerCase();
-    const list = out[name];
-    if (list === undefined) out[name] = [h.value];
-    else list.push(h.value);
-  }
+  for (let i = 0; i < headers.length; i++) addHeader(out, headers[i]!.name, headers[i]!.value);
   return out;
+}
+
+/** One received header into a map without prototype: the name lower-cased, values in order. */
+export function addHeader(map: HeaderMap, name: string, value: string): void {
+  const key = name.toLowerCase();
+  const list = map[key];
+  if (list === undefined) map[key] = [value];
+  else list.push(value);
 }
 
 function singleHeadersToProto(headers: Record<string, string> | null | undefined): Header[] {

@@ -19,7 +19,7 @@
 // decodeSimpleEvent for request_headers events and encodeAllowReply for allow answers, with the
 // same rule: anything outside the simple shape goes to the generated code.
 import type { AgentEvent, AgentReply, AuditMetadata, Decision, HeaderMap, HeaderOp, RequestMetadata } from "../types.ts";
-import { ALLOW_DECISION, f32ToNumber } from "./map.ts";
+import { ALLOW_DECISION, addHeader, f32ToNumber } from "./map.ts";
 
 // ------------------------------------------------------------------------------------ encoding
 
@@ -227,9 +227,13 @@ function writeEvent(event: AgentEvent, nowMs: number): boolean {
  */
 export function encodeEvent(event: AgentEvent, nowMs: number = Date.now()): Uint8Array | null {
   pos = 0;
-  const ok = writeEvent(event, nowMs);
-  const out = ok ? buf.slice(0, pos) : null;
-  if (buf.length > SCRATCH_BYTES * 4) buf = new Uint8Array(SCRATCH_BYTES); // do not keep a body-sized buffer
+  return writeEvent(event, nowMs) ? takeOutput() : null;
+}
+
+/** A copy of what was written; the scratch buffer shrinks back so no body-sized one is kept. */
+function takeOutput(): Uint8Array {
+  const out = buf.slice(0, pos);
+  if (buf.length > SCRATCH_BYTES * 4) buf = new Uint8Array(SCRATCH_BYTES);
   return out;
 }
 
@@ -420,18 +424,27 @@ function readResponse(end: number): AgentReply {
  * The result equals replyFromProto(fromBinary(AgentToProxySchema, bytes).message.value).
  */
 export function decodeSimpleResponse(bytes: Uint8Array): AgentReply | undefined {
+  return decodeSimple(bytes, readResponse);
+}
+
+/**
+ * Run `read` on the content of `bytes`' field 2 (AgentToProxy.response, ProxyToAgent.
+ * request_headers) when that field is all there is; undefined when it is not, or when `read`
+ * leaves the simple shape.
+ */
+function decodeSimple<T>(bytes: Uint8Array, read: (end: number) => T | undefined): T | undefined {
   d = bytes;
   at = 0;
   try {
     if (readVarint32() !== ((2 << 3) | 2)) return undefined;
     const end = readLength(bytes.length);
     if (end !== bytes.length) return undefined; // other top-level fields follow
-    return readResponse(end);
+    return read(end);
   } catch (err) {
     if (err === NOT_SIMPLE) return undefined;
     throw err;
   } finally {
-    d = buf;
+    d = buf; // do not keep the caller's bytes alive
   }
 }
 
@@ -516,54 +529,44 @@ function readMetadata(end: number): RequestMetadata {
  * eventFromProto(fromBinary(ProxyToAgentSchema, bytes)).
  */
 export function decodeSimpleEvent(bytes: Uint8Array): AgentEvent | undefined {
-  d = bytes;
-  at = 0;
-  try {
-    if (readVarint32() !== ((2 << 3) | 2)) return undefined;
-    const end = readLength(bytes.length);
-    if (end !== bytes.length) return undefined;
-    let metadata: RequestMetadata | null = null;
-    let method = "";
-    let uri = "";
-    let httpVersion = "";
-    const headers: HeaderMap = Object.create(null); // header names are client text ("constructor")
-    while (at < end) {
-      const t = readVarint32();
-      switch (t) {
-        case (1 << 3) | 2:
-          if (metadata !== null) throw NOT_SIMPLE; // a repeated message field merges: reference
-          metadata = readMetadata(end);
-          break;
-        case (2 << 3) | 2:
-          method = readAscii(end);
-          break;
-        case (3 << 3) | 2:
-          uri = readAscii(end);
-          break;
-        case (4 << 3) | 2:
-          httpVersion = readAscii(end);
-          break;
-        case (5 << 3) | 2: {
-          const h = readHeader(end);
-          const name = h.name.toLowerCase();
-          const list = headers[name];
-          if (list === undefined) headers[name] = [h.value];
-          else list.push(h.value);
-          break;
-        }
-        default:
-          throw NOT_SIMPLE;
+  return decodeSimple(bytes, readRequestHeaders);
+}
+
+/** RequestHeadersEvent, read into a model event. */
+function readRequestHeaders(end: number): AgentEvent | undefined {
+  let metadata: RequestMetadata | null = null;
+  let method = "";
+  let uri = "";
+  let httpVersion = "";
+  const headers: HeaderMap = Object.create(null); // header names are client text ("constructor")
+  while (at < end) {
+    const t = readVarint32();
+    switch (t) {
+      case (1 << 3) | 2:
+        if (metadata !== null) throw NOT_SIMPLE; // a repeated message field merges: reference
+        metadata = readMetadata(end);
+        break;
+      case (2 << 3) | 2:
+        method = readAscii(end);
+        break;
+      case (3 << 3) | 2:
+        uri = readAscii(end);
+        break;
+      case (4 << 3) | 2:
+        httpVersion = readAscii(end);
+        break;
+      case (5 << 3) | 2: {
+        const h = readHeader(end);
+        addHeader(headers, h.name, h.value);
+        break;
       }
+      default:
+        throw NOT_SIMPLE;
     }
-    if (metadata === null) return undefined; // eventFromProto's defaults for a missing metadata: reference
-    metadata.protocol ||= httpVersion || "HTTP/1.1";
-    return { type: "request_headers", correlationId: metadata.correlationId, metadata, method, uri, headers };
-  } catch (err) {
-    if (err === NOT_SIMPLE) return undefined;
-    throw err;
-  } finally {
-    d = buf;
   }
+  if (metadata === null) return undefined; // eventFromProto's defaults for a missing metadata: reference
+  metadata.protocol ||= httpVersion || "HTTP/1.1";
+  return { type: "request_headers", correlationId: metadata.correlationId, metadata, method, uri, headers };
 }
 
 const isString = (v: unknown): v is string => typeof v === "string";
@@ -652,7 +655,5 @@ export function encodeAllowReply(reply: AgentReply, processingTimeMs?: number): 
   if (processingTimeMs !== undefined) varintField(13, u64(processingTimeMs));
   if (reply.needsMore) varintField(14, 1);
   endMessage(at);
-  const out = buf.slice(0, pos);
-  if (buf.length > SCRATCH_BYTES * 4) buf = new Uint8Array(SCRATCH_BYTES);
-  return out;
+  return takeOutput();
 }
