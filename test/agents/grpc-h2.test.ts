@@ -735,13 +735,18 @@ describe("gRPC agent transport on a scripted raw HTTP/2 peer", () => {
     return { peers, t, logs, connectivity };
   }
 
+  /** First stream handshaken, ready, and older than STABLE_MS (a replacement then opens at once, not after a backoff). */
+  async function stableStream(peers: RawPeers, t: GrpcAgentTransport): Promise<void> {
+    await until(() => peers.peers[0]?.messages.length === 1, 3000, "handshake sent");
+    answerHandshake(peers.peers[0]!);
+    await until(() => t.isConnected(), 3000, "ready");
+    await Bun.sleep(1100); // the stream's age is what is waited for, not an event
+  }
+
   test("GOAWAY(NO_ERROR): new calls go to a replacement stream, calls in flight on the old one still get their answers (or their own deadline), then the old stream is half-closed and its connection closed", async () => {
     const { peers, t, logs, connectivity } = await peersAndTransport();
-    await until(() => peers.peers[0]?.messages.length === 1, 3000, "handshake sent");
+    await stableStream(peers, t);
     const old = peers.peers[0]!;
-    answerHandshake(old);
-    await until(() => t.isConnected(), 3000, "ready");
-    await Bun.sleep(1100); // stable (STABLE_MS): the replacement is opened at once, not after a backoff
     const c1 = t.call(reqHeaders("c1", "a"), new AbortController().signal);
     const ac2 = new AbortController();
     const c2 = t.call(reqHeaders("c2", "b"), ac2.signal);
@@ -794,10 +799,7 @@ describe("gRPC agent transport on a scripted raw HTTP/2 peer", () => {
 
   test("GOAWAY with an error code: the replacement is opened at once, what was in flight on the old connection fails closed", async () => {
     const { peers, t, connectivity } = await peersAndTransport();
-    await until(() => peers.peers[0]?.messages.length === 1, 3000, "handshake sent");
-    answerHandshake(peers.peers[0]!);
-    await until(() => t.isConnected(), 3000, "ready");
-    await Bun.sleep(1100);
+    await stableStream(peers, t);
     const c1 = t.call(reqHeaders("c1", "a"), new AbortController().signal).then(
       () => null,
       (e: TransportError) => e,
@@ -813,10 +815,7 @@ describe("gRPC agent transport on a scripted raw HTTP/2 peer", () => {
 
   test("a replacement that fails before it is ready: listeners hear false, the normal reconnect backoff applies", async () => {
     const { peers, t, connectivity } = await peersAndTransport();
-    await until(() => peers.peers[0]?.messages.length === 1, 3000, "handshake sent");
-    answerHandshake(peers.peers[0]!);
-    await until(() => t.isConnected(), 3000, "ready");
-    await Bun.sleep(1100);
+    await stableStream(peers, t);
     peers.peers[0]!.write(goawayFrame(1, ErrorCode.NO_ERROR));
     await until(() => peers.peers.length === 2 && peers.peers[1]!.messages.length === 1, 3000, "replacement handshake");
     // The agent is going away for good: it refuses the new connection.
