@@ -434,6 +434,44 @@ describe("HTTP/2 client on Bun.connect", () => {
     expect(d.end!.message).toContain("content-type");
   });
 
+  test("1xx header blocks before the response headers are skipped (RFC 9113 §8.1); the call then works normally", async () => {
+    const { srv, port } = await server((s) => serverSettings(s));
+    const { conn } = connect(port);
+    const c = grpcCall(conn);
+    c.call.send(enc("hi"));
+    await until(() => srv.messages.length === 1, 3000, "request message");
+    srv.write(frame(FrameType.HEADERS, Flag.END_HEADERS, 1, Uint8Array.from(litNameRef(8, "100")))); // :status 100
+    srv.write(frame(FrameType.HEADERS, Flag.END_HEADERS, 1, Uint8Array.from([...litNameRef(8, "103"), ...litIndexed("link", "</a>; rel=preload")])));
+    srv.write(frame(FrameType.HEADERS, Flag.END_HEADERS, 1, RESPONSE_HEADERS));
+    srv.write(frame(FrameType.DATA, 0, 1, grpcMessage("after-1xx")));
+    srv.write(frame(FrameType.HEADERS, Flag.END_HEADERS | Flag.END_STREAM, 1, Uint8Array.from(litIndexed("grpc-status", "0"))));
+    await until(() => c.end !== undefined, 3000, "trailers");
+    expect(c.end).toBeNull();
+    expect(c.messages).toEqual(["after-1xx"]);
+    expect(srv.ofType(FrameType.RST_STREAM).every((f) => readU32(f.payload, 0) === ErrorCode.NO_ERROR)).toBe(true);
+  });
+
+  test("101 in HTTP/2, or a 1xx block that ends the stream, is a stream PROTOCOL_ERROR (INTERNAL); the connection stays up", async () => {
+    const { srv, port } = await server((s) => serverSettings(s));
+    const { conn, closed } = connect(port);
+    const a = grpcCall(conn);
+    const b = grpcCall(conn);
+    await until(() => srv.headers.length === 2);
+    srv.write(frame(FrameType.HEADERS, Flag.END_HEADERS, 1, Uint8Array.from(litNameRef(8, "101"))));
+    srv.write(frame(FrameType.HEADERS, Flag.END_HEADERS | Flag.END_STREAM, 3, Uint8Array.from(litNameRef(8, "100"))));
+    await until(() => a.end !== undefined && b.end !== undefined);
+    expect(a.end!.code).toBe(Status.INTERNAL);
+    expect(a.end!.message).toContain("101");
+    expect(b.end!.code).toBe(Status.INTERNAL);
+    expect(b.end!.message).toContain("ended the stream");
+    await until(() => srv.ofType(FrameType.RST_STREAM).some((f) => f.stream === 1), 3000, "RST_STREAM on stream 1");
+    expect(readU32(srv.ofType(FrameType.RST_STREAM).find((f) => f.stream === 1)!.payload, 0)).toBe(ErrorCode.PROTOCOL_ERROR);
+    expect(closed).toEqual([]);
+    const c = grpcCall(conn); // the connection still takes new streams
+    await until(() => srv.headers.length === 3);
+    expect(c.end).toBeUndefined();
+  });
+
   test("RST_STREAM from the peer ends the call; GOAWAY refuses streams above last-stream-id", async () => {
     const { srv, port } = await server((s) => serverSettings(s));
     const goaways: number[] = [];

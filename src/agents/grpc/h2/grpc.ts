@@ -1,8 +1,8 @@
 // gRPC over one HTTP/2 stream (https://github.com/grpc/grpc/blob/master/doc/PROTOCOL-HTTP2.md):
 // request headers, length-prefixed messages (5-byte prefix; compression is not negotiated and a
-// compressed message is refused), response headers, trailers with grpc-status / grpc-message,
-// trailers-only responses, message size limits, and the mapping of HTTP/2 failures to status
-// codes. Messages are raw bytes here; protobuf encoding is the caller's.
+// compressed message is refused), response headers (1xx blocks before them are skipped),
+// trailers with grpc-status / grpc-message, trailers-only responses, message size limits, and the
+// mapping of HTTP/2 failures to status codes. Messages are raw bytes here; protobuf encoding is the caller's.
 import type { H2Connection, H2Stream, H2StreamHandler } from "./connection.ts";
 import { ErrorCode } from "./frames.ts";
 import type { HeaderField } from "./hpack.ts";
@@ -90,6 +90,11 @@ function statusFromHttp(status: number): number {
     default:
       return Status.UNKNOWN;
   }
+}
+
+/** A 1xx status ("100".."199"): an interim response, not the final one. */
+function isInformational(status: string): boolean {
+  return status.length === 3 && status.charCodeAt(0) === 0x31 && /^1\d\d$/.test(status);
 }
 
 /** RST_STREAM error code -> gRPC status. */
@@ -224,7 +229,6 @@ export class GrpcCall implements H2StreamHandler {
   onHeaders(_st: H2Stream, fields: HeaderField[], endStream: boolean): void {
     if (this.ended) return;
     if (!this.gotHeaders) {
-      this.gotHeaders = true;
       let status = "";
       let contentType = "";
       for (const [name, value] of fields) {
@@ -232,6 +236,11 @@ export class GrpcCall implements H2StreamHandler {
         else if (name === "content-type") contentType = value;
         else if (name === "grpc-encoding") this.encoding = value;
       }
+      if (isInformational(status)) {
+        this.onInformational(status, endStream);
+        return;
+      }
+      this.gotHeaders = true;
       if (status !== "200") {
         const code = statusFromHttp(Number(status));
         this.finish(new GrpcStatusError(code, `HTTP status ${status || "(none)"} from the agent`), !endStream);
@@ -248,6 +257,20 @@ export class GrpcCall implements H2StreamHandler {
       return;
     }
     this.onTrailers(fields);
+  }
+
+  /**
+   * A 1xx header block before the response headers (RFC 9113 §8.1): 100 Continue, 103 Early
+   * Hints and the like are skipped, the final headers are still to come. 101 cannot occur in
+   * HTTP/2 (§8.6), and an informational block that ends the stream is malformed (§8.1.1): both
+   * are stream errors of type PROTOCOL_ERROR.
+   */
+  private onInformational(status: string, endStream: boolean): void {
+    if (status !== "101" && !endStream) return;
+    this.ended = true;
+    this.conn.resetStream(this.stream, ErrorCode.PROTOCOL_ERROR);
+    const why = endStream ? `informational HTTP status ${status} ended the stream` : "HTTP status 101 (Switching Protocols) is not allowed in HTTP/2";
+    this.handler.onEnd(new GrpcStatusError(Status.INTERNAL, `${why} (from the agent)`));
   }
 
   private onTrailers(fields: HeaderField[]): void {
