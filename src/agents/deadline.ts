@@ -38,11 +38,23 @@ export interface DeadlineHandle {
   cancel(): void;
 }
 
-interface Entry extends DeadlineHandle {
+/** A scheduled callback; a class so that `cancel` is one shared method, not a closure per entry. */
+class Entry implements DeadlineHandle {
   prev: Entry | null;
-  next: Entry | null;
-  bucket: Bucket | null; // null once expired or cancelled
-  fn: (() => void) | null;
+  next: Entry | null = null;
+  constructor(
+    readonly deadline: number,
+    private readonly queue: DeadlineQueue,
+    public bucket: Bucket | null, // null once expired or cancelled
+    public fn: ((arg: never) => void) | null,
+    public arg: unknown,
+  ) {
+    this.prev = bucket!.tail;
+  }
+
+  cancel(): void {
+    if (this.bucket !== null) this.queue.unlink(this);
+  }
 }
 
 interface Bucket {
@@ -68,8 +80,13 @@ export class DeadlineQueue {
     return this.clock.now();
   }
 
-  /** Run `fn` once, `delayMs` from now, unless cancelled first. */
-  schedule(delayMs: number, fn: () => void): DeadlineHandle {
+  /**
+   * Run `fn(arg)` once, `delayMs` from now, unless cancelled first. (A module-level `fn` with the
+   * per-call state as `arg` keeps the hot path free of a closure per call.)
+   */
+  schedule(delayMs: number, fn: () => void): DeadlineHandle;
+  schedule<T>(delayMs: number, fn: (arg: T) => void, arg: T): DeadlineHandle;
+  schedule(delayMs: number, fn: (arg: never) => void, arg?: unknown): DeadlineHandle {
     const duration = delayMs > 0 ? Math.min(delayMs, 2 ** 31 - 1) : 0; // NaN/negative → now
     const deadline = this.clock.now() + duration;
     let bucket = this.buckets.get(duration);
@@ -77,17 +94,7 @@ export class DeadlineQueue {
       bucket = { duration, head: null, tail: null };
       this.buckets.set(duration, bucket);
     }
-    const queue = this;
-    const entry: Entry = {
-      deadline,
-      prev: bucket.tail,
-      next: null,
-      bucket,
-      fn,
-      cancel: () => {
-        if (entry.bucket !== null) queue.unlink(entry);
-      },
-    };
+    const entry = new Entry(deadline, this, bucket, fn, arg);
     if (bucket.tail !== null) bucket.tail.next = entry;
     else bucket.head = entry;
     bucket.tail = entry;
@@ -96,7 +103,8 @@ export class DeadlineQueue {
     return entry;
   }
 
-  private unlink(e: Entry): void {
+  /** @internal (Entry.cancel) */
+  unlink(e: Entry): void {
     const b = e.bucket!;
     if (e.prev !== null) e.prev.next = e.next;
     else b.head = e.next;
@@ -105,6 +113,7 @@ export class DeadlineQueue {
     e.prev = e.next = null;
     e.bucket = null;
     e.fn = null;
+    e.arg = undefined;
     this.count--;
     if (b.head === null) this.buckets.delete(b.duration);
     // The armed timer is deliberately left alone, even when the queue becomes empty: when it
@@ -137,9 +146,10 @@ export class DeadlineQueue {
     for (const e of due) {
       if (e.bucket === null) continue; // cancelled by an earlier callback
       const fn = e.fn!;
+      const arg = e.arg;
       this.unlink(e);
       try {
-        fn();
+        fn(arg as never);
       } catch {
         // A deadline callback must never break the queue.
       }
