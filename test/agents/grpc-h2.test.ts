@@ -51,6 +51,8 @@ class RawServer {
   onFrameHook: ((f: Frame) => void) | null = null;
   raw = false;
   rawReceived = "";
+  /** Acknowledge the client's SETTINGS as a real peer does (set by serverSettings()). */
+  ackSettings = false;
 
   constructor(private readonly script: (srv: RawServer) => void = () => {}) {}
 
@@ -126,6 +128,7 @@ class RawServer {
 
   private onFrame(f: Frame): void {
     this.frames.push(f);
+    if (this.ackSettings && f.type === FrameType.SETTINGS && !(f.flags & Flag.ACK)) this.write(settingsAckFrame());
     if (f.type === FrameType.HEADERS) this.headers.push(this.hpack.decode(f.payload));
     if (f.type === FrameType.DATA) {
       this.dataBytes += f.payload.length;
@@ -255,8 +258,10 @@ const litNameRef = (index: number, value: string) => [...(index < 15 ? [index] :
 /** :status 200 (static 8), content-type application/grpc added to the dynamic table, plus x-srv. */
 const RESPONSE_HEADERS = Uint8Array.from([0x88, ...litIndexed("content-type", "application/grpc"), ...litIndexed("x-srv", "raw")]);
 
+/** The server's SETTINGS (its first frame); the client's SETTINGS will be acknowledged. */
 function serverSettings(srv: RawServer, entries: Array<[number, number]> = []): void {
   srv.write(settingsFrame(entries));
+  srv.ackSettings = true;
 }
 
 describe("HTTP/2 client on Bun.connect", () => {
@@ -610,6 +615,27 @@ describe("HTTP/2 client on Bun.connect", () => {
     expect(closed[0]!.message).toContain("keepalive PING");
   });
 
+  test("SETTINGS not acknowledged within settingsTimeoutMs: GOAWAY SETTINGS_TIMEOUT, the connection fails (RFC 9113 §6.5.3)", async () => {
+    const { srv, port } = await server((s) => s.write(settingsFrame([]))); // never ACKs ours
+    const { conn, closed } = connect(port, { settingsTimeoutMs: 150 });
+    const c = grpcCall(conn);
+    await until(() => closed.length === 1, 3000, "settings timeout");
+    expect(closed[0]!.message).toContain("SETTINGS_TIMEOUT");
+    expect(closed[0]!.message).toContain("did not acknowledge our SETTINGS within 150 ms");
+    expect(c.end!.code).toBe(Status.UNAVAILABLE);
+    await until(() => srv.ofType(FrameType.GOAWAY).length === 1, 3000, "GOAWAY");
+    expect(readU32(srv.ofType(FrameType.GOAWAY)[0]!.payload, 4)).toBe(ErrorCode.SETTINGS_TIMEOUT);
+
+    // Acknowledged in time: the connection stays up past the timeout.
+    const ok = await server((s) => serverSettings(s));
+    const acked = connect(ok.port, { settingsTimeoutMs: 150 });
+    const d = grpcCall(acked.conn);
+    await until(() => ok.srv.headers.length === 1);
+    await Bun.sleep(300); // twice the timeout: what is checked is that nothing happens
+    expect(acked.closed).toEqual([]);
+    expect(d.end).toBeUndefined();
+  });
+
   test("connection refused surfaces as a connection error", async () => {
     const { srv, port } = await server();
     srv.stop();
@@ -865,6 +891,32 @@ describe("gRPC agent transport on a scripted raw HTTP/2 peer", () => {
     expect(endedStream1(peers.peers[0]!)).toBe(true);
     await until(() => peers.peers.length === 3 && peers.peers[2]!.messages.length === 1, 3000, "reconnect after backoff");
     answerHandshake(peers.peers[2]!);
+    await until(() => t.isConnected(), 3000, "reconnected");
+    expect(connectivity).toEqual([true, false, true]);
+  });
+
+  test("an agent that never acknowledges our SETTINGS: its connection fails after connectTimeoutMs (GOAWAY SETTINGS_TIMEOUT), the call on it fails closed, the transport reconnects", async () => {
+    const peers = new RawPeers((s, i) => (i === 0 ? s.write(settingsFrame([])) : serverSettings(s)));
+    const port = await peers.start();
+    cleanup.push(() => peers.stop());
+    const t = new GrpcAgentTransport({ endpoint: `http://127.0.0.1:${port}`, connectTimeoutMs: 400, connections: 1, proxyVersion: "0.1.0-test", log: () => {} });
+    const connectivity: boolean[] = [];
+    t.onConnectivity((c) => connectivity.push(c));
+    cleanup.push(() => void t.close());
+    t.start();
+    await until(() => peers.peers[0]?.messages.length === 1, 3000, "handshake sent");
+    answerHandshake(peers.peers[0]!);
+    await until(() => t.isConnected(), 3000, "ready");
+    const err = (await t.call(reqHeaders("c1", "a"), new AbortController().signal).then(
+      () => null,
+      (e: TransportError) => e,
+    ))!;
+    expect(err.kind).toBe("closed");
+    expect(err.message).toContain("SETTINGS_TIMEOUT");
+    await until(() => peers.peers[0]!.ofType(FrameType.GOAWAY).length === 1, 3000, "GOAWAY");
+    expect(readU32(peers.peers[0]!.ofType(FrameType.GOAWAY)[0]!.payload, 4)).toBe(ErrorCode.SETTINGS_TIMEOUT);
+    await until(() => peers.peers.length === 2 && peers.peers[1]!.messages.length === 1, 3000, "reconnect");
+    answerHandshake(peers.peers[1]!);
     await until(() => t.isConnected(), 3000, "reconnected");
     expect(connectivity).toEqual([true, false, true]);
   });

@@ -527,6 +527,10 @@ export class GrpcAgentTransport implements AgentTransport {
         tls: this.tls,
         keepaliveIntervalMs: this.keepaliveMs,
         keepaliveTimeoutMs: KEEPALIVE_TIMEOUT_MS,
+        // An agent that does not acknowledge our SETTINGS within the connect timeout is treated
+        // like one that does not answer the handshake: the connection fails (GOAWAY
+        // SETTINGS_TIMEOUT), calls on it fail "closed", and we reconnect with backoff.
+        settingsTimeoutMs: this.opts.connectTimeoutMs,
         onGoaway: (code, last, debug) => this.onGoaway(s, code, last, debug),
       });
       s.call = new GrpcCall(

@@ -1,7 +1,7 @@
 // A small HTTP/2 client connection on Bun.connect (RFC 9113): h2c with prior knowledge, or TLS
 // with ALPN "h2". Client-initiated streams only (no server push), HPACK (hpack.ts), flow control
-// in both directions, SETTINGS, PING (answered, and sent as keepalive), GOAWAY, RST_STREAM,
-// CONTINUATION.
+// in both directions, SETTINGS (our SETTINGS must be acknowledged in time, §6.5.3), PING
+// (answered, and sent as keepalive), GOAWAY, RST_STREAM, CONTINUATION.
 //
 // Writes are appended to one output buffer and flushed once per event-loop turn (setImmediate),
 // so frames produced by every request handled in that turn leave in one write. Bun's
@@ -77,6 +77,11 @@ export interface H2ConnectionOptions {
   keepaliveIntervalMs?: number;
   /** Close the connection when a keepalive PING is not answered within this. */
   keepaliveTimeoutMs?: number;
+  /**
+   * Fail the connection with SETTINGS_TIMEOUT when our SETTINGS are not acknowledged this long
+   * after the socket opened (RFC 9113 §6.5.3; 0 or absent = never).
+   */
+  settingsTimeoutMs?: number;
   /** Called once when the connection is gone (after every stream heard onReset). */
   onClose?: (err: Error) => void;
   /** Called on GOAWAY (streams above lastStreamId have already been reset). */
@@ -143,6 +148,8 @@ export class H2Connection {
   private peerInitialWindow = DEFAULT_WINDOW;
   private peerMaxConcurrentStreams = Infinity;
   private gotPeerSettings = false;
+  /** Armed when the socket opens; cleared by the peer's SETTINGS ACK. */
+  private settingsTimer: ReturnType<typeof setTimeout> | undefined;
 
   private connSendWindow = DEFAULT_WINDOW;
   private connRecvWindow = CONN_RECV_WINDOW;
@@ -250,7 +257,22 @@ export class H2Connection {
     }
     this.socket = s;
     this.open = true;
+    this.armSettingsTimeout();
     this.flush();
+  }
+
+  /**
+   * Our SETTINGS leave with the preface; a peer that never acknowledges them has not applied
+   * them (window sizes, no push) or is not reading at all, while TCP may stay up for a long time.
+   */
+  private armSettingsTimeout(): void {
+    const ms = this.opts.settingsTimeoutMs ?? 0;
+    if (ms <= 0) return;
+    this.settingsTimer = setTimeout(() => {
+      this.settingsTimer = undefined;
+      this.fail(new H2ConnectionError(ErrorCode.SETTINGS_TIMEOUT, `the agent did not acknowledge our SETTINGS within ${ms} ms`));
+    }, ms);
+    (this.settingsTimer as { unref?: () => void }).unref?.();
   }
 
   // ------------------------------------------------------------------------- writing
@@ -631,6 +653,11 @@ export class H2Connection {
     if (streamId !== 0) throw new H2ConnectionError(ErrorCode.PROTOCOL_ERROR, "SETTINGS on a stream");
     if (flags & Flag.ACK) {
       if (p.length !== 0) throw new H2ConnectionError(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS ACK with a payload");
+      // We send SETTINGS once (with the preface): the first ACK is for them.
+      if (this.settingsTimer !== undefined) {
+        clearTimeout(this.settingsTimer);
+        this.settingsTimer = undefined;
+      }
       return;
     }
     if (p.length % 6 !== 0) throw new H2ConnectionError(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS length");
@@ -753,6 +780,7 @@ export class H2Connection {
     this.closed = true;
     this.closeError = err;
     if (this.keepaliveTimer !== undefined) clearInterval(this.keepaliveTimer);
+    if (this.settingsTimer !== undefined) clearTimeout(this.settingsTimer);
     const s = this.socket;
     this.socket = null;
     this.open = false;
