@@ -108,6 +108,8 @@ export function createTransportFor(config: AgentConfig, address: string = config
     endpoint: address,
     agentId: config.id,
     connectTimeoutMs: config.connectTimeoutMs,
+    // A call's deadline is timeout-ms, or chunk-timeout-ms for streamed body chunks.
+    callTimeoutMs: Math.max(config.timeoutMs, config.chunkTimeoutMs),
     connections: config.connections,
     config: config.config,
     proxyVersion: PROXY_VERSION,

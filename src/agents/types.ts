@@ -156,6 +156,12 @@ export interface TransportOptions {
   /** The agent's id from the config (the v1 configure event's `agent_id`, §5/D16). */
   agentId?: string;
   connectTimeoutMs: number;
+  /**
+   * Longest deadline the Agent layer gives one call (its timeout-ms, or chunk-timeout-ms when
+   * larger). gRPC: after a GOAWAY, the old connection is closed at the latest this long after
+   * the last call sent on it (plus a small margin), even if a caller's signal never fires.
+   */
+  callTimeoutMs?: number;
   /** Number of UDS connections (ignored by gRPC, which multiplexes one stream per channel). */
   connections: number;
   /** Agent `config {}` as JSON, delivered in the handshake (and a configure event where supported). */

@@ -28,7 +28,7 @@ import { huffmanEncode } from "../../src/agents/grpc/h2/huffman.ts";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { GrpcAgentTransport, KEEPALIVE_INTERVAL_MS, createGrpcTransport } from "../../src/agents/grpc/client.ts";
 import { AgentToProxySchema, ProxyToAgentSchema } from "../../src/gen/zentinel/agent/v2/agent_v2_pb.js";
-import { TransportError, type AgentEvent } from "../../src/agents/types.ts";
+import { TransportError, type AgentEvent, type TransportOptions } from "../../src/agents/types.ts";
 import { requestHeadersEvent } from "../../src/agents/test-events.ts";
 import { waitFor as poll } from "../helpers/proxy.ts";
 
@@ -783,13 +783,13 @@ describe("gRPC agent transport on a scripted raw HTTP/2 peer", () => {
 
   type Logged = { level: string; msg: string; fields?: Record<string, unknown> };
 
-  async function peersAndTransport(keepaliveIntervalMs?: number): Promise<{ peers: RawPeers; t: GrpcAgentTransport; logs: Logged[]; connectivity: boolean[] }> {
+  async function peersAndTransport(keepaliveIntervalMs?: number, extra: Partial<TransportOptions> = {}): Promise<{ peers: RawPeers; t: GrpcAgentTransport; logs: Logged[]; connectivity: boolean[] }> {
     const peers = new RawPeers((s) => serverSettings(s));
     const port = await peers.start();
     cleanup.push(() => peers.stop());
     const logs: Logged[] = [];
     const t = new GrpcAgentTransport(
-      { endpoint: `http://127.0.0.1:${port}`, connectTimeoutMs: 3000, connections: 1, proxyVersion: "0.1.0-test", log: (level, msg, fields) => logs.push({ level, msg, fields }) },
+      { endpoint: `http://127.0.0.1:${port}`, connectTimeoutMs: 3000, connections: 1, proxyVersion: "0.1.0-test", log: (level, msg, fields) => logs.push({ level, msg, fields }), ...extra },
       keepaliveIntervalMs === undefined ? {} : { keepaliveIntervalMs },
     );
     const connectivity: boolean[] = [];
@@ -874,6 +874,31 @@ describe("gRPC agent transport on a scripted raw HTTP/2 peer", () => {
     await until(() => peers.peers.length === 2 && peers.peers[1]!.messages.length === 1, 3000, "replacement handshake");
     answerHandshake(peers.peers[1]!);
     await until(() => t.isConnected(), 3000, "replacement ready");
+    expect(connectivity).toEqual([true]);
+  });
+
+  test("GOAWAY drain bounded by callTimeoutMs: a call whose caller never gives up fails closed just after its deadline, then the old connection is closed", async () => {
+    const { peers, t, connectivity } = await peersAndTransport(undefined, { callTimeoutMs: 300 });
+    await stableStream(peers, t);
+    const old = peers.peers[0]!;
+    const sentAt = performance.now();
+    const c1 = t.call(reqHeaders("c1", "a"), new AbortController().signal).then(
+      () => null,
+      (e: TransportError) => e,
+    );
+    await until(() => old.messages.length === 2, 3000, "event on the old stream");
+    old.write(goawayFrame(1, ErrorCode.NO_ERROR, "graceful"));
+    await until(() => peers.peers.length === 2 && peers.peers[1]!.messages.length === 1, 3000, "replacement handshake");
+    answerHandshake(peers.peers[1]!);
+    const err = (await c1)!;
+    const ms = performance.now() - sentAt;
+    expect(err.kind).toBe("closed");
+    expect(err.message).toContain("after the agent's GOAWAY");
+    expect(ms).toBeGreaterThanOrEqual(300);
+    expect(ms).toBeLessThan(1500); // 300 ms + the margin, far from the 30 s backstop
+    await until(() => old.closed, 3000, "old connection closed");
+    expect(old.ofType(FrameType.GOAWAY).length).toBe(1);
+    expect(t.isConnected()).toBe(true);
     expect(connectivity).toEqual([true]);
   });
 

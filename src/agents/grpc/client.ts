@@ -16,13 +16,15 @@
 // reconnecting), a replacement connection + stream is opened at once (same handshake; through the
 // backoff if the old stream was up for less than STABLE_MS), and the old stream drains: calls in
 // flight on it still get their answers, each up to its own deadline (the caller's signal, i.e.
-// the agent's call timeout; DRAIN_MAX_MS as a backstop), then it is half-closed (END_STREAM, so
+// the agent's call timeout; for calls whose signal never fires, the drain ends DRAIN_MARGIN_MS
+// after the last send on it + callTimeoutMs, or after DRAIN_MAX_MS without callTimeoutMs; the
+// calls still in flight then fail "closed"), then it is half-closed (END_STREAM, so
 // the agent's graceful shutdown can complete) and its connection closed once the agent ends the
 // stream (or END_WAIT_MS after the half-close). Connectivity listeners hear `false` only if the
 // replacement fails before it is ready.
 //
-// Hot path (call -> answer): no timer, one Map entry, one abort listener that is the pending
-// object itself (handleEvent), no encode-to-measure (the size check is an upper-bound estimate).
+// Hot path (call -> answer): no timer, one Map entry, one clock read (the send time that bounds a
+// GOAWAY drain), one abort listener that is the pending object itself (handleEvent), no encode-to-measure (the size check is an upper-bound estimate).
 //
 // Wire: our own HTTP/2 client (h2/connection.ts, on Bun.connect: h2c with prior knowledge, or TLS
 // with ALPN h2) carrying one gRPC bidi call (h2/grpc.ts) per connection. Per-request events and
@@ -94,9 +96,15 @@ const KEEPALIVE_MAX_MS = 24 * 60 * 60_000;
 /**
  * After a GOAWAY: longest wait for the calls in flight on the old stream. Each of them normally
  * ends earlier, at its own deadline (the caller's signal carries the agent's call timeout); this
- * only bounds calls whose signal never fires.
+ * only bounds calls whose signal never fires, and only when the options carry no callTimeoutMs.
  */
 const DRAIN_MAX_MS = 30_000;
+/**
+ * With callTimeoutMs: the drain ends this long after the last in-flight call's deadline, so the
+ * callers' own timeouts (the shared deadline queue fires within a few ms) settle their calls
+ * first and the normal half-close runs; only calls nobody is waiting on any more are cut.
+ */
+const DRAIN_MARGIN_MS = 100;
 /** After half-closing a drained stream: how long the agent gets to end it before we cancel it. */
 const END_WAIT_MS = 2_000;
 
@@ -125,6 +133,8 @@ class StreamState {
   readyAt = 0;
   /** Calls sent on this stream and not yet settled. */
   inflight = 0;
+  /** When the last call was sent (performance.now()): its deadline bounds a GOAWAY drain. */
+  lastSentAt = 0;
   /** GOAWAY received: no new events; ends once its in-flight calls have settled. */
   draining = false;
   halfClosed = false;
@@ -306,6 +316,7 @@ export class GrpcAgentTransport implements AgentTransport {
       try {
         s.call!.send(bytes);
         s.inflight++;
+        s.lastSentAt = performance.now();
       } catch (err) {
         this.pending.delete(id);
         signal.removeEventListener("abort", p);
@@ -651,8 +662,20 @@ export class GrpcAgentTransport implements AgentTransport {
     }
     if (s.inflight <= 0) this.finishDrain(s);
     else {
-      s.drainTimer = setTimeout(() => this.endStream(s, "closed", `calls still in flight ${DRAIN_MAX_MS} ms after the agent's GOAWAY`), DRAIN_MAX_MS);
+      const ms = this.drainBoundMs(s);
+      s.drainTimer = setTimeout(() => this.endStream(s, "closed", `calls still in flight ${ms} ms after the agent's GOAWAY, past their deadlines`), ms);
     }
+  }
+
+  /**
+   * How long the calls in flight on a GOAWAY'd stream may take: until the deadline of the last
+   * one sent (no call gets more than callTimeoutMs) plus a margin. Without callTimeoutMs the
+   * deadlines are unknown here: DRAIN_MAX_MS.
+   */
+  private drainBoundMs(s: StreamState): number {
+    const callMs = this.opts.callTimeoutMs;
+    if (callMs === undefined || !(callMs > 0)) return DRAIN_MAX_MS;
+    return Math.max(0, Math.ceil(s.lastSentAt + callMs - performance.now())) + DRAIN_MARGIN_MS;
   }
 
   /** grpc-go's keepalive enforcement: ping half as often from now on, as grpc-go clients do. */
