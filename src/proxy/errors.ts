@@ -18,7 +18,7 @@ const TEXT: Record<number, string> = {
   504: "gateway timeout",
 };
 
-export function errorResponse(status: number, requestId: string, extra?: Record<string, string>): Response {
+export function errorResponse(status: number, requestId: string, extra?: Readonly<Record<string, string>>): Response {
   const body = `{"error":"${TEXT[status] ?? "error"}","request_id":"${requestId}"}`;
   const headers: Record<string, string> = {
     "content-type": "application/json",

@@ -37,13 +37,21 @@ export const MAX_RESPONSE_HEAD_BYTES = 64 * 1024;
 /** Status for a request head over a limit, or 0. `target` is path + query as received. */
 export function checkRequestHead(targetLength: number, headers: Headers, limits: LimitsConfig): 0 | 414 | 431 {
   if (targetLength > limits.maxUriLength) return 414;
-  let count = 0;
-  let size = 0;
-  headers.forEach((value, name) => {
-    count++;
-    size += name.length + value.length + 4;
-  });
-  return count > limits.maxHeaderCount || size > limits.maxHeaderSize ? 431 : 0;
+  const tally: HeadTally = { count: 0, size: 0 };
+  headers.forEach(countHeader, tally);
+  return tally.count > limits.maxHeaderCount || tally.size > limits.maxHeaderSize ? 431 : 0;
+}
+
+/** Header count and size of a head (`forEach` with this state: no closure per request). */
+export interface HeadTally {
+  count: number;
+  size: number;
+}
+
+/** Each field as on the wire: name, ": ", value, CRLF. */
+export function countHeader(this: HeadTally, value: string, name: string): void {
+  this.count++;
+  this.size += name.length + value.length + 4;
 }
 
 /** A declared Content-Length: 400 for differing list values, 413 over the limit, else the length. */

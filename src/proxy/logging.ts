@@ -93,8 +93,9 @@ function clfTime(d: Date): string {
 }
 
 /** Escape a value for a quoted CLF field: quotes, backslashes and control characters. */
-const clfQuote = (s: string) =>
-  s.replace(/["\\\x00-\x1f\x7f]/g, (c) => (c === '"' || c === "\\" ? "\\" + c : "\\x" + c.charCodeAt(0).toString(16).padStart(2, "0")));
+const CLF_ESCAPED = /["\\\x00-\x1f\x7f]/g;
+const clfEscape = (c: string) => (c === '"' || c === "\\" ? "\\" + c : "\\x" + c.charCodeAt(0).toString(16).padStart(2, "0"));
+const clfQuote = (s: string) => s.replace(CLF_ESCAPED, clfEscape);
 
 /** NCSA combined format (the path is the normalised one, the query is not logged). */
 function combined(ctx: RequestContext, now: Date): string {

@@ -51,6 +51,12 @@ const SMALL_BODY = 64 * 1024;
 /** How long the response waits for the first body chunk before relaying (see peekBody). */
 const PEEK_WINDOW_MS = 5;
 const REFUSED_METHODS = new Set(["CONNECT", "TRACE"]);
+/** Extra header of error answers after which the connection must not be reused. */
+const CLOSE: Readonly<Record<string, string>> = { connection: "close" };
+// Host syntax (compiled once; a regex literal inside a function is a new object per call).
+const PORT_SUFFIX = /^:\d{1,5}$/;
+const PORT_DIGITS = /^\d{1,5}$/;
+const REG_NAME = /^[A-Za-z0-9._~!$&'()*+;=%-]*$/;
 
 function parseHost(raw: string): string | undefined {
   // One Host value, reg-name or IP literal, optional port; no userinfo, path or spaces.
@@ -60,17 +66,22 @@ function parseHost(raw: string): string | undefined {
     const end = host.indexOf("]");
     if (end < 0) return undefined;
     const rest = host.slice(end + 1);
-    if (rest && !/^:\d{1,5}$/.test(rest)) return undefined;
+    if (rest && !PORT_SUFFIX.test(rest)) return undefined;
     return host.slice(0, end + 1).toLowerCase();
   }
   const colon = host.indexOf(":");
   if (colon >= 0) {
-    if (!/^\d{1,5}$/.test(host.slice(colon + 1))) return undefined;
+    if (!PORT_DIGITS.test(host.slice(colon + 1))) return undefined;
     host = host.slice(0, colon);
   }
-  if (!/^[A-Za-z0-9._~!$&'()*+;=%-]*$/.test(host)) return undefined;
+  if (!REG_NAME.test(host)) return undefined;
   host = host.toLowerCase();
   return host.endsWith(".") ? host.slice(0, -1) : host;
+}
+
+/** A request refused in `receive`; a malformed one (400) also closes its connection. */
+function rejectRequest(status: number, traceId: string): Response {
+  return errorResponse(status, traceId, status === 400 ? CLOSE : undefined);
 }
 
 /** Phase 1 — receive: validate the request line and head, normalise, identify. */
@@ -78,9 +89,7 @@ function receive(req: Request, server: Server<unknown>, listener: ListenerConfig
   const limits = rt.config.limits;
   const incoming = req.headers;
   const traceId = acceptTraceId(incoming.get("x-trace-id") ?? incoming.get("x-correlation-id") ?? incoming.get("x-request-id")) ?? newTraceId(rt.config.system.traceIdFormat);
-  const reject = (status: number) => errorResponse(status, traceId, status === 400 ? { connection: "close" } : undefined);
-
-  if (REFUSED_METHODS.has(req.method)) return reject(405);
+  if (REFUSED_METHODS.has(req.method)) return rejectRequest(405, traceId);
 
   const url = req.url;
   let start = 0;
@@ -96,14 +105,14 @@ function receive(req: Request, server: Server<unknown>, listener: ListenerConfig
     query = q < 0 ? "" : url.slice(q);
   }
   const tooLarge = checkRequestHead(rawPath.length + query.length, incoming, limits);
-  if (tooLarge) return reject(tooLarge);
+  if (tooLarge) return rejectRequest(tooLarge, traceId);
 
   const hostHeader = incoming.get("host") ?? "";
   const host = parseHost(hostHeader);
-  if (host === undefined) return reject(400);
+  if (host === undefined) return rejectRequest(400, traceId);
 
   const normalized = normalizePath(rawPath);
-  if (!normalized.ok) return reject(400);
+  if (!normalized.ok) return rejectRequest(400, traceId);
 
   const addr = server.requestIP(req);
   return {
@@ -151,6 +160,18 @@ function route(ctx: RequestContext): RouteConfig | undefined {
 
 const NO_HEADER_OPS: readonly HeaderOp[] = [];
 
+/**
+ * The one Content-Length value of a (Bun-validated) field: repeated identical values
+ * ("5, 5", RFC 9112 §6.3) collapse to one; differing ones are null (400).
+ */
+function singleContentLength(field: string): string | null {
+  if (!field.includes(",")) return field.trim();
+  const parts = field.split(",");
+  const first = parts[0]!.trim();
+  for (let i = 1; i < parts.length; i++) if (parts[i]!.trim() !== first) return null;
+  return first;
+}
+
 /** Phase 3 — request filter: request-header agents, policies, request body limits and agents. */
 async function requestFilter(ctx: RequestContext): Promise<{ response?: Response; body: ReadableStream<Uint8Array> | Uint8Array | null }> {
   const plan = ctx.plan!;
@@ -172,10 +193,10 @@ async function requestFilter(ctx: RequestContext): Promise<{ response?: Response
   const cl = ctx.req.headers.get("content-length");
   let declared: number | undefined;
   if (cl !== null) {
-    const parts = cl.split(",").map((s) => s.trim());
-    if (parts.some((p) => p !== parts[0])) return { response: errorResponse(400, ctx.traceId, { connection: "close" }), body: null };
-    declared = Number(parts[0]);
-    setUpstreamHeader(upstream, "content-length", parts[0]!);
+    const value = singleContentLength(cl);
+    if (value === null) return { response: errorResponse(400, ctx.traceId, CLOSE), body: null };
+    declared = Number(value);
+    setUpstreamHeader(upstream, "content-length", value);
   }
   const hasBody = !BODYLESS_METHODS.has(ctx.method) && ctx.req.body !== null && (declared === undefined ? ctx.req.headers.has("transfer-encoding") : declared > 0);
   if (!hasBody) {
@@ -184,7 +205,7 @@ async function requestFilter(ctx: RequestContext): Promise<{ response?: Response
   }
   if (declared !== undefined && declared > plan.maxBodySize) {
     ctx.error = "request body over max-body-size";
-    return { response: errorResponse(413, ctx.traceId, { connection: "close" }), body: null };
+    return { response: errorResponse(413, ctx.traceId, CLOSE), body: null };
   }
   if (declared !== undefined && plan.requestBodyAgents.length === 0) {
     // Fast path: Bun's parser already holds the body to its declared length (checked against
@@ -197,7 +218,7 @@ async function requestFilter(ctx: RequestContext): Promise<{ response?: Response
         return { body: await ctx.req.bytes() };
       } catch (err) {
         ctx.error = `request body: ${(err as Error)?.message ?? err}`;
-        return { response: errorResponse(ctx.signal.aborted ? 499 : 400, ctx.traceId, { connection: "close" }), body: null };
+        return { response: errorResponse(ctx.signal.aborted ? 499 : 400, ctx.traceId, CLOSE), body: null };
       }
     }
     return { body: ctx.req.body! };
@@ -213,7 +234,7 @@ async function requestFilter(ctx: RequestContext): Promise<{ response?: Response
       bytes = await ctx.req.bytes();
     } catch (err) {
       ctx.error = `request body: ${(err as Error)?.message ?? err}`;
-      return { response: errorResponse(ctx.signal.aborted ? 499 : 408, ctx.traceId, { connection: "close" }), body: null };
+      return { response: errorResponse(ctx.signal.aborted ? 499 : 408, ctx.traceId, CLOSE), body: null };
     }
     ctx.bytesIn = bytes.byteLength;
     const inspected = await requestBodyPhase(ctx, bytes);
@@ -230,9 +251,9 @@ async function requestFilter(ctx: RequestContext): Promise<{ response?: Response
     if (inspected.body instanceof Uint8Array && !inspected.response) setUpstreamHeader(upstream, "content-length", String(inspected.body.byteLength));
     return inspected;
   } catch (err) {
-    if (err instanceof BodyLimitError) return { response: errorResponse(413, ctx.traceId, { connection: "close" }), body: null };
+    if (err instanceof BodyLimitError) return { response: errorResponse(413, ctx.traceId, CLOSE), body: null };
     ctx.error = `request body: ${(err as Error).message}`;
-    return { response: errorResponse(ctx.signal.aborted ? 499 : 408, ctx.traceId, { connection: "close" }), body: null };
+    return { response: errorResponse(ctx.signal.aborted ? 499 : 408, ctx.traceId, CLOSE), body: null };
   }
 }
 
@@ -425,15 +446,12 @@ export async function handleRequest(req: Request, server: Server<unknown>, liste
       signal: ctx.signal,
       timeoutMs: ctx.plan.upstreamTimeoutMs,
       retry: r.retryPolicy,
-      onAttempt: (t) => {
-        ctx.attempts++;
-        ctx.target = t;
-      },
+      tracker: ctx,
     });
     if (!result.ok) {
       ctx.error = result.reason;
       if (result.target && ctx.target === result.target) ctx.target = undefined; // already released
-      return end(ctx, state, errorResponse(result.status, ctx.traceId, result.status === 413 ? { connection: "close" } : undefined));
+      return end(ctx, state, errorResponse(result.status, ctx.traceId, result.status === 413 ? CLOSE : undefined));
     }
     return finishOnBodyEnd(ctx, state, await responseFilter(ctx, result.response));
   } catch (err) {

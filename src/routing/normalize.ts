@@ -16,6 +16,8 @@
 export type NormalizeResult = { ok: true; path: string } | { ok: false; reason: string };
 
 const HEX = "0123456789ABCDEF";
+/** The rest of an encoded U+FFFD (EF BF BD) after its first byte. */
+const REPLACEMENT_TAIL = /^%BF%BD/i;
 
 function hexVal(c: number): number {
   if (c >= 48 && c <= 57) return c - 48;
@@ -64,7 +66,7 @@ export function normalizePath(path: string): NormalizeResult {
       if (b < 0x20 || b === 0x7f) return { ok: false, reason: "encoded control character in path" };
       if (b === 0xc0 || b === 0xc1) return { ok: false, reason: "overlong UTF-8 sequence in path" };
       // Bun turns invalid raw bytes in the request target into U+FFFD (%EF%BF%BD): reject it.
-      if (b === 0xef && /^%BF%BD/i.test(path.slice(i + 1, i + 7))) return { ok: false, reason: "invalid byte in request target" };
+      if (b === 0xef && REPLACEMENT_TAIL.test(path.slice(i + 1, i + 7))) return { ok: false, reason: "invalid byte in request target" };
       if (isUnreserved(b)) decoded += String.fromCharCode(b);
       else decoded += "%" + HEX[hi] + HEX[lo];
       continue;

@@ -34,7 +34,21 @@ export interface ForwardInput {
   signal: AbortSignal; // client disconnect
   timeoutMs: number; // until response headers, per attempt
   retry: { maxAttempts: number; timeoutMs?: number; backoffBaseMs: number; backoffMaxMs: number; retryableStatusCodes: number[] };
-  onAttempt?: (target: Target) => void;
+  /** Told of every attempt as it starts (the request context: `finish` releases `target`). */
+  tracker?: AttemptTracker;
+}
+
+/** Where forward records its attempts while they run. */
+export interface AttemptTracker {
+  attempts: number;
+  target?: Target;
+}
+
+function track(input: ForwardInput, target: Target): void {
+  const t = input.tracker;
+  if (t === undefined) return;
+  t.attempts++;
+  t.target = target;
 }
 
 /** Outcome of one upstream attempt, for metrics: null on an answer (any status), else the failure kind. */
@@ -90,7 +104,7 @@ function cancelBody(body: UpstreamResponse["body"]): void {
 async function attemptH1(input: ForwardInput, target: Target, body: ForwardInput["body"]): Promise<ForwardResult> {
   if (input.signal.aborted) return { ok: false, status: 499, reason: "client went away", target };
   target.active++;
-  input.onAttempt?.(target);
+  track(input, target);
   const t0 = performance.now();
   try {
     const response = await h1PoolFor(input.pool, target).request({
@@ -130,7 +144,7 @@ async function attempt(input: ForwardInput, target: Target, body: ForwardInput["
     abort.abort(new HeadersTimeout());
   }, input.timeoutMs);
   target.active++;
-  input.onAttempt?.(target);
+  track(input, target);
   const t0 = performance.now();
   try {
     const init: RequestInit & Record<string, unknown> = {
@@ -190,7 +204,7 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
  * or for connection failures before anything was sent. Each attempt tries a different target
  * when there is one.
  */
-export async function forward(input: ForwardInput): Promise<ForwardResult & { attempts: number }> {
+export async function forward(input: ForwardInput): Promise<ForwardResult> {
   const started = performance.now();
   const policy = input.retry;
   const replayable = input.body === null || input.body instanceof Uint8Array;
@@ -215,17 +229,17 @@ export async function forward(input: ForwardInput): Promise<ForwardResult & { at
     if (result.ok) {
       input.pool.report(target, result.response.status < 500);
       const retryable = idempotent && replayable && policy.retryableStatusCodes.includes(result.response.status);
-      if (!retryable || n + 1 >= policy.maxAttempts) return { ...result, attempts: n + 1 };
+      if (!retryable || n + 1 >= policy.maxAttempts) return result;
       cancelBody(result.response.body);
       releaseTarget(target);
       continue;
     }
-    if (result.status === 499 || result.status === 413) return { ...result, attempts: n + 1 };
+    if (result.status === 499 || result.status === 413) return result;
     input.pool.report(target, false);
     // Connection failures (nothing was sent) are safe to retry when the body can be replayed;
     // other failures only for idempotent requests.
     const safe = replayable && (result.connectFailed === true || idempotent);
-    if (!safe) return { ...result, attempts: n + 1 };
+    if (!safe) return result;
   }
-  return { ...(last ?? { ok: false, status: 502, reason: "no attempt made" }), attempts: tried.length };
+  return last ?? { ok: false, status: 502, reason: "no attempt made" };
 }
