@@ -165,8 +165,9 @@ function rawMode(): void {
         upstreamRequest(
           head,
           (h, body) => {
-            s.write(h);
-            if (body.byteLength) s.write(body);
+            // Head and first body bytes in one write (one send), as Bun.serve does.
+            if (body.byteLength) s.write(Buffer.concat([Buffer.from(h, "latin1"), body]));
+            else s.write(h);
           },
           (c) => s.write(c),
         );
