@@ -233,52 +233,78 @@ class CallSignal {
  * aborts (reason: the parent's reason), whichever comes first.
  */
 export function callDeadline(timeoutMs: number, parent?: AbortSignal, queue: DeadlineQueue = sharedDeadlines): CallDeadline {
-  const ac = new CallSignal();
-  let timedOut = false;
-  let resolveAborted!: () => void;
-  const aborted = new Promise<void>((r) => (resolveAborted = r));
-  let handle: DeadlineHandle | null = null;
-  let onParentAbort: (() => void) | null = null;
+  return new Deadline(timeoutMs, parent, queue);
+}
 
-  const detach = () => {
-    handle?.cancel();
-    handle = null;
-    if (onParentAbort !== null) {
-      parent!.removeEventListener("abort", onParentAbort);
-      onParentAbort = null;
+/**
+ * One call's deadline. A class listening to its parent as an EventListener object (handleEvent)
+ * and scheduled with itself as the argument: no closure per call on the hot path.
+ */
+class Deadline implements CallDeadline {
+  readonly signal: AbortSignal;
+  readonly deadline: number;
+  readonly aborted: Promise<void>;
+  private readonly ac = new CallSignal();
+  private resolveAborted!: () => void;
+  private handle: DeadlineHandle | null = null;
+  private listening = false;
+  private expired = false;
+
+  constructor(
+    private readonly timeoutMs: number,
+    private readonly parent: AbortSignal | undefined,
+    queue: DeadlineQueue,
+  ) {
+    this.signal = this.ac as unknown as AbortSignal;
+    this.aborted = new Promise<void>((r) => (this.resolveAborted = r));
+    if (parent?.aborted) {
+      this.ac.abort(parent.reason);
+      this.resolveAborted();
+    } else {
+      this.handle = queue.schedule(timeoutMs, expireDeadline, this);
+      if (parent !== undefined) {
+        parent.addEventListener("abort", this, { once: true });
+        this.listening = true;
+      }
     }
-  };
+    this.deadline = this.handle !== null ? this.handle.deadline : queue.now();
+  }
 
-  if (parent?.aborted) {
-    ac.abort(parent.reason);
-    resolveAborted();
-  } else {
-    handle = queue.schedule(timeoutMs, () => {
-      handle = null;
-      if (ac.aborted) return;
-      timedOut = true;
-      detach();
-      ac.abort(new DeadlineExceeded(timeoutMs));
-      resolveAborted();
-    });
-    if (parent !== undefined) {
-      onParentAbort = () => {
-        if (ac.aborted) return;
-        detach();
-        ac.abort(parent.reason);
-        resolveAborted();
-      };
-      parent.addEventListener("abort", onParentAbort, { once: true });
+  timedOut(): boolean {
+    return this.expired;
+  }
+
+  /** The queue's callback: the deadline passed. */
+  expire(): void {
+    this.handle = null;
+    if (this.ac.aborted) return;
+    this.expired = true;
+    this.dispose();
+    this.ac.abort(new DeadlineExceeded(this.timeoutMs));
+    this.resolveAborted();
+  }
+
+  /** The parent signal aborted (EventListener interface). */
+  handleEvent(): void {
+    this.listening = false;
+    if (this.ac.aborted) return;
+    this.dispose();
+    this.ac.abort(this.parent!.reason);
+    this.resolveAborted();
+  }
+
+  dispose(): void {
+    this.handle?.cancel();
+    this.handle = null;
+    if (this.listening) {
+      this.listening = false;
+      this.parent!.removeEventListener("abort", this);
     }
   }
-  const deadline = handle !== null ? handle.deadline : queue.now();
-  return {
-    signal: ac as unknown as AbortSignal,
-    deadline,
-    aborted,
-    timedOut: () => timedOut,
-    dispose: detach,
-  };
+}
+
+function expireDeadline(d: Deadline): void {
+  d.expire();
 }
 
 /**
