@@ -218,7 +218,13 @@ export class AgentEndpoint implements Selectable {
       ping: (ms) => this.transport.ping(ms),
       isConnected: () => this.transport.isConnected(),
       onChange: (passing, reason) => {
-        if (!this.removed) hooks.healthCheck(this, passing, reason);
+        if (this.removed) return;
+        hooks.healthCheck(this, passing, reason);
+        // Failing while the transport still counts itself connected means `unhealthyThreshold`
+        // pings went unanswered on a live-looking connection (a lost connection is reported
+        // after the transport has already noticed): drop it, so the next ping and calls go to
+        // a fresh connection instead of waiting minutes for keepalive or TCP to notice.
+        if (!passing && this.transport.isConnected()) this.transport.reconnect?.(`health check failing: ${reason}`);
       },
     });
     this.transport.onConnectivity((connected) => {

@@ -146,6 +146,12 @@ export interface AgentTransport {
   ping(timeoutMs: number): Promise<void>;
   /** Called with true/false when connectivity changes. */
   onConnectivity(listener: (connected: boolean) => void): void;
+  /**
+   * Drop the current connection and reconnect with the usual backoff: its health check failed
+   * although it still looks up (a peer that stopped answering while TCP stays open). Calls in
+   * flight on it fail "closed". Transports without it (UDS so far) keep their connection.
+   */
+  reconnect?(reason: string): void;
   /** Close everything; pending calls reject with kind "closed". Waits for pending answers up to graceMs. */
   close(graceMs?: number): Promise<void>;
   readonly capabilities?: AgentCapabilities;

@@ -29,7 +29,9 @@ import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { GrpcAgentTransport, KEEPALIVE_INTERVAL_MS, createGrpcTransport } from "../../src/agents/grpc/client.ts";
 import { AgentToProxySchema, ProxyToAgentSchema } from "../../src/gen/zentinel/agent/v2/agent_v2_pb.js";
 import { TransportError, type AgentEvent, type TransportOptions } from "../../src/agents/types.ts";
-import { requestHeadersEvent } from "../../src/agents/test-events.ts";
+import { requestHeadersEvent, testAgentConfig } from "../../src/agents/test-events.ts";
+import { createAgent } from "../../src/agents/agent.ts";
+import { setLogLevel } from "../../src/observability/log.ts";
 import { waitFor as poll } from "../helpers/proxy.ts";
 
 type Frame = { type: number; flags: number; stream: number; payload: Uint8Array };
@@ -944,6 +946,46 @@ describe("gRPC agent transport on a scripted raw HTTP/2 peer", () => {
     answerHandshake(peers.peers[1]!);
     await until(() => t.isConnected(), 3000, "reconnected");
     expect(connectivity).toEqual([true, false, true]);
+  });
+
+  /** Answer every ProxyToAgent ping on this peer's stream 1 with a pong. */
+  function answerPings(srv: RawServer): void {
+    let seen = 0;
+    srv.onFrameHook = () => {
+      for (; seen < srv.messages.length; seen++) {
+        const m = fromBinary(ProxyToAgentSchema, srv.messages[seen]!).message;
+        if (m.case !== "ping") continue;
+        const pong = create(AgentToProxySchema, { message: { case: "pong", value: { sequence: m.value.sequence, pingTimestampMs: m.value.timestampMs } } });
+        srv.write(frame(FrameType.DATA, 0, 1, grpcMessage(toBinary(AgentToProxySchema, pong))));
+      }
+    };
+  }
+
+  test("a failing health check drops a silently dead connection (TCP up, pings unanswered) after unhealthy-threshold misses; the agent reconnects and recovers", async () => {
+    setLogLevel("error"); // the Agent logs through the process logger
+    cleanup.push(() => setLogLevel("info"));
+    const peers = new RawPeers((s) => serverSettings(s));
+    const port = await peers.start();
+    cleanup.push(() => peers.stop());
+    const healthCheck = { enabled: true, intervalMs: 50, timeoutMs: 50, healthyThreshold: 1, unhealthyThreshold: 2 };
+    const agent = createAgent(testAgentConfig(`hc-${process.pid}`, { transport: { kind: "grpc", address: `http://127.0.0.1:${port}`, protocol: "v2" }, healthCheck }));
+    cleanup.push(() => void agent.close(0));
+    agent.start();
+    await until(() => peers.peers[0]?.messages.length === 1, 3000, "handshake sent");
+    const dead = peers.peers[0]!;
+    answerHandshake(dead); // ...and nothing more: every ping goes unanswered
+    expect(await agent.whenConnected(3000)).toBe(true);
+    await until(() => dead.closed, 3000, "the dead connection dropped");
+    expect(sent(dead).filter((m) => m === "ping").length).toBeGreaterThanOrEqual(2);
+    expect(dead.ofType(FrameType.GOAWAY).length).toBe(1);
+    await until(() => peers.peers.length === 2 && peers.peers[1]!.messages.length === 1, 3000, "reconnect");
+    const fresh = peers.peers[1]!;
+    answerPings(fresh);
+    answerHandshake(fresh);
+    await until(() => agent.isHealthy(), 3000, "healthy on the new connection");
+    expect(sent(fresh).filter((m) => m === "ping").length).toBeGreaterThanOrEqual(1);
+    expect(fresh.closed).toBe(false);
+    await agent.close(0); // before the log level is restored
   });
 
   test("keepalive: 5 minutes by default (grpc-go's MinTime); GOAWAY ENHANCE_YOUR_CALM too_many_pings doubles it for the endpoint, warned once", async () => {

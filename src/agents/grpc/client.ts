@@ -85,7 +85,8 @@ const WRITE_MAX_BYTES = 4 * 1024 * 1024;
  * are detected sooner by the proxy's application-level health pings, which travel over this
  * ProcessStream (ping() -> ProxyToAgent.ping / pong): the agent `health-check` is enabled by
  * default (src/config/load.ts: every 10 s, 100 ms timeout, failing after 3 misses, see
- * src/agents/health.ts), so a silent agent is marked failing within about 30 s. With
+ * src/agents/health.ts), so a silent agent is marked failing within about 30 s, and its
+ * connection is then dropped and reconnected (reconnect(), called by endpoints.ts). With
  * `health-check { enabled #false; }` only this keepalive (5 min + 5 s), call timeouts and TCP
  * errors notice a dead connection.
  */
@@ -275,6 +276,18 @@ export class GrpcAgentTransport implements AgentTransport {
 
   onConnectivity(listener: (connected: boolean) => void): void {
     this.listeners.push(listener);
+  }
+
+  /**
+   * The health check failed on the ready stream: with the 5-minute keepalive a silently dead
+   * agent would otherwise keep it for minutes. End it like a lost connection (listeners hear
+   * `false`, calls on it fail "closed") and reconnect through the normal backoff. Draining
+   * streams are left alone: their calls end at their deadlines anyway.
+   */
+  reconnect(reason: string): void {
+    const s = this.stream;
+    if (s === null || !s.ready || this.closing) return;
+    this.endStream(s, "closed", reason);
   }
 
   call(event: AgentEvent, signal: AbortSignal): Promise<AgentReply> {

@@ -60,6 +60,10 @@ class LazyGrpcTransport implements AgentTransport {
     return Promise.reject(new TransportError("connect", `agent ${this.endpoint}: no ready gRPC stream`, true));
   }
 
+  reconnect(reason: string): void {
+    this.inner?.reconnect?.(reason);
+  }
+
   onConnectivity(listener: (connected: boolean) => void): void {
     if (this.inner) this.inner.onConnectivity(listener);
     else this.listeners.push(listener);
