@@ -24,7 +24,8 @@
 // replacement fails before it is ready.
 //
 // Hot path (call -> answer): no timer, one Map entry, one clock read (the send time that bounds a
-// GOAWAY drain), one abort listener that is the pending object itself (handleEvent), no encode-to-measure (the size check is an upper-bound estimate).
+// GOAWAY drain), one abort listener that is the pending object itself (handleEvent), no
+// encode-to-measure (the size check is an upper-bound estimate).
 //
 // Wire: our own HTTP/2 client (h2/connection.ts, on Bun.connect: h2c with prior knowledge, or TLS
 // with ALPN h2) carrying one gRPC bidi call (h2/grpc.ts) per connection. Per-request events and

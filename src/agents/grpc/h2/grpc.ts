@@ -2,7 +2,8 @@
 // request headers, length-prefixed messages (5-byte prefix; compression is not negotiated and a
 // compressed message is refused), response headers (1xx blocks before them are skipped),
 // trailers with grpc-status / grpc-message, trailers-only responses, message size limits, and the
-// mapping of HTTP/2 failures to status codes. Messages are raw bytes here; protobuf encoding is the caller's.
+// mapping of HTTP/2 failures to status codes. Messages are raw bytes here; protobuf encoding is
+// the caller's.
 import type { H2Connection, H2Stream, H2StreamHandler } from "./connection.ts";
 import { ErrorCode } from "./frames.ts";
 import type { HeaderField } from "./hpack.ts";
