@@ -149,7 +149,7 @@ export interface AgentTransport {
   /**
    * Drop the current connection and reconnect with the usual backoff: its health check failed
    * although it still looks up (a peer that stopped answering while TCP stays open). Calls in
-   * flight on it fail "closed". Transports without it (UDS so far) keep their connection.
+   * flight on it fail "closed". (UDS and gRPC both implement it.)
    */
   reconnect?(reason: string): void;
   /** Close everything; pending calls reject with kind "closed". Waits for pending answers up to graceMs. */

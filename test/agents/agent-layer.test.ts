@@ -18,6 +18,8 @@ import type { AgentHandler, ReplyInit, RunningServer } from "../../sdk/types.ts"
 import { startAgent, type AgentProcess } from "../helpers/agents.ts";
 import { requestHeadersEvent, testAgentConfig } from "../../src/agents/test-events.ts";
 import { waitFor as poll } from "../helpers/proxy.ts";
+import { flush, frame, handshakeJson, readFrames, write, type FramedConn } from "../helpers/agent-wire.ts";
+import { rmSync } from "node:fs";
 
 // ---- harness ----------------------------------------------------------------------------------
 
@@ -454,8 +456,49 @@ describe("Agent over a real UDS agent", () => {
     expect(took).toBeGreaterThanOrEqual(intervalMs * 2); // needs 3 failed pings, at 0, 60, 120 (+20 timeout)
     expect(took).toBeLessThan(intervalMs * 3 + intervalMs);
     expect(a.isHealthy()).toBe(false);
-    // The failing health check does not block calls while the transport is connected.
+    // The failing check dropped the live-looking connections (see the next test); once they are
+    // back, calls go through: the check gates nothing while the transport is connected.
+    expect(await a.whenConnected(3000)).toBe(true);
     expect(failKind(await a.call(ev()))).toBe("ok:allow");
+  });
+
+  test("health: a check that fails on connections that still look up drops them; the transport reconnects with its backoff", async () => {
+    // A raw v2 peer: answers the handshake on every connection, never a ping; counts connections.
+    const path = sockPath();
+    const opened: Array<{ closed: boolean }> = [];
+    const server = Bun.listen<FramedConn & { rec: { closed: boolean } }>({
+      unix: path,
+      socket: {
+        open(s) {
+          const rec = { closed: false };
+          opened.push(rec);
+          s.data = { buf: Buffer.alloc(0), backlog: [], closed: false, rec };
+        },
+        data(s, chunk) {
+          readFrames(s.data, chunk, (type) => {
+            if (type === 0x01) write(s, frame(0x02, handshakeJson("silent", "Silent", 10)));
+          });
+        },
+        drain: (s) => flush(s),
+        close(s) {
+          s.data.closed = true;
+          s.data.rec.closed = true;
+        },
+      },
+    });
+    cleanups.push(() => {
+      server.stop(true);
+      rmSync(path, { force: true });
+    });
+    const intervalMs = 50;
+    const a = await agentOn(path, { connections: 2, healthCheck: { enabled: true, intervalMs, timeoutMs: 20, healthyThreshold: 1, unhealthyThreshold: 2 } });
+    await waitFor(() => opened.length === 2, 1000, "both connections open");
+    const first = opened.slice(0, 2);
+    await waitFor(() => !a.isHealthy(), intervalMs * 4 + 200, "unhealthy");
+    // Both original connections are closed by the proxy and replaced by fresh ones.
+    await waitFor(() => first.every((c) => c.closed), 1000, "the unanswering connections dropped");
+    await waitFor(() => opened.length >= 4, 3000, "reconnected");
+    expect(await a.whenConnected(3000)).toBe(true);
   });
 
   test("notify delivers request_complete when connected; never throws when down", async () => {

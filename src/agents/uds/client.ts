@@ -216,6 +216,18 @@ class UdsTransport implements AgentTransport {
     this.listeners.push(listener);
   }
 
+  /**
+   * The health check failed although connections look up (the agent stopped answering pings):
+   * drop every open connection, failing its calls "closed", and reconnect with the backoff.
+   */
+  reconnect(reason: string): void {
+    if (this.closing) return;
+    this.log("warn", "agent connections dropped", { endpoint: this.endpoint, reason });
+    for (const c of this.conns) {
+      if (c.state === "ready" || c.state === "handshaking") this.dropConn(c, new TransportError("closed", reason));
+    }
+  }
+
   /** The framing in use ("v2"/"v1"), or null while auto-detection has not decided. */
   get framing(): Mode | null {
     return this.detected;
