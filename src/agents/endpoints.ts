@@ -218,13 +218,15 @@ export class AgentEndpoint implements Selectable {
       ping: (ms) => this.transport.ping(ms),
       isConnected: () => this.transport.isConnected(),
       onChange: (passing, reason) => {
-        if (this.removed) return;
-        hooks.healthCheck(this, passing, reason);
-        // Failing while the transport still counts itself connected means `unhealthyThreshold`
-        // pings went unanswered on a live-looking connection (a lost connection is reported
-        // after the transport has already noticed): drop it, so the next ping and calls go to
-        // a fresh connection instead of waiting minutes for keepalive or TCP to notice.
-        if (!passing && this.transport.isConnected()) this.transport.reconnect?.(`health check failing: ${reason}`);
+        if (!this.removed) hooks.healthCheck(this, passing, reason);
+      },
+      onUnanswered: (since, reason) => {
+        // `unhealthyThreshold` pings in a row went unanswered on a live-looking connection (a
+        // lost connection is reported after the transport has already noticed). The transport
+        // drops the connections that received nothing at all since the first of those pings (a
+        // silent agent, not a slow one still answering calls), so pings and calls go to fresh
+        // connections instead of waiting minutes for keepalive or TCP to notice.
+        if (!this.removed && this.transport.isConnected()) this.transport.reconnect?.(`health check failing: ${reason}`, since);
       },
     });
     this.transport.onConnectivity((connected) => {

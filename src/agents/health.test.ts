@@ -44,6 +44,7 @@ function setup(over: Partial<HealthCheckSettings> = {}) {
   const deadlines = new DeadlineQueue(f.clock);
   const state = { mode: "ok" as PingMode, connected: true, pings: 0 };
   const changes: Array<[boolean, string]> = [];
+  const unanswered: number[] = [];
   const m = new HealthMonitor(
     { enabled: true, intervalMs: 100, timeoutMs: 20, healthyThreshold: 2, unhealthyThreshold: 3, ...over },
     {
@@ -55,14 +56,34 @@ function setup(over: Partial<HealthCheckSettings> = {}) {
       },
       isConnected: () => state.connected,
       onChange: (p, why) => changes.push([p, why]),
+      onUnanswered: (since) => unanswered.push(since),
       clock: f.clock,
       deadlines,
     },
   );
-  return { m, f, state, changes };
+  return { m, f, state, changes, unanswered };
 }
 
 describe("HealthMonitor", () => {
+  test("onUnanswered: at the flip and after every further unhealthyThreshold failures, with the first ping of that run; never while pings answer", async () => {
+    const { m, f, state, changes, unanswered } = setup({ unhealthyThreshold: 3 });
+    m.start();
+    await f.advance(250); // pings at 0, 100, 200 answered
+    expect(unanswered).toEqual([]);
+    state.mode = "fail";
+    await f.advance(300); // fail at 300, 400, 500 → flip
+    expect(changes).toEqual([[false, "3 consecutive pings failed: no pong"]]);
+    expect(unanswered).toEqual([300]);
+    await f.advance(300); // 600, 700, 800: another run while failing, no second flip
+    expect(changes.length).toBe(1);
+    expect(unanswered).toEqual([300, 600]);
+    state.mode = "ok";
+    await f.advance(300);
+    expect(m.passing()).toBe(true);
+    expect(unanswered).toEqual([300, 600]);
+    m.stop();
+  });
+
   test("disabled: always passing, no timers, no pings", async () => {
     const { m, f, state } = setup({ enabled: false });
     m.start();

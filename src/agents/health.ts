@@ -26,6 +26,13 @@ export interface HealthMonitorDeps {
   isConnected(): boolean;
   /** Called on every passing/failing flip, with a short reason. */
   onChange(passing: boolean, reason: string): void;
+  /**
+   * Called each time `unhealthyThreshold` pings in a row have failed while connected (at the
+   * flip to failing, then again after every further run of as many, while it stays failing).
+   * `since` is when the first ping of that run was sent (the clock's time): a connection that
+   * received nothing at all since then is silent, not merely slow.
+   */
+  onUnanswered?(since: number, reason: string): void;
   /** Timers for the ping loop (default: real, unref'd). */
   clock?: TimerClock;
   /** Queue for the ping timeout guard (default: the shared one). */
@@ -36,6 +43,8 @@ export class HealthMonitor {
   private pass = true;
   private successes = 0;
   private failures = 0;
+  /** When the first ping of the current failure streak was sent. */
+  private streakStart = 0;
   private epoch = 0; // bumped on connectivity changes; stale ping results are ignored
   private timer: unknown = null;
   private inFlight = false;
@@ -156,7 +165,14 @@ export class HealthMonitor {
       if (!this.pass && ++this.successes >= this.healthyThreshold) this.set(true, `${this.successes} consecutive pings answered`);
     } else {
       this.successes = 0;
-      if (this.pass && ++this.failures >= this.unhealthyThreshold) this.set(false, `${this.failures} consecutive pings failed: ${why}`);
+      if (this.failures === 0) this.streakStart = started;
+      if (++this.failures >= this.unhealthyThreshold) {
+        const reason = `${this.failures} consecutive pings failed: ${why}`;
+        const since = this.streakStart;
+        this.failures = 0; // the next run of failures starts counting afresh
+        this.set(false, reason);
+        this.deps.onUnanswered?.(since, reason);
+      }
     }
     this.schedule(this.interval - (this.clock.now() - started));
   }

@@ -147,11 +147,12 @@ export interface AgentTransport {
   /** Called with true/false when connectivity changes. */
   onConnectivity(listener: (connected: boolean) => void): void;
   /**
-   * Drop the current connection and reconnect with the usual backoff: its health check failed
-   * although it still looks up (a peer that stopped answering while TCP stays open). Calls in
-   * flight on it fail "closed". (UDS and gRPC both implement it.)
+   * The health check failed although the transport still looks up: drop every connection that
+   * has received nothing since `silentSince` (performance.now() time; a peer that stopped
+   * answering while TCP stays open) and reconnect it with the usual backoff. Calls in flight on
+   * a dropped connection fail "closed". (UDS and gRPC both implement it.)
    */
-  reconnect?(reason: string): void;
+  reconnect?(reason: string, silentSince: number): void;
   /** Close everything; pending calls reject with kind "closed". Waits for pending answers up to graceMs. */
   close(graceMs?: number): Promise<void>;
   readonly capabilities?: AgentCapabilities;

@@ -462,8 +462,12 @@ describe("Agent over a real UDS agent", () => {
     expect(failKind(await a.call(ev()))).toBe("ok:allow");
   });
 
-  test("health: a check that fails on connections that still look up drops them; the transport reconnects with its backoff", async () => {
-    // A raw v2 peer: answers the handshake on every connection, never a ping; counts connections.
+  /**
+   * A raw v2 peer that answers the handshake on every connection and never a ping; with
+   * `answerEvents` it also answers every event with an allow (slow on pings, alive on calls).
+   * Records every connection it accepted.
+   */
+  function pinglessPeer(answerEvents: boolean) {
     const path = sockPath();
     const opened: Array<{ closed: boolean }> = [];
     const server = Bun.listen<FramedConn & { rec: { closed: boolean } }>({
@@ -475,8 +479,12 @@ describe("Agent over a real UDS agent", () => {
           s.data = { buf: Buffer.alloc(0), backlog: [], closed: false, rec };
         },
         data(s, chunk) {
-          readFrames(s.data, chunk, (type) => {
-            if (type === 0x01) write(s, frame(0x02, handshakeJson("silent", "Silent", 10)));
+          readFrames(s.data, chunk, (type, payload) => {
+            if (type === 0x01) write(s, frame(0x02, handshakeJson("pingless", "Pingless", 10)));
+            else if (type === 0x10 && answerEvents) {
+              const id = JSON.parse(payload.toString()).metadata.correlation_id;
+              write(s, frame(0x20, JSON.stringify({ version: 2, decision: "allow", audit: { custom: { correlation_id: id } } })));
+            }
           });
         },
         drain: (s) => flush(s),
@@ -490,15 +498,44 @@ describe("Agent over a real UDS agent", () => {
       server.stop(true);
       rmSync(path, { force: true });
     });
-    const intervalMs = 50;
-    const a = await agentOn(path, { connections: 2, healthCheck: { enabled: true, intervalMs, timeoutMs: 20, healthyThreshold: 1, unhealthyThreshold: 2 } });
-    await waitFor(() => opened.length === 2, 1000, "both connections open");
-    const first = opened.slice(0, 2);
-    await waitFor(() => !a.isHealthy(), intervalMs * 4 + 200, "unhealthy");
+    return { path, opened };
+  }
+
+  const fastCheck = { enabled: true, intervalMs: 50, timeoutMs: 20, healthyThreshold: 1, unhealthyThreshold: 2 };
+
+  test("health: a check that fails on connections that received nothing since its first failed ping drops them; the transport reconnects with its backoff", async () => {
+    const peer = pinglessPeer(false);
+    const a = await agentOn(peer.path, { connections: 2, healthCheck: fastCheck });
+    await waitFor(() => peer.opened.length === 2, 1000, "both connections open");
+    const first = peer.opened.slice(0, 2);
+    await waitFor(() => !a.isHealthy(), fastCheck.intervalMs * 4 + 200, "unhealthy");
     // Both original connections are closed by the proxy and replaced by fresh ones.
-    await waitFor(() => first.every((c) => c.closed), 1000, "the unanswering connections dropped");
-    await waitFor(() => opened.length >= 4, 3000, "reconnected");
+    await waitFor(() => first.every((c) => c.closed), 1000, "the silent connections dropped");
+    await waitFor(() => peer.opened.length >= 4, 3000, "reconnected");
     expect(await a.whenConnected(3000)).toBe(true);
+  });
+
+  test("health: pings failing on an agent that still answers calls keep its connections (slow, not dead): no call is failed by the check", async () => {
+    const peer = pinglessPeer(true);
+    const a = await agentOn(peer.path, { connections: 1, healthCheck: fastCheck });
+    await waitFor(() => peer.opened.length === 1, 1000, "connection open");
+    // Calls keep arriving and being answered while the pings fail.
+    let stop = false;
+    const results: string[] = [];
+    const traffic = (async () => {
+      while (!stop) {
+        results.push(failKind(await a.call(ev())));
+        await Bun.sleep(2); // a failing call returns at once: never starve the event loop
+      }
+    })();
+    await waitFor(() => !a.isHealthy(), fastCheck.intervalMs * 4 + 200, "unhealthy");
+    await Bun.sleep(fastCheck.intervalMs * 3); // a window in which a wrong drop would show
+    stop = true;
+    await traffic;
+    expect(peer.opened.length).toBe(1);
+    expect(peer.opened[0]!.closed).toBe(false);
+    expect(results.length).toBeGreaterThan(10);
+    expect(results.every((r) => r === "ok:allow")).toBe(true);
   });
 
   test("notify delivers request_complete when connected; never throws when down", async () => {

@@ -988,6 +988,48 @@ describe("gRPC agent transport on a scripted raw HTTP/2 peer", () => {
     await agent.close(0); // before the log level is restored
   });
 
+  test("pings failing on an agent that still answers calls: its stream is kept (slow, not dead) and no call fails", async () => {
+    setLogLevel("error");
+    cleanup.push(() => setLogLevel("info"));
+    const peers = new RawPeers((s) => serverSettings(s));
+    const port = await peers.start();
+    cleanup.push(() => peers.stop());
+    const healthCheck = { enabled: true, intervalMs: 50, timeoutMs: 20, healthyThreshold: 1, unhealthyThreshold: 2 };
+    const agent = createAgent(testAgentConfig(`hc-slow-${process.pid}`, { transport: { kind: "grpc", address: `http://127.0.0.1:${port}`, protocol: "v2" }, healthCheck }));
+    cleanup.push(() => void agent.close(0));
+    agent.start();
+    await until(() => peers.peers[0]?.messages.length === 1, 3000, "handshake sent");
+    const srv = peers.peers[0]!;
+    // Answer every request_headers event at once; never a ping.
+    let seen = 1;
+    srv.onFrameHook = () => {
+      for (; seen < srv.messages.length; seen++) {
+        const m = fromBinary(ProxyToAgentSchema, srv.messages[seen]!).message;
+        if (m.case === "requestHeaders") answer(srv, m.value.metadata!.correlationId);
+      }
+    };
+    answerHandshake(srv);
+    expect(await agent.whenConnected(3000)).toBe(true);
+    let stop = false;
+    const results: string[] = [];
+    const traffic = (async () => {
+      for (let i = 0; !stop; i++) {
+        const r = await agent.call(requestHeadersEvent(`slow-${i}`));
+        results.push(r.ok ? r.reply.decision.kind : `fail:${r.kind}`);
+        await Bun.sleep(2); // a failing call returns at once: never starve the event loop
+      }
+    })();
+    await until(() => !agent.isHealthy(), 3000, "unhealthy");
+    await Bun.sleep(healthCheck.intervalMs * 3); // a window in which a wrong drop would show
+    stop = true;
+    await traffic;
+    expect(srv.closed).toBe(false);
+    expect(peers.peers.length).toBe(1);
+    expect(results.length).toBeGreaterThan(10);
+    expect(results.every((r) => r === "allow")).toBe(true);
+    await agent.close(0);
+  });
+
   test("keepalive: 5 minutes by default (grpc-go's MinTime); GOAWAY ENHANCE_YOUR_CALM too_many_pings doubles it for the endpoint, warned once", async () => {
     expect(KEEPALIVE_INTERVAL_MS).toBeGreaterThanOrEqual(5 * 60_000);
     const plain = createGrpcTransport({ endpoint: "http://127.0.0.1:1", connectTimeoutMs: 100, connections: 1, proxyVersion: "t", log: () => {} }) as GrpcAgentTransport;

@@ -16,7 +16,7 @@
 // reconnecting), a replacement connection + stream is opened at once (same handshake; through the
 // backoff if the old stream was up for less than STABLE_MS), and the old stream drains: calls in
 // flight on it still get their answers, each up to its own deadline (the caller's signal, i.e.
-// the agent's call timeout; for calls whose signal never fires, the drain ends DRAIN_MARGIN_MS
+// the agent's call timeout; for calls whose signal never fires, the drain ends max(DRAIN_MARGIN_MS, callTimeoutMs / 10)
 // after the last send on it + callTimeoutMs, or after DRAIN_MAX_MS without callTimeoutMs; the
 // calls still in flight then fail "closed"), then it is half-closed (END_STREAM, so
 // the agent's graceful shutdown can complete) and its connection closed once the agent ends the
@@ -135,6 +135,8 @@ class StreamState {
   readyAt = 0;
   /** Calls sent on this stream and not yet settled. */
   inflight = 0;
+  /** When the last message arrived (performance.now()); see reconnect. */
+  lastRecvAt = 0;
   /** When the last call was sent (performance.now()): its deadline bounds a GOAWAY drain. */
   lastSentAt = 0;
   /** GOAWAY received: no new events; ends once its in-flight calls have settled. */
@@ -285,9 +287,11 @@ export class GrpcAgentTransport implements AgentTransport {
    * `false`, calls on it fail "closed") and reconnect through the normal backoff. Draining
    * streams are left alone: their calls end at their deadlines anyway.
    */
-  reconnect(reason: string): void {
+  reconnect(reason: string, silentSince: number): void {
     const s = this.stream;
-    if (s === null || !s.ready || this.closing) return;
+    // A stream that received anything since the failing pings began (answers to calls, or the
+    // handshake of a stream opened since) is slow, not dead: keep it.
+    if (s === null || !s.ready || this.closing || s.lastRecvAt >= silentSince) return;
     this.endStream(s, "closed", reason);
   }
 
@@ -572,6 +576,7 @@ export class GrpcAgentTransport implements AgentTransport {
   /** One message from the agent (a view into the received bytes, valid during this call). */
   private onMessage(s: StreamState, bytes: Uint8Array): void {
     if (s.ended) return;
+    s.lastRecvAt = performance.now();
     if (s.ready) {
       // the common answer, decoded without building protobuf-es messages (wire.ts)
       const reply = decodeSimpleResponse(bytes);
@@ -689,7 +694,9 @@ export class GrpcAgentTransport implements AgentTransport {
   private drainBoundMs(s: StreamState): number {
     const callMs = this.opts.callTimeoutMs;
     if (callMs === undefined || !(callMs > 0)) return DRAIN_MAX_MS;
-    return Math.max(0, Math.ceil(s.lastSentAt + callMs - performance.now())) + DRAIN_MARGIN_MS;
+    // The margin grows with the timeout so that, on a lagging event loop, the calls' own
+    // deadlines (and their "timeout" outcome) still come first.
+    return Math.max(0, Math.ceil(s.lastSentAt + callMs - performance.now())) + Math.max(DRAIN_MARGIN_MS, Math.ceil(callMs / 10));
   }
 
   /** grpc-go's keepalive enforcement: ping half as often from now on, as grpc-go clients do. */

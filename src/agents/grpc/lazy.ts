@@ -60,8 +60,8 @@ class LazyGrpcTransport implements AgentTransport {
     return Promise.reject(new TransportError("connect", `agent ${this.endpoint}: no ready gRPC stream`, true));
   }
 
-  reconnect(reason: string): void {
-    this.inner?.reconnect?.(reason);
+  reconnect(reason: string, silentSince: number): void {
+    this.inner?.reconnect?.(reason, silentSince);
   }
 
   onConnectivity(listener: (connected: boolean) => void): void {

@@ -94,6 +94,8 @@ class Conn {
   mode: Mode = "v2";
   /** auto mode: this connection is the framing probe. */
   probing = false;
+  /** When bytes last arrived (performance.now()); see reconnect. */
+  lastRecvAt = 0;
   decoder = new FrameDecoder();
   writer: WriteQueue | null = null;
   /** v2 pending calls by correlation id. */
@@ -218,14 +220,18 @@ class UdsTransport implements AgentTransport {
 
   /**
    * The health check failed although connections look up (the agent stopped answering pings):
-   * drop every open connection, failing its calls "closed", and reconnect with the backoff.
+   * drop every ready connection that received nothing since `silentSince`, failing its calls
+   * "closed", and reconnect it with the backoff. A connection still carrying answers is kept.
    */
-  reconnect(reason: string): void {
+  reconnect(reason: string, silentSince: number): void {
     if (this.closing) return;
-    this.log("warn", "agent connections dropped", { endpoint: this.endpoint, reason });
+    let dropped = 0;
     for (const c of this.conns) {
-      if (c.state === "ready" || c.state === "handshaking") this.dropConn(c, new TransportError("closed", reason));
+      if (c.state !== "ready" || c.lastRecvAt >= silentSince) continue;
+      dropped++;
+      this.dropConn(c, new TransportError("closed", reason));
     }
+    if (dropped > 0) this.log("warn", "agent connections dropped", { endpoint: this.endpoint, connections: dropped, reason });
   }
 
   /** The framing in use ("v2"/"v1"), or null while auto-detection has not decided. */
@@ -372,6 +378,7 @@ class UdsTransport implements AgentTransport {
   private markReady(conn: Conn, proven = true): void {
     this.clearTimer(conn);
     conn.state = "ready";
+    conn.lastRecvAt = performance.now();
     if (proven) conn.backoff = BACKOFF_START_MS;
     if (++this.readyCount === 1) this.emit(true);
   }
@@ -467,6 +474,7 @@ class UdsTransport implements AgentTransport {
   private onData(s: BunSocket, chunk: Uint8Array): void {
     const conn = s.data;
     if (conn.socket !== s) return;
+    conn.lastRecvAt = performance.now();
     try {
       conn.decoder.push(chunk, conn.onFrame);
     } catch (e) {
