@@ -232,15 +232,17 @@ export class GrpcCall implements H2StreamHandler {
     if (!this.gotHeaders) {
       let status = "";
       let contentType = "";
+      let encoding: string | undefined;
       for (const [name, value] of fields) {
         if (name === ":status") status = value;
         else if (name === "content-type") contentType = value;
-        else if (name === "grpc-encoding") this.encoding = value;
+        else if (name === "grpc-encoding") encoding = value;
       }
       if (isInformational(status)) {
         this.onInformational(status, endStream);
         return;
       }
+      if (encoding !== undefined) this.encoding = encoding;
       this.gotHeaders = true;
       if (status !== "200") {
         const code = statusFromHttp(Number(status));
