@@ -85,6 +85,15 @@ describe("encoding details", () => {
     expect(rfc3339(Date.parse("2026-07-01T09:07:07.512Z"))).toBe("2026-07-01T09:07:07.512+00:00");
     expect(rfc3339(Number.NaN)).toMatch(/\+00:00$/);
   });
+  test("RFC 3339: the per-millisecond cache never returns another millisecond's text", () => {
+    const t = Date.parse("2026-07-01T09:07:07.512Z");
+    for (const ms of [t, t, t + 1, t, t + 1000, Number.NaN, t + 1000, Number.POSITIVE_INFINITY, 8.64e15 + 1, 0, 0]) {
+      const want = Number.isFinite(ms) && !Number.isNaN(new Date(ms).getTime()) ? new Date(ms).toISOString().slice(0, -1) + "+00:00" : null;
+      const got = rfc3339(ms);
+      if (want !== null) expect(got).toBe(want);
+      else expect(Math.abs(Date.parse(got) - Date.now())).toBeLessThan(5000); // invalid input: now
+    }
+  });
   test("base64 with padding; strict decoding", () => {
     const j = JSON.parse(
       encodeEvent({ type: "request_body_chunk", correlationId: "c", data: new Uint8Array([0xff, 0xfe]), isLast: true, totalSize: 2, chunkIndex: 0, bytesTransferred: 2 }),

@@ -97,10 +97,19 @@ const utf8 = new TextEncoder();
 
 /** RFC 3339 as Zentinel writes it: `2026-07-01T09:07:07.512+00:00`. */
 export function rfc3339(ms: number): string {
+  // Every event of the same millisecond carries the same time (tens per ms under load): format once.
+  if (ms === lastStampMs) return lastStamp;
   const d = new Date(Number.isFinite(ms) ? ms : Date.now());
-  const s = Number.isNaN(d.getTime()) ? new Date().toISOString() : d.toISOString();
-  return s.slice(0, -1) + "+00:00";
+  const valid = !Number.isNaN(d.getTime());
+  const s = (valid ? d.toISOString() : new Date().toISOString()).slice(0, -1) + "+00:00";
+  if (valid) {
+    lastStampMs = ms;
+    lastStamp = s;
+  }
+  return s;
 }
+let lastStampMs = Number.NaN;
+let lastStamp = "";
 
 function isObj(v: unknown): v is Record<string, unknown> {
   return typeof v === "object" && v !== null && !Array.isArray(v);
