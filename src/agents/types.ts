@@ -166,7 +166,7 @@ export interface TransportOptions {
   /**
    * Longest deadline the Agent layer gives one call (its timeout-ms, or chunk-timeout-ms when
    * larger). gRPC: after a GOAWAY, the old connection is closed at the latest this long after
-   * the last call sent on it (plus a small margin), even if a caller's signal never fires.
+   * the GOAWAY (plus a margin), even if a caller's signal never fires.
    */
   callTimeoutMs?: number;
   /** Number of UDS connections (ignored by gRPC, which multiplexes one stream per channel). */

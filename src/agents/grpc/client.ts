@@ -16,16 +16,17 @@
 // reconnecting), a replacement connection + stream is opened at once (same handshake; through the
 // backoff if the old stream was up for less than STABLE_MS), and the old stream drains: calls in
 // flight on it still get their answers, each up to its own deadline (the caller's signal, i.e.
-// the agent's call timeout; for calls whose signal never fires, the drain ends max(DRAIN_MARGIN_MS, callTimeoutMs / 10)
-// after the last send on it + callTimeoutMs, or after DRAIN_MAX_MS without callTimeoutMs; the
-// calls still in flight then fail "closed"), then it is half-closed (END_STREAM, so
+// the agent's call timeout; for calls whose signal never fires, the drain ends callTimeoutMs +
+// max(DRAIN_MARGIN_MS, callTimeoutMs / 10) after the GOAWAY (every call on the stream was sent
+// before it), or after DRAIN_MAX_MS without callTimeoutMs; the calls still in flight then fail
+// "closed"), then it is half-closed (END_STREAM, so
 // the agent's graceful shutdown can complete) and its connection closed once the agent ends the
 // stream (or END_WAIT_MS after the half-close). Connectivity listeners hear `false` only if the
 // replacement fails before it is ready.
 //
-// Hot path (call -> answer): no timer, one Map entry, one clock read (the send time that bounds a
-// GOAWAY drain), one abort listener that is the pending object itself (handleEvent), no
-// encode-to-measure (the size check is an upper-bound estimate).
+// Hot path (call -> answer): no timer, one Map entry, one abort listener that is the pending
+// object itself (handleEvent); body chunks are size-checked by an upper-bound estimate before
+// encoding, other events exactly once encoded.
 //
 // Wire: our own HTTP/2 client (h2/connection.ts, on Bun.connect: h2c with prior knowledge, or TLS
 // with ALPN h2) carrying one gRPC bidi call (h2/grpc.ts) per connection. Per-request events and
@@ -102,8 +103,8 @@ const KEEPALIVE_MAX_MS = 24 * 60 * 60_000;
  */
 const DRAIN_MAX_MS = 30_000;
 /**
- * With callTimeoutMs: the drain ends this long after the last in-flight call's deadline, so the
- * callers' own timeouts (the shared deadline queue fires within a few ms) settle their calls
+ * With callTimeoutMs: the drain ends at least this long after the latest possible deadline of a
+ * call in flight (GOAWAY + callTimeoutMs), so the callers' own timeouts (the shared deadline queue fires within a few ms) settle their calls
  * first and the normal half-close runs; only calls nobody is waiting on any more are cut.
  */
 const DRAIN_MARGIN_MS = 100;
@@ -137,8 +138,6 @@ class StreamState {
   inflight = 0;
   /** When the last message arrived (performance.now()); see reconnect. */
   lastRecvAt = 0;
-  /** When the last call was sent (performance.now()): its deadline bounds a GOAWAY drain. */
-  lastSentAt = 0;
   /** GOAWAY received: no new events; ends once its in-flight calls have settled. */
   draining = false;
   halfClosed = false;
@@ -282,10 +281,11 @@ export class GrpcAgentTransport implements AgentTransport {
   }
 
   /**
-   * The health check failed on the ready stream: with the 5-minute keepalive a silently dead
-   * agent would otherwise keep it for minutes. End it like a lost connection (listeners hear
-   * `false`, calls on it fail "closed") and reconnect through the normal backoff. Draining
-   * streams are left alone: their calls end at their deadlines anyway.
+   * Health pings went unanswered and the ready stream has received nothing since `silentSince`:
+   * with the 5-minute keepalive a silently dead agent would otherwise keep it for minutes. End
+   * it like a lost connection (listeners hear `false`, calls on it fail "closed") and reconnect
+   * through the normal backoff. Draining streams are left alone: their calls end at their
+   * deadlines anyway.
    */
   reconnect(reason: string, silentSince: number): void {
     const s = this.stream;
@@ -334,7 +334,6 @@ export class GrpcAgentTransport implements AgentTransport {
       try {
         s.call!.send(bytes);
         s.inflight++;
-        s.lastSentAt = performance.now();
       } catch (err) {
         this.pending.delete(id);
         signal.removeEventListener("abort", p);
@@ -681,22 +680,22 @@ export class GrpcAgentTransport implements AgentTransport {
     }
     if (s.inflight <= 0) this.finishDrain(s);
     else {
-      const ms = this.drainBoundMs(s);
+      const ms = this.drainBoundMs();
       s.drainTimer = setTimeout(() => this.endStream(s, "closed", `calls still in flight ${ms} ms after the agent's GOAWAY, past their deadlines`), ms);
     }
   }
 
   /**
-   * How long the calls in flight on a GOAWAY'd stream may take: until the deadline of the last
-   * one sent (no call gets more than callTimeoutMs) plus a margin. Without callTimeoutMs the
+   * How long, from the GOAWAY, the calls in flight on the old stream may take: every one of them
+   * was sent before it and gets at most callTimeoutMs, plus a margin. Without callTimeoutMs the
    * deadlines are unknown here: DRAIN_MAX_MS.
    */
-  private drainBoundMs(s: StreamState): number {
+  private drainBoundMs(): number {
     const callMs = this.opts.callTimeoutMs;
     if (callMs === undefined || !(callMs > 0)) return DRAIN_MAX_MS;
     // The margin grows with the timeout so that, on a lagging event loop, the calls' own
     // deadlines (and their "timeout" outcome) still come first.
-    return Math.max(0, Math.ceil(s.lastSentAt + callMs - performance.now())) + Math.max(DRAIN_MARGIN_MS, Math.ceil(callMs / 10));
+    return Math.ceil(callMs) + Math.max(DRAIN_MARGIN_MS, Math.ceil(callMs / 10));
   }
 
   /** grpc-go's keepalive enforcement: ping half as often from now on, as grpc-go clients do. */
