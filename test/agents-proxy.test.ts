@@ -5,6 +5,7 @@ import { startProxy, waitFor, type ProxyProcess } from "./helpers/proxy.ts";
 import { startUpstream, type Upstream } from "./helpers/upstream.ts";
 import { agentProxyConfig, agentTransportKdl, hits, metric, startAgent, stopAll, timed, type AgentProcess, type Transport } from "./helpers/agents.ts";
 import { tempDir } from "./helpers/proxy.ts";
+import { upload } from "./helpers/raw.ts";
 import { join } from "node:path";
 
 for (const transport of ["uds", "grpc"] as Transport[]) {
@@ -50,6 +51,18 @@ for (const transport of ["uds", "grpc"] as Transport[]) {
       expect(res.body).toBe("blocked by test agent");
       expect(res.headers.get("x-blocked-by")).toBe("sdk-agent");
       expect(hits(up, "/sdk/blocked")).toBe(before);
+    });
+
+    test("a block reaches a client that is still uploading its body (lingering close, not a reset)", async () => {
+      const before = hits(up, "/sdk/blocked-upload");
+      const n = 8 * 1024 * 1024;
+      const r = await upload(proxy.url, `POST /sdk/blocked-upload HTTP/1.1\r\nHost: t\r\nx-want: block\r\nContent-Length: ${n}\r\n\r\n`, { bodyBytes: n });
+      expect(r.error).toBeUndefined();
+      expect(r.sent).toBe(n);
+      expect(r.status).toBe(451);
+      expect(r.text).toContain("blocked by test agent");
+      expect(r.text.toLowerCase()).toContain("\r\nconnection: close\r\n");
+      expect(hits(up, "/sdk/blocked-upload")).toBe(before);
     });
 
     test("redirect is a real redirect", async () => {

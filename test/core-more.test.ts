@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { startProxy, tempDir, waitFor, type ProxyProcess } from "./helpers/proxy.ts";
 import { startUpstream, type Upstream } from "./helpers/upstream.ts";
-import { rawRequest } from "./helpers/raw.ts";
+import { rawRequest, upload } from "./helpers/raw.ts";
 
 let up: Upstream;
 let proxy: ProxyProcess;
@@ -109,6 +109,31 @@ describe("limits", () => {
     const res = await rawRequest(proxy.url, `POST /small/echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n${chunk.repeat(4)}0\r\n\r\n`);
     expect(res.status).toBe(413);
   });
+  test("an early 413 reaches a client that writes its whole body before reading (lingering close)", async () => {
+    // 8 MiB is far more than the socket buffers hold: the client blocks until the proxy reads.
+    // Closing with that body unread would reset the connection (EPIPE here, and often no 413).
+    for (let i = 0; i < 3; i++) {
+      const r = await upload(proxy.url, "POST /small/x HTTP/1.1\r\nHost: t\r\nContent-Length: 8388608\r\n\r\n", { bodyBytes: 8 * 1024 * 1024 });
+      expect(r.error).toBeUndefined();
+      expect(r.sent).toBe(8 * 1024 * 1024);
+      expect(r.status).toBe(413);
+      expect(r.text.toLowerCase()).toContain("\r\nconnection: close\r\n");
+      expect(r.text).toContain("payload too large");
+      expect(r.text.endsWith("0\r\n\r\n")).toBe(true); // complete: the chunked answer's last chunk
+    }
+  });
+  test("the drain after an early answer is bounded: a client that pauses, or never stops sending, is closed", async () => {
+    const head = "POST /small/x HTTP/1.1\r\nHost: t\r\nContent-Length: 50000000000\r\n\r\n";
+    const [paused, endless] = await Promise.all([upload(proxy.url, head, { bodyBytes: 0 }), upload(proxy.url, head, { forMs: 30_000 })]);
+    // No body at all: the complete 413 at once, the close after the 500 ms pause allowance.
+    expect(paused.status).toBe(413);
+    expect(paused.text.endsWith("0\r\n\r\n")).toBe(true);
+    expect(paused.closedMs).toBeLessThan(2_000);
+    // A body that never ends: the 413 at once, the close after at most 5 s of draining.
+    expect(endless.status).toBe(413);
+    expect(endless.closedMs).toBeGreaterThan(4_000);
+    expect(endless.closedMs).toBeLessThan(8_000);
+  }, 15_000);
   test("414 for a URI over the limit", async () => {
     const res = await rawRequest(proxy.url, `GET /${"a".repeat(9000)} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n`);
     expect(res.status).toBe(414);

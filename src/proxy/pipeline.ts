@@ -37,6 +37,7 @@ import { applyPolicyOps } from "./policies.ts";
 import { handleBuiltin } from "./builtin.ts";
 import { proxyWebSocket, isWebSocketUpgrade } from "./websocket.ts";
 import { logRequest } from "./logging.ts";
+import { bodyUnread, lingeringClose } from "./linger.ts";
 import { rejectedRequests } from "../observability/metrics.ts";
 
 export interface ProxyState {
@@ -399,11 +400,7 @@ export async function handleRequest(req: Request, server: Server<unknown>, liste
   try {
     const r = route(ctx);
     armConnectionTimer(server, req, inFlightIdleSecs(listener, rt.config, r ? rt.plans.get(r.id) : undefined));
-    if (!r) {
-      ctx.status = 404;
-      finish(ctx, state);
-      return errorResponse(404, ctx.traceId);
-    }
+    if (!r) return end(ctx, state, errorResponse(404, ctx.traceId));
     ctx.plan = rt.plans.get(r.id)!;
     if (r.builtinHandler) return finishOnBodyEnd(ctx, state, await handleBuiltin(ctx, state, r.builtinHandler));
     const upgrade = isWebSocketUpgrade(req);
@@ -460,12 +457,17 @@ export async function handleRequest(req: Request, server: Server<unknown>, liste
   }
 }
 
-function end(ctx: RequestContext, state: ProxyState, res: Response): Response {
+function end(ctx: RequestContext, state: ProxyState, res: Response): Response | Promise<Response> {
   ctx.status = res.status;
-  // An error answered while the request body may still be arriving closes the connection:
-  // Bun would otherwise keep reading (draining) a slow or endless body after the answer.
-  if (res.status >= 400 && carriesBody(ctx.req)) res.headers.set("connection", "close");
   finish(ctx, state);
+  // An error answered while the request body may still be arriving closes the connection (Bun
+  // would otherwise keep reading a slow or endless body after the answer); when nothing read
+  // any of that body yet, only after draining it, bounded (linger.ts), so that the client
+  // reliably gets the answer. A 400 (framing in doubt) always closes at once.
+  if (res.status >= 400 && carriesBody(ctx.req)) {
+    if (res.status !== 400 && bodyUnread(ctx.req)) return lingeringClose(res, ctx.req.body!);
+    res.headers.set("connection", "close");
+  }
   return res;
 }
 

@@ -43,3 +43,60 @@ export function rawRequest(url: string, bytes: string | Uint8Array, opts: { time
 export function get(path: string, host = "t", extra = ""): string {
   return `GET ${path} HTTP/1.1\r\nHost: ${host}\r\n${extra}Connection: close\r\n\r\n`;
 }
+
+export interface UploadResult {
+  /** Everything the server sent. */
+  text: string;
+  status: number;
+  /** Body bytes written before the server closed (or all of them). */
+  sent: number;
+  /** The socket error that ended the exchange (EPIPE, ECONNRESET…), if any. */
+  error?: string;
+  /** Milliseconds from connect to the server's close. */
+  closedMs: number;
+}
+
+/**
+ * Send `head`, then `bodyBytes` bytes in 64 KiB writes that honour backpressure, the way
+ * clients that write their whole request before reading the answer (Node's fetch) do; or, with
+ * `forMs`, keep sending for that long. Read everything until the server closes (or `timeoutMs`).
+ */
+export function upload(url: string, head: string, opts: { bodyBytes?: number; forMs?: number; timeoutMs?: number }): Promise<UploadResult> {
+  const u = new URL(url);
+  const chunk = Buffer.alloc(64 * 1024, 0x78);
+  return new Promise((resolve) => {
+    const t0 = performance.now();
+    const sock = connect({ host: u.hostname, port: Number(u.port) });
+    let text = "";
+    let sent = 0;
+    let error: string | undefined;
+    let ended = false;
+    const done = () => {
+      if (ended) return;
+      ended = true;
+      clearTimeout(timer);
+      sock.destroy();
+      const m = /^HTTP\/1\.[01] (\d{3})/.exec(text);
+      resolve({ text, status: m ? Number(m[1]) : 0, sent, error, closedMs: performance.now() - t0 });
+    };
+    const timer = setTimeout(done, opts.timeoutMs ?? 15_000);
+    const more = () => (opts.forMs !== undefined ? performance.now() - t0 < opts.forMs : sent < (opts.bodyBytes ?? 0));
+    const pump = () => {
+      while (!ended && !sock.destroyed && more()) {
+        const n = opts.forMs !== undefined ? chunk.byteLength : Math.min(chunk.byteLength, opts.bodyBytes! - sent);
+        sent += n;
+        if (!sock.write(n === chunk.byteLength ? chunk : chunk.subarray(0, n))) return void sock.once("drain", pump);
+      }
+    };
+    sock.on("connect", () => {
+      sock.write(head);
+      pump();
+    });
+    sock.on("data", (d) => void (text += d.toString("latin1")));
+    sock.on("error", (e: NodeJS.ErrnoException) => {
+      error = e.code ?? e.message;
+      done();
+    });
+    sock.on("close", done);
+  });
+}

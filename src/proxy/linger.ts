@@ -1,0 +1,78 @@
+// Lingering close (RFC 9112 §9.6): an error answered while the client is still sending its
+// request body (an agent denial, a declared body over max-body-size, no upstream) must close the
+// connection, so that the unread body is never parsed as a request; but closing a socket with
+// unread input makes the kernel send a reset, and a reset can discard the answer before the
+// client has read it. Clients that send the whole body before reading (Node's fetch, most HTTP
+// libraries) then see EPIPE / ECONNRESET instead of the 401 or 413.
+//
+// So, like nginx's lingering_close and Envoy's delayed close: the answer goes out at once with
+// `Connection: close`, and the connection is closed only after the rest of the body was read and
+// discarded, or the client paused for LINGER_IDLE_MS, or LINGER_TOTAL_MS passed (whichever is
+// first). Bun.serve closes after the last byte of a `Connection: close` response, so the answer's
+// body is a stream whose end waits for that drain; Bun frames it chunked, so a client sees status,
+// headers and body at once and only the terminating chunk after the drain.
+//
+// Only a body nobody has started reading qualifies: a body that was partly read (the limit crossed
+// while streaming it, an upstream that failed mid-upload) has no reader left to drain, and its
+// answer closes at once as before.
+
+/** A pause in the client's body longer than this ends the drain (nginx lingering_timeout). */
+export const LINGER_IDLE_MS = 500;
+/** The drain never lasts longer than this (nginx lingering_time). */
+export const LINGER_TOTAL_MS = 5_000;
+
+const IDLE = Symbol("idle");
+
+/** Read and discard `body` until it ends, pauses for `idleMs`, or `totalMs` passed. True when it ended. */
+export async function drainBody(body: ReadableStream<Uint8Array>, idleMs: number, totalMs: number): Promise<boolean> {
+  const reader = body.getReader();
+  const deadline = performance.now() + totalMs;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    for (;;) {
+      const left = deadline - performance.now();
+      if (left <= 0) return false;
+      const idle = new Promise<typeof IDLE>((resolve) => (timer = setTimeout(resolve, Math.min(idleMs, left), IDLE)));
+      const r = await Promise.race([reader.read(), idle]);
+      clearTimeout(timer);
+      if (r === IDLE) return false;
+      if (r.done) return true;
+    }
+  } catch {
+    return false; // the client went away
+  } finally {
+    clearTimeout(timer);
+    reader.cancel().catch(() => {});
+  }
+}
+
+/** True when the request body may still be arriving and nothing has read any of it. */
+export function bodyUnread(req: Request): boolean {
+  const body = req.body;
+  return body !== null && !req.bodyUsed && !body.locked;
+}
+
+/**
+ * `res` with `Connection: close`, sent at once; the connection closes once the request body
+ * was drained (bounded, see above).
+ */
+export async function lingeringClose(res: Response, body: ReadableStream<Uint8Array>): Promise<Response> {
+  const bytes = await res.bytes();
+  const headers = new Headers(res.headers);
+  headers.set("connection", "close");
+  headers.delete("content-length");
+  const stream = new ReadableStream<Uint8Array>({
+    type: "direct",
+    async pull(controller) {
+      if (bytes.byteLength > 0) controller.write(bytes);
+      controller.flush();
+      await drainBody(body, LINGER_IDLE_MS, LINGER_TOTAL_MS);
+      try {
+        controller.close();
+      } catch {
+        /* the client already left */
+      }
+    },
+  });
+  return new Response(stream, { status: res.status, statusText: res.statusText, headers });
+}
