@@ -102,9 +102,7 @@ describe("limits", () => {
     expect(up.requests.length).toBe(before);
   });
   test("413 for a chunked body that crosses max-body-size", async () => {
-    // The whole request in one write: the proxy answers 413 and closes as soon as the limit is
-    // crossed, and chunks still arriving after that (as fetch() streams them) would make the
-    // kernel reset the connection, which can discard the 413 before the client reads it.
+    // The whole request in one write; a client that streams its chunks is the next-but-one test.
     const chunk = "200\r\n" + "x".repeat(512) + "\r\n";
     const res = await rawRequest(proxy.url, `POST /small/echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n${chunk.repeat(4)}0\r\n\r\n`);
     expect(res.status).toBe(413);
@@ -120,6 +118,15 @@ describe("limits", () => {
       expect(r.text.toLowerCase()).toContain("\r\nconnection: close\r\n");
       expect(r.text).toContain("payload too large");
       expect(r.text.endsWith("0\r\n\r\n")).toBe(true); // complete: the chunked answer's last chunk
+    }
+  });
+  test("a chunked body that crosses the limit mid-stream: the 413 reaches a client that writes its whole body first", async () => {
+    for (let i = 0; i < 3; i++) {
+      const r = await upload(proxy.url, "POST /small/echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n", { bodyBytes: 8 * 1024 * 1024, chunked: true });
+      expect(r.error).toBeUndefined();
+      expect(r.status).toBe(413);
+      expect(r.text.toLowerCase()).toContain("\r\nconnection: close\r\n");
+      expect(r.text.endsWith("0\r\n\r\n")).toBe(true);
     }
   });
   test("the drain after an early answer is bounded: a client that pauses, or never stops sending, is closed", async () => {

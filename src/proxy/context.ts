@@ -4,6 +4,7 @@ import type { ListenerConfig } from "../config/types.ts";
 import type { HeaderOp } from "../agents/types.ts";
 import type { Runtime, RoutePlan } from "./runtime.ts";
 import type { Target } from "../upstreams/pool.ts";
+import type { BodyReader } from "../upstreams/body.ts";
 import type { UpstreamRequestHeaders } from "./headers.ts";
 
 export interface AgentTrace {
@@ -42,6 +43,8 @@ export interface RequestContext {
   bytesOut: number;
   agentTrace: AgentTrace[];
   error?: string;
+  /** The rest of a request body whose limit was crossed (drained before the connection closes). */
+  bodyRest?: BodyReader;
   /** Aborted on client disconnect. */
   readonly signal: AbortSignal;
   finished: boolean;

@@ -12,20 +12,21 @@
 // body is a stream whose end waits for that drain; Bun frames it chunked, so a client sees status,
 // headers and body at once and only the terminating chunk after the drain.
 //
-// Only a body nobody has started reading qualifies: a body that was partly read (the limit crossed
-// while streaming it, an upstream that failed mid-upload) has no reader left to drain, and its
-// answer closes at once as before.
+// A body nobody has started reading qualifies, and so does one whose limit was crossed while it
+// was streamed (the limit hands its reader over). A body still held by another reader (an
+// upstream that failed mid-upload) cannot be drained, and its answer closes at once.
 
 /** A pause in the client's body longer than this ends the drain (nginx lingering_timeout). */
 export const LINGER_IDLE_MS = 500;
 /** The drain never lasts longer than this (nginx lingering_time). */
 export const LINGER_TOTAL_MS = 5_000;
 
+import type { BodyReader } from "../upstreams/body.ts";
+
 const IDLE = Symbol("idle");
 
 /** Read and discard `body` until it ends, pauses for `idleMs`, or `totalMs` passed. True when it ended. */
-export async function drainBody(body: ReadableStream<Uint8Array>, idleMs: number, totalMs: number): Promise<boolean> {
-  const reader = body.getReader();
+export async function drainBody(reader: BodyReader, idleMs: number, totalMs: number): Promise<boolean> {
   const deadline = performance.now() + totalMs;
   let timer: ReturnType<typeof setTimeout> | undefined;
   try {
@@ -46,17 +47,22 @@ export async function drainBody(body: ReadableStream<Uint8Array>, idleMs: number
   }
 }
 
-/** True when the request body may still be arriving and nothing has read any of it. */
-export function bodyUnread(req: Request): boolean {
+/**
+ * A reader for the rest of the request body when it may still be arriving: the body itself when
+ * nothing has read any of it, else what the body limit handed over when it was crossed (`rest`),
+ * else null (partly read and still held by its reader: not drainable).
+ */
+export function unreadBody(req: Request, rest: BodyReader | undefined): BodyReader | null {
   const body = req.body;
-  return body !== null && !req.bodyUsed && !body.locked;
+  if (body !== null && !req.bodyUsed && !body.locked) return body.getReader();
+  return rest ?? null;
 }
 
 /**
  * `res` with `Connection: close`, sent at once; the connection closes once the request body
  * was drained (bounded, see above).
  */
-export async function lingeringClose(res: Response, body: ReadableStream<Uint8Array>): Promise<Response> {
+export async function lingeringClose(res: Response, body: BodyReader): Promise<Response> {
   const bytes = await res.bytes();
   const headers = new Headers(res.headers);
   headers.set("connection", "close");

@@ -37,7 +37,7 @@ import { applyPolicyOps } from "./policies.ts";
 import { handleBuiltin } from "./builtin.ts";
 import { proxyWebSocket, isWebSocketUpgrade } from "./websocket.ts";
 import { logRequest } from "./logging.ts";
-import { bodyUnread, lingeringClose } from "./linger.ts";
+import { lingeringClose, unreadBody } from "./linger.ts";
 import { rejectedRequests } from "../observability/metrics.ts";
 
 export interface ProxyState {
@@ -243,9 +243,18 @@ async function requestFilter(ctx: RequestContext): Promise<{ response?: Response
     return inspected;
   }
   const meter = { bytes: 0 };
-  const stream = guardRequestBody(ctx.req.body!, plan.maxBodySize, ctx.rt.config.system.idleTimeoutMs, meter, () => {
-    ctx.bytesIn = meter.bytes;
-  });
+  const stream = guardRequestBody(
+    ctx.req.body!,
+    plan.maxBodySize,
+    ctx.rt.config.system.idleTimeoutMs,
+    meter,
+    () => {
+      ctx.bytesIn = meter.bytes;
+    },
+    (rest) => {
+      ctx.bodyRest = rest;
+    },
+  );
   if (plan.requestBodyAgents.length === 0) return { body: stream };
   try {
     const inspected = await requestBodyPhase(ctx, stream);
@@ -465,7 +474,8 @@ function end(ctx: RequestContext, state: ProxyState, res: Response): Response | 
   // any of that body yet, only after draining it, bounded (linger.ts), so that the client
   // reliably gets the answer. A 400 (framing in doubt) always closes at once.
   if (res.status >= 400 && carriesBody(ctx.req)) {
-    if (res.status !== 400 && bodyUnread(ctx.req)) return lingeringClose(res, ctx.req.body!);
+    const rest = res.status === 400 ? null : unreadBody(ctx.req, ctx.bodyRest);
+    if (rest) return lingeringClose(res, rest);
     res.headers.set("connection", "close");
   }
   return res;

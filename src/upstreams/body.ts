@@ -16,13 +16,26 @@ export class BodyIdleError extends Error {
   }
 }
 
+/** What is needed of a body's reader to drain it (the web and node:stream/web types differ). */
+export interface BodyReader {
+  read(): Promise<{ done: boolean; value?: Uint8Array }>;
+  cancel(reason?: unknown): Promise<void>;
+}
+
 export interface Meter {
   bytes: number;
 }
 
 export function meteredStream(
   source: ReadableStream<Uint8Array>,
-  opts: { limit: number; idleMs: number; meter: Meter; onEnd?: (err?: unknown) => void },
+  opts: {
+    limit: number;
+    idleMs: number;
+    meter: Meter;
+    onEnd?: (err?: unknown) => void;
+    /** Past the limit, hand the source's reader over (to drain the rest) instead of cancelling it. */
+    onLimit?: (rest: BodyReader) => void;
+  },
 ): ReadableStream<Uint8Array> {
   const reader = source.getReader();
   let finished = false;
@@ -61,7 +74,8 @@ export function meteredStream(
           opts.meter.bytes += value.byteLength;
           if (opts.meter.bytes > opts.limit) {
             const err = new BodyLimitError(opts.limit);
-            reader.cancel(err).catch(() => {});
+            if (opts.onLimit) opts.onLimit(reader);
+            else reader.cancel(err).catch(() => {});
             controller.error(err);
             finish(err);
             return;

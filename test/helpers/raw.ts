@@ -61,9 +61,11 @@ export interface UploadResult {
  * clients that write their whole request before reading the answer (Node's fetch) do; or, with
  * `forMs`, keep sending for that long. Read everything until the server closes (or `timeoutMs`).
  */
-export function upload(url: string, head: string, opts: { bodyBytes?: number; forMs?: number; timeoutMs?: number }): Promise<UploadResult> {
+export function upload(url: string, head: string, opts: { bodyBytes?: number; forMs?: number; timeoutMs?: number; chunked?: boolean }): Promise<UploadResult> {
   const u = new URL(url);
-  const chunk = Buffer.alloc(64 * 1024, 0x78);
+  const data = Buffer.alloc(64 * 1024, 0x78);
+  // With `chunked`, every write is one chunk of the same 64 KiB (the head must say chunked).
+  const chunk = opts.chunked ? Buffer.concat([Buffer.from(`${data.byteLength.toString(16)}\r\n`), data, Buffer.from("\r\n")]) : data;
   return new Promise((resolve) => {
     const t0 = performance.now();
     const sock = connect({ host: u.hostname, port: Number(u.port) });
@@ -83,9 +85,11 @@ export function upload(url: string, head: string, opts: { bodyBytes?: number; fo
     const more = () => (opts.forMs !== undefined ? performance.now() - t0 < opts.forMs : sent < (opts.bodyBytes ?? 0));
     const pump = () => {
       while (!ended && !sock.destroyed && more()) {
-        const n = opts.forMs !== undefined ? chunk.byteLength : Math.min(chunk.byteLength, opts.bodyBytes! - sent);
+        const n = opts.forMs !== undefined || opts.chunked ? chunk.byteLength : Math.min(chunk.byteLength, opts.bodyBytes! - sent);
         sent += n;
-        if (!sock.write(n === chunk.byteLength ? chunk : chunk.subarray(0, n))) return void sock.once("drain", pump);
+        const last = opts.chunked && !more();
+        if (!sock.write(n === chunk.byteLength ? chunk : chunk.subarray(0, n))) return void sock.once("drain", last ? () => sock.write("0\r\n\r\n") : pump);
+        if (last) sock.write("0\r\n\r\n");
       }
     };
     sock.on("connect", () => {

@@ -235,7 +235,7 @@ describe("RE: limits and floods", () => {
       (r) => r.status,
       () => 0,
     );
-    expect([0, 413]).toContain(chunkedOver);
+    expect(chunkedOver).toBe(413); // the rest of the body is drained before the close (lingering close)
     for (const expect100 of ["", "Expect: 100-continue\r\n"]) {
       const big = await exchange(proxy.url, [`POST /public/huge HTTP/1.1\r\n${H}${expect100}Content-Length: 50000000\r\n\r\n`], { responses: 1, timeoutMs: 2000 });
       expect(big.statuses.filter((s) => s >= 200)).toEqual([413]);
