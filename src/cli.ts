@@ -1,5 +1,6 @@
 #!/usr/bin/env bun
 // Entry point: `sentinel -c FILE`, `sentinel validate -c FILE` (alias -t/--test), --version, --help.
+import { availableParallelism } from "node:os";
 import { loadConfig } from "./config/load.ts";
 import { formatDiagnostic } from "./config/types.ts";
 import { startProxy } from "./proxy/server.ts";
@@ -82,6 +83,10 @@ async function main(): Promise<number> {
   const role = workerRole(result.config);
   if (role === "supervisor") return superviseWorkers(result.config), -1;
   if (role === "worker") adaptWorkerConfig(result.config);
+  if (role === "single" && result.config.system.workerThreads === 0 && availableParallelism() > 1)
+    // Zentinel reads 0 as one thread per CPU with shared state; ours would be processes with
+    // per-process breakers and health (docs/operations.md), so 0 stays one process: say so.
+    log("info", "worker-threads 0 runs one process; set worker-threads N (N >= 2) for N reusePort worker processes", { cpus: availableParallelism() });
   // Signal handlers first: as PID 1 (a container) the defaults do nothing for SIGTERM/SIGINT, and
   // SIGHUP's default would kill a process that is still starting.
   let proxy: Awaited<ReturnType<typeof startProxy>> | undefined;

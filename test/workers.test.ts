@@ -90,3 +90,22 @@ observability { metrics { enabled #true; address "127.0.0.1:0" } }
     expect(proxy.logs.some((l) => l.msg === "sentinel supervisor stopped")).toBe(true);
   });
 });
+
+describe("worker-threads 0", () => {
+  test("runs one process and says so at startup (on a machine with more than one CPU)", async () => {
+    const { availableParallelism } = await import("node:os");
+    const proxy = await startProxy(`
+system { worker-threads 0 }
+listeners { listener "main" { address "127.0.0.1:0" } }
+routes { route "s" { matches { path-prefix "/" }; builtin-handler "status" } }
+`);
+    try {
+      const notice = proxy.logs.filter((l) => String(l.msg).startsWith("worker-threads 0 runs one process"));
+      expect(notice.length).toBe(availableParallelism() > 1 ? 1 : 0);
+      expect(proxy.logs.filter((l) => l.msg === "sentinel supervisor started")).toEqual([]);
+      expect(proxy.logs.filter((l) => l.msg === "sentinel started").map((l) => l.pid)).toEqual([proxy.proc.pid]);
+    } finally {
+      await proxy.stop();
+    }
+  });
+});
