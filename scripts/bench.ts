@@ -322,11 +322,14 @@ async function main(): Promise<number> {
     ["floor_fetch", "reference Bun.serve + fetch (naive)"],
     ["floor_serve", "reference Bun.serve + Bun.connect, no logic"],
     ["floor_raw", "reference Bun.listen + Bun.connect, no logic"],
+    ["floor_rawreq", "reference Bun.listen + Bun.connect + web Request/Response objects"],
   ] as const) {
     if (!has(id) || !hasNginx) continue;
     tp(`${what}: req/s vs nginx`, "(informative)", pairedRatio(rows, id, "nginx", "get", T1, (r) => r.rps), () => true, "×");
     tp(`${what}: proxy CPU per request vs nginx`, "(informative)", pairedRatio(rows, id, "nginx", "get", T1, (r) => r.proxyCpuUs), () => true, "×");
   }
+  if (has("floor_rawreq") && has("floor_raw"))
+    tp("web Request/Response objects on a Bun.listen front end: proxy CPU per request they add", "(informative)", pairedDelta(rows, "floor_rawreq", "floor_raw", "get", T1, (r) => r.proxyCpuUs), () => true, " µs", 1);
   if (has("sentinel") && has("floor_serve"))
     tp("sentinel, no agents: proxy CPU per request above the Bun.serve floor", "(informative)", pairedDelta(rows, "sentinel", "floor_serve", "get", T1, (r) => r.proxyCpuUs), () => true, " µs", 1);
   const idleRss = running.get("sentinel")?.idleRssStart ?? NaN;

@@ -7,6 +7,10 @@
 //          proxy built on Bun.serve's Request/Response (sentinel's architecture).
 //   raw    Bun.listen + Bun.connect, bytes relayed with a minimal HTTP/1.1 parser (requests
 //          without bodies, responses with Content-Length): the floor of the runtime's sockets.
+//   rawreq raw, plus the web-standard objects a Request/Response pipeline needs per request:
+//          a Request (Headers, AbortSignal) built from the parsed head, and a Response read back
+//          and serialised. What a proxy-owned front end on Bun.listen would cost if it kept
+//          Request/Response as its currency (compare with serve and raw).
 // None of them is safe to expose (no validation, no limits, no timeouts); they exist to be measured.
 import type { Socket } from "bun";
 
@@ -178,7 +182,99 @@ function rawMode(): void {
   });
 }
 
+interface ReqState {
+  buf: Buffer | null;
+  ac: AbortController | null;
+}
+
+/** One request from a head (no body): a web Request, as Bun.serve would hand to a handler. */
+function toRequest(text: string, signal: AbortSignal): Request {
+  const lineEnd = text.indexOf("\r\n");
+  const sp1 = text.indexOf(" ");
+  const sp2 = text.lastIndexOf(" ", lineEnd);
+  const headers = new Headers();
+  let host = "";
+  let pos = lineEnd + 2;
+  while (pos < text.length) {
+    let e = text.indexOf("\r\n", pos);
+    if (e < 0) e = text.length;
+    const c = text.indexOf(":", pos);
+    const name = text.slice(pos, c);
+    const value = text.slice(c + 1, e).trim();
+    headers.append(name, value);
+    if (name.length === 4 && name.toLowerCase() === "host") host = value;
+    pos = e + 2;
+  }
+  return new Request(`http://${host}${text.slice(sp1 + 1, sp2)}`, { method: text.slice(0, sp1), headers, signal });
+}
+
+function rawReqMode(): void {
+  Bun.listen<ReqState>({
+    hostname: "127.0.0.1",
+    port,
+    data: { buf: null, ac: null },
+    socket: {
+      open(s) {
+        s.data = { buf: null, ac: null };
+        s.setNoDelay(true);
+      },
+      data(s, chunk) {
+        let bytes = chunk as Buffer;
+        if (s.data.buf) bytes = Buffer.concat([s.data.buf, bytes]);
+        const end = bytes.indexOf(CRLF2);
+        if (end < 0) {
+          s.data.buf = bytes;
+          return;
+        }
+        s.data.buf = null;
+        const ac = new AbortController();
+        s.data.ac = ac;
+        const req = toRequest(bytes.toString("latin1", 0, end), ac.signal);
+        const url = req.url;
+        let head = `${req.method} ${url.slice(url.indexOf("/", 8))} HTTP/1.1\r\n`;
+        req.headers.forEach((v, k) => {
+          if (k !== "connection") head += `${k}: ${v}\r\n`;
+        });
+        head += `x-forwarded-for: ${s.remoteAddress}\r\n\r\n`;
+        let status = 200;
+        const parts: Buffer[] = [];
+        let left = 0;
+        const done = async () => {
+          const res = new Response(parts.length === 1 ? parts[0] : Buffer.concat(parts), { status });
+          const body = await res.bytes();
+          let out = `HTTP/1.1 ${res.status} OK\r\n`;
+          res.headers.forEach((v, k) => {
+            if (k !== "content-length") out += `${k}: ${v}\r\n`;
+          });
+          out += `content-length: ${body.byteLength}\r\n\r\n`;
+          s.write(Buffer.concat([Buffer.from(out, "latin1"), body]));
+          s.data.ac = null;
+        };
+        upstreamRequest(
+          head,
+          (h, b) => {
+            status = Number(h.slice(9, 12));
+            left = contentLength(h) - b.byteLength;
+            parts.push(b);
+            if (left <= 0) void done();
+          },
+          (c) => {
+            parts.push(c);
+            left -= c.byteLength;
+            if (left <= 0) void done();
+          },
+        );
+      },
+      close(s) {
+        s.data.ac?.abort();
+      },
+      error() {},
+    },
+  });
+}
+
 if (mode === "raw") rawMode();
+else if (mode === "rawreq") rawReqMode();
 else if (mode === "fetch") fetchMode();
 else serveMode();
 process.stdout.write(`READY ${port}\n`);

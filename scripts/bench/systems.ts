@@ -9,7 +9,7 @@ export interface SystemDef {
   label: string;
   kind: "direct" | "sentinel" | "nginx" | "haproxy" | "reference";
   /** Reference proxies (scripts/bench/floor.ts): which floor. */
-  mode?: "fetch" | "serve" | "raw";
+  mode?: "fetch" | "serve" | "raw" | "rawreq";
   /** Agent processes this system needs (each gets its own process). */
   agents: AgentDef[];
   /** Sentinel worker processes (system { worker-threads }). */
@@ -48,6 +48,7 @@ export const SYSTEMS: SystemDef[] = [
   { id: "floor_fetch", label: "reference: Bun.serve + fetch (naive)", kind: "reference", mode: "fetch", agents: [], quick: false },
   { id: "floor_serve", label: "reference: Bun.serve + Bun.connect, no logic", kind: "reference", mode: "serve", agents: [], quick: false },
   { id: "floor_raw", label: "reference: Bun.listen + Bun.connect, no logic", kind: "reference", mode: "raw", agents: [], quick: false },
+  { id: "floor_rawreq", label: "reference: Bun.listen + Bun.connect + web Request/Response objects, no logic", kind: "reference", mode: "rawreq", agents: [], quick: false },
   { id: "sentinel_w2", label: "sentinel, no agents, 2 workers", kind: "sentinel", agents: [], workers: 2, quick: false },
 ];
 
