@@ -9,7 +9,7 @@
 //   request body             limits max-body-size (10 MiB), route policies     413 (+ close)  declaredBodyProblem,
 //                              max-body-size                                   (CL: at once; chunked: when crossing)   guardRequestBody
 //   request body idle        system idle-timeout-secs (60)                     408 / abort    guardRequestBody
-//   body drain after an      fixed: 500 ms pause, 5 s in all                   close          linger.ts
+//   body drain after an      fixed: 1 s pause, 5 s in all                      close          linger.ts
 //     early answer
 //   slow request head        fixed by Bun: 10 s (observed 10–12 s)             close (Bun)
 //   idle keep-alive          listener keepalive-timeout-secs (75; at least     close          keepAliveIdleSecs

@@ -16,16 +16,21 @@
 // was streamed (the limit hands its reader over). A body still held by another reader (an
 // upstream that failed mid-upload) cannot be drained, and its answer closes at once.
 
-/** A pause in the client's body longer than this ends the drain (nginx lingering_timeout). */
-export const LINGER_IDLE_MS = 500;
-/** The drain never lasts longer than this (nginx lingering_time). */
-export const LINGER_TOTAL_MS = 5_000;
-
 import type { BodyReader } from "../upstreams/body.ts";
 
-const IDLE = Symbol("idle");
+/**
+ * A pause in the client's body longer than this ends the drain. Shorter than nginx's 5 s
+ * lingering_timeout: covers a TCP retransmission, and a client that sends no body at all (some
+ * raw clients after an early answer) sees the answer complete after this long.
+ */
+export const LINGER_IDLE_MS = 1_000;
+/** The drain never lasts longer than this (nginx's lingering_time is 30 s, Envoy's delayed close 1 s). */
+export const LINGER_TOTAL_MS = 5_000;
 
-/** Read and discard `body` until it ends, pauses for `idleMs`, or `totalMs` passed. True when it ended. */
+const IDLE = Symbol("idle");
+const EMPTY = new Uint8Array(0);
+
+/** Read and discard `reader`'s body until it ends, pauses for `idleMs`, or `totalMs` passed; then release it. True when it ended. */
 export async function drainBody(reader: BodyReader, idleMs: number, totalMs: number): Promise<boolean> {
   const deadline = performance.now() + totalMs;
   let timer: ReturnType<typeof setTimeout> | undefined;
@@ -47,37 +52,63 @@ export async function drainBody(reader: BodyReader, idleMs: number, totalMs: num
   }
 }
 
+/** What is left of a request body to drain: the untouched body stream, or a reader handed over. */
+export type BodyRest = ReadableStream<Uint8Array> | BodyReader;
+
 /**
- * A reader for the rest of the request body when it may still be arriving: the body itself when
- * nothing has read any of it, else what the body limit handed over when it was crossed (`rest`),
- * else null (partly read and still held by its reader: not drainable).
+ * The rest of the request body when it may still be arriving: the body itself when nothing has
+ * read any of it, else what the body limit handed over when it was crossed (`rest`), else null
+ * (partly read and still held by another reader: not drainable).
  */
-export function unreadBody(req: Request, rest: BodyReader | undefined): BodyReader | null {
+export function unreadBody(req: Request, rest: BodyReader | undefined): BodyRest | null {
   const body = req.body;
-  if (body !== null && !req.bodyUsed && !body.locked) return body.getReader();
+  if (body !== null && !req.bodyUsed && !body.locked) return body;
   return rest ?? null;
+}
+
+function readerOf(rest: BodyRest): BodyReader {
+  return rest instanceof ReadableStream ? rest.getReader() : rest;
+}
+
+function release(rest: BodyRest): void {
+  (rest instanceof ReadableStream ? rest.cancel() : rest.cancel()).catch(() => {});
 }
 
 /**
  * `res` with `Connection: close`, sent at once; the connection closes once the request body
- * was drained (bounded, see above).
+ * was drained (bounded, see above). Never rejects: an answer whose body cannot be read is sent
+ * without one.
  */
-export async function lingeringClose(res: Response, body: BodyReader): Promise<Response> {
-  const bytes = await res.bytes();
+export async function lingeringClose(res: Response, rest: BodyRest): Promise<Response> {
+  let bytes: Uint8Array = EMPTY;
+  try {
+    bytes = await res.bytes();
+  } catch {
+    /* keep the status and headers */
+  }
   const headers = new Headers(res.headers);
   headers.set("connection", "close");
   headers.delete("content-length");
+  let pulled = false;
   const stream = new ReadableStream<Uint8Array>({
     type: "direct",
     async pull(controller) {
-      if (bytes.byteLength > 0) controller.write(bytes);
-      controller.flush();
-      await drainBody(body, LINGER_IDLE_MS, LINGER_TOTAL_MS);
+      pulled = true;
+      try {
+        if (bytes.byteLength > 0) controller.write(bytes);
+        controller.flush();
+      } catch {
+        /* the client already left: the drain below ends at once */
+      }
+      await drainBody(readerOf(rest), LINGER_IDLE_MS, LINGER_TOTAL_MS);
       try {
         controller.close();
       } catch {
         /* the client already left */
       }
+    },
+    cancel() {
+      if (!pulled) release(rest);
     },
   });
   return new Response(stream, { status: res.status, statusText: res.statusText, headers });

@@ -37,7 +37,7 @@ import { applyPolicyOps } from "./policies.ts";
 import { handleBuiltin } from "./builtin.ts";
 import { proxyWebSocket, isWebSocketUpgrade } from "./websocket.ts";
 import { logRequest } from "./logging.ts";
-import { lingeringClose, unreadBody } from "./linger.ts";
+import { lingeringClose, unreadBody, type BodyRest } from "./linger.ts";
 import { rejectedRequests } from "../observability/metrics.ts";
 
 export interface ProxyState {
@@ -351,6 +351,11 @@ function finish(ctx: RequestContext, state: ProxyState): void {
   ctx.rt.inFlight--;
   if (ctx.status !== 101) armConnectionTimer(ctx.server, ctx.req, keepAliveIdleSecs(ctx.listener));
   if (ctx.target) releaseTarget(ctx.target);
+  if (ctx.bodyRest) {
+    // A body limit crossed after the upstream had answered: nothing will drain the rest.
+    ctx.bodyRest.cancel().catch(() => {});
+    ctx.bodyRest = undefined;
+  }
   const durationMs = performance.now() - ctx.startedAt;
   logRequest(ctx, durationMs);
   requestCompletePhase(ctx, durationMs);
@@ -468,16 +473,20 @@ export async function handleRequest(req: Request, server: Server<unknown>, liste
 
 function end(ctx: RequestContext, state: ProxyState, res: Response): Response | Promise<Response> {
   ctx.status = res.status;
-  finish(ctx, state);
   // An error answered while the request body may still be arriving closes the connection (Bun
   // would otherwise keep reading a slow or endless body after the answer); when nothing read
-  // any of that body yet, only after draining it, bounded (linger.ts), so that the client
-  // reliably gets the answer. A 400 (framing in doubt) always closes at once.
-  if (res.status >= 400 && carriesBody(ctx.req)) {
-    const rest = res.status === 400 ? null : unreadBody(ctx.req, ctx.bodyRest);
-    if (rest) return lingeringClose(res, rest);
-    res.headers.set("connection", "close");
+  // any of that body yet, or the limit handed it over, only after draining it, bounded
+  // (linger.ts), so that the client reliably gets the answer. A 400 (framing in doubt) always
+  // closes at once, and so does HEAD (Bun sends no body for it, so never pulls the drain).
+  let rest: BodyRest | null = null;
+  const closes = res.status >= 400 && carriesBody(ctx.req);
+  if (closes && res.status !== 400 && ctx.method !== "HEAD") {
+    rest = unreadBody(ctx.req, ctx.bodyRest);
+    ctx.bodyRest = undefined;
   }
+  finish(ctx, state);
+  if (rest) return lingeringClose(res, rest);
+  if (closes) res.headers.set("connection", "close");
   return res;
 }
 

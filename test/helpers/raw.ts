@@ -61,7 +61,11 @@ export interface UploadResult {
  * clients that write their whole request before reading the answer (Node's fetch) do; or, with
  * `forMs`, keep sending for that long. Read everything until the server closes (or `timeoutMs`).
  */
-export function upload(url: string, head: string, opts: { bodyBytes?: number; forMs?: number; timeoutMs?: number; chunked?: boolean }): Promise<UploadResult> {
+export function upload(
+  url: string,
+  head: string,
+  opts: { bodyBytes?: number; forMs?: number; timeoutMs?: number; chunked?: boolean; /** With forMs: one 64 KiB write per this many ms. */ paceMs?: number },
+): Promise<UploadResult> {
   const u = new URL(url);
   const data = Buffer.alloc(64 * 1024, 0x78);
   // With `chunked`, every write is one chunk of the same 64 KiB (the head must say chunked).
@@ -90,6 +94,7 @@ export function upload(url: string, head: string, opts: { bodyBytes?: number; fo
         const last = opts.chunked && !more();
         if (!sock.write(n === chunk.byteLength ? chunk : chunk.subarray(0, n))) return void sock.once("drain", last ? () => sock.write("0\r\n\r\n") : pump);
         if (last) sock.write("0\r\n\r\n");
+        if (opts.paceMs) return void setTimeout(pump, opts.paceMs);
       }
     };
     sock.on("connect", () => {

@@ -193,6 +193,8 @@ export interface Exchange {
   closed: boolean;
   /** ms from connect to close, when closed. */
   closedMs?: number;
+  /** ms from connect to the first byte received, when any was. */
+  firstByteMs?: number;
   elapsedMs: number;
 }
 
@@ -296,6 +298,7 @@ export function exchange(url: string, parts: Array<string | Uint8Array | number>
     const chunks: Buffer[] = [];
     let closed = false;
     let closedMs: number | undefined;
+    let firstByteMs: number | undefined;
     let finished = false;
     let grace: ReturnType<typeof setTimeout> | undefined;
     const finish = () => {
@@ -312,6 +315,7 @@ export function exchange(url: string, parts: Array<string | Uint8Array | number>
         statuses: responses.map((r) => r.status),
         closed,
         closedMs,
+        firstByteMs,
         elapsedMs: performance.now() - t0,
       });
     };
@@ -324,6 +328,7 @@ export function exchange(url: string, parts: Array<string | Uint8Array | number>
       }
     });
     sock.on("data", (d: Buffer) => {
+      firstByteMs ??= performance.now() - t0;
       chunks.push(d);
       if (want > 0) {
         const rs = parseResponses(Buffer.concat(chunks), opts.headMethods).filter((r) => r.status >= 200 && r.complete);

@@ -393,11 +393,16 @@ describe("HP: request target and Host", () => {
     expect(rec.body.toString()).toBe("hello");
     expect(up.header(rec, "expect")).toEqual([]);
     // auth-denied: final status without the body
-    const denied = await exchange(proxy.url, [`POST /admin/exp HTTP/1.1\r\n${H}Expect: 100-continue\r\nContent-Length: 50\r\n\r\n`], { responses: 1, timeoutMs: 2000 });
+    // (each answer is complete once the lingering close's drain gives up: no body byte for 1 s)
+    const denied = await exchange(proxy.url, [`POST /admin/exp HTTP/1.1\r\n${H}Expect: 100-continue\r\nContent-Length: 50\r\n\r\n`], { responses: 1, timeoutMs: 4000 });
     expect(denied.statuses.filter((s) => s >= 200)).toEqual([401]);
+    expect(denied.responses.at(-1)!.complete).toBe(true);
+    expect(denied.firstByteMs!).toBeLessThan(1000);
     // oversize: 413 at once
-    const big = await exchange(proxy.url, [`POST /public/exp HTTP/1.1\r\n${H}Expect: 100-continue\r\nContent-Length: 50000000\r\n\r\n`], { responses: 1, timeoutMs: 2000 });
+    const big = await exchange(proxy.url, [`POST /public/exp HTTP/1.1\r\n${H}Expect: 100-continue\r\nContent-Length: 50000000\r\n\r\n`], { responses: 1, timeoutMs: 4000 });
     expect(big.statuses.filter((s) => s >= 200)).toEqual([413]);
+    expect(big.responses.at(-1)!.complete).toBe(true);
+    expect(big.firstByteMs!).toBeLessThan(1000);
     // unknown expectation: ignored (or 417), never forwarded
     const m2 = up.mark();
     const foo = await exchange(proxy.url, [`GET /public/exp HTTP/1.1\r\n${H}Expect: foo\r\nConnection: close\r\n\r\n`], { responses: 1 });
