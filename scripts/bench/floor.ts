@@ -88,6 +88,27 @@ function upstreamRequest(head: string, onHead: UpState["onHead"], onBody: UpStat
   });
 }
 
+/** Send a request head upstream; `done` gets the status and the whole body. */
+function upstreamWhole(head: string, done: (status: number, body: Buffer) => void): void {
+  let status = 200;
+  const parts: Buffer[] = [];
+  let left = 0;
+  upstreamRequest(
+    head,
+    (h, body) => {
+      status = Number(h.slice(9, 12));
+      left = contentLength(h) - body.byteLength;
+      parts.push(body);
+      if (left <= 0) done(status, parts.length === 1 ? parts[0]! : Buffer.concat(parts));
+    },
+    (chunk) => {
+      parts.push(chunk);
+      left -= chunk.byteLength;
+      if (left <= 0) done(status, parts.length === 1 ? parts[0]! : Buffer.concat(parts));
+    },
+  );
+}
+
 function serveMode(): void {
   Bun.serve({
     hostname: "127.0.0.1",
@@ -100,26 +121,7 @@ function serveMode(): void {
         if (k !== "connection") head += `${k}: ${v}\r\n`;
       });
       head += `x-forwarded-for: ${server.requestIP(req)?.address ?? ""}\r\n\r\n`;
-      return new Promise<Response>((resolve) => {
-        let status = 200;
-        const parts: Buffer[] = [];
-        let left = 0;
-        const done = () => resolve(new Response(parts.length === 1 ? parts[0] : Buffer.concat(parts), { status }));
-        upstreamRequest(
-          head,
-          (h, body) => {
-            status = Number(h.slice(9, 12));
-            left = contentLength(h) - body.byteLength;
-            parts.push(body);
-            if (left <= 0) done();
-          },
-          (chunk) => {
-            parts.push(chunk);
-            left -= chunk.byteLength;
-            if (left <= 0) done();
-          },
-        );
-      });
+      return new Promise<Response>((resolve) => upstreamWhole(head, (status, body) => resolve(new Response(body, { status }))));
     },
   });
 }
@@ -141,6 +143,19 @@ interface ClientState {
   buf: Buffer | null;
 }
 
+/** A request head (without its blank line) once the bytes so far hold one; else null (bytes kept). */
+function takeHead(d: ClientState, chunk: Buffer): string | null {
+  let bytes = chunk;
+  if (d.buf) bytes = Buffer.concat([d.buf, bytes]);
+  const end = bytes.indexOf(CRLF2);
+  if (end < 0) {
+    d.buf = bytes;
+    return null;
+  }
+  d.buf = null;
+  return bytes.toString("latin1", 0, end);
+}
+
 function rawMode(): void {
   Bun.listen<ClientState>({
     hostname: "127.0.0.1",
@@ -152,15 +167,8 @@ function rawMode(): void {
         s.setNoDelay(true);
       },
       data(s, chunk) {
-        let bytes = chunk as Buffer;
-        if (s.data.buf) bytes = Buffer.concat([s.data.buf, bytes]);
-        const end = bytes.indexOf(CRLF2);
-        if (end < 0) {
-          s.data.buf = bytes;
-          return;
-        }
-        s.data.buf = null;
-        const text = bytes.toString("latin1", 0, end);
+        const text = takeHead(s.data, chunk as Buffer);
+        if (text === null) return;
         const lineEnd = text.indexOf("\r\n");
         const sp = text.lastIndexOf(" ", lineEnd);
         let head = text.slice(0, sp) + " HTTP/1.1\r\n";
@@ -182,8 +190,7 @@ function rawMode(): void {
   });
 }
 
-interface ReqState {
-  buf: Buffer | null;
+interface ReqState extends ClientState {
   ac: AbortController | null;
 }
 
@@ -219,28 +226,19 @@ function rawReqMode(): void {
         s.setNoDelay(true);
       },
       data(s, chunk) {
-        let bytes = chunk as Buffer;
-        if (s.data.buf) bytes = Buffer.concat([s.data.buf, bytes]);
-        const end = bytes.indexOf(CRLF2);
-        if (end < 0) {
-          s.data.buf = bytes;
-          return;
-        }
-        s.data.buf = null;
+        const text = takeHead(s.data, chunk as Buffer);
+        if (text === null) return;
         const ac = new AbortController();
         s.data.ac = ac;
-        const req = toRequest(bytes.toString("latin1", 0, end), ac.signal);
+        const req = toRequest(text, ac.signal);
         const url = req.url;
         let head = `${req.method} ${url.slice(url.indexOf("/", 8))} HTTP/1.1\r\n`;
         req.headers.forEach((v, k) => {
           if (k !== "connection") head += `${k}: ${v}\r\n`;
         });
         head += `x-forwarded-for: ${s.remoteAddress}\r\n\r\n`;
-        let status = 200;
-        const parts: Buffer[] = [];
-        let left = 0;
-        const done = async () => {
-          const res = new Response(parts.length === 1 ? parts[0] : Buffer.concat(parts), { status });
+        upstreamWhole(head, async (status, bytes) => {
+          const res = new Response(bytes, { status });
           const body = await res.bytes();
           let out = `HTTP/1.1 ${res.status} OK\r\n`;
           res.headers.forEach((v, k) => {
@@ -249,21 +247,7 @@ function rawReqMode(): void {
           out += `content-length: ${body.byteLength}\r\n\r\n`;
           s.write(Buffer.concat([Buffer.from(out, "latin1"), body]));
           s.data.ac = null;
-        };
-        upstreamRequest(
-          head,
-          (h, b) => {
-            status = Number(h.slice(9, 12));
-            left = contentLength(h) - b.byteLength;
-            parts.push(b);
-            if (left <= 0) void done();
-          },
-          (c) => {
-            parts.push(c);
-            left -= c.byteLength;
-            if (left <= 0) void done();
-          },
-        );
+        });
       },
       close(s) {
         s.data.ac?.abort();
