@@ -448,6 +448,28 @@ routes { route "fallback" { priority "low"; builtin-handler "not-found"; }; }
     });
   });
 
+  test("trusted-proxies (ours): addresses and CIDRs, IPv4 and IPv6; anything else is a located error", () => {
+    const ok = load(`system {}
+listeners { listener "lb" { address "0.0.0.0:8080"; trusted-proxies "10.0.0.0/8" "192.0.2.7" "fd00::/8" "::1"; }; }
+routes { route "r" { priority "low"; builtin-handler "not-found"; }; }
+`);
+    expect(ok.errors).toEqual([]);
+    expect(ok.cfg.listeners[0]!.trustedProxies).toEqual(["10.0.0.0/8", "192.0.2.7", "fd00::/8", "::1"]);
+    const bad = load(`system {}
+listeners {
+  listener "a" { address "0.0.0.0:8080"; trusted-proxies "10.0.0.0/33" "lb.internal" 10; }
+  listener "b" { address "0.0.0.0:8081"; trusted-proxies; }
+}
+routes { route "r" { priority "low"; builtin-handler "not-found"; }; }
+`);
+    expect(bad.errors).toEqual([
+      `main.kdl:3:42: listener 'a': trusted-proxies: "10.0.0.0/33" is not an IP address or CIDR such as "10.0.0.0/8", "192.0.2.7" or "fd00::/8"`,
+      `main.kdl:3:42: listener 'a': trusted-proxies: "lb.internal" is not an IP address or CIDR such as "10.0.0.0/8", "192.0.2.7" or "fd00::/8"`,
+      `main.kdl:3:42: listener 'a': trusted-proxies: 10 is not an IP address or CIDR such as "10.0.0.0/8", "192.0.2.7" or "fd00::/8"`,
+      `main.kdl:4:42: listener 'b': 'trusted-proxies' needs at least one address or CIDR, e.g. trusted-proxies "10.0.0.0/8" "::1"`,
+    ]);
+  });
+
   test("listener errors", () => {
     const r = load(`system {}
 listeners {

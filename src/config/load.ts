@@ -8,6 +8,7 @@
 //  - All problems are collected (no stop at the first one), each with FILE:LINE:COL.
 //  - Everything the hot path needs (RegExp, lower-cased names, ms/bytes) is computed here once.
 
+import { parseCidr } from "../proxy/client-ip.ts";
 import { existsSync, readFileSync, realpathSync, statSync } from "node:fs";
 import { dirname, extname, isAbsolute, resolve } from "node:path";
 import { nodePos, parseKdl, type KdlNode, type KdlValue } from "./kdl.ts";
@@ -993,6 +994,21 @@ class Converter {
         const v = r.str(c, w);
         if (v !== undefined) out.defaultRoute = v;
       },
+      // Extension (not in Zentinel): addresses whose X-Forwarded-For is believed (src/proxy/client-ip.ts).
+      "trusted-proxies": (c) => {
+        r.noProps(c, w);
+        r.noChildren(c, w);
+        if (c.values.length === 0) this.d.error(c, `${w}: 'trusted-proxies' needs at least one address or CIDR, e.g. trusted-proxies "10.0.0.0/8" "::1"`);
+        const list: string[] = [];
+        for (const v of c.values) {
+          if (typeof v !== "string" || parseCidr(v) === null) {
+            this.d.error(c, `${w}: trusted-proxies: ${JSON.stringify(v)} is not an IP address or CIDR such as "10.0.0.0/8", "192.0.2.7" or "fd00::/8"`);
+            continue;
+          }
+          list.push(v);
+        }
+        out.trustedProxies = list;
+      },
       namespace: r.unsupportedHandler("listener namespace"),
       tls: (c) => {
         tlsNode = c;
@@ -1026,6 +1042,7 @@ class Converter {
         requestTimeoutMs: out.requestTimeoutMs!,
         keepaliveTimeoutMs: out.keepaliveTimeoutMs!,
         defaultRoute: out.defaultRoute,
+        trustedProxies: out.trustedProxies,
         tls: protocol === "https" ? out.tls : undefined,
         loc: locOf(n),
       });

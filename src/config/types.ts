@@ -39,6 +39,8 @@ export interface ListenerConfig {
   requestTimeoutMs: number; // request-timeout-secs (default 60)
   keepaliveTimeoutMs: number; // keepalive-timeout-secs (default 75)
   defaultRoute?: string;
+  /** Extension: peers whose X-Forwarded-For names the client (addresses / CIDRs as written). */
+  trustedProxies?: string[];
   tls?: TlsServerConfig;
   loc: SourceLoc;
 }

@@ -35,7 +35,7 @@ describe("header list", () => {
 
   test("agent and policy operations on the list give exactly what they give on a Headers object", async () => {
     const incoming = new Headers({ host: "example.com", "x-user": "forged", accept: "*/*", "x-keep": "k", connection: "x-keep" });
-    const fwd = { clientIp: "10.0.0.1", proto: "http", hostHeader: "example.com", traceId: "t1" };
+    const fwd = { peerIp: "10.0.0.1", proto: "http", hostHeader: "example.com", traceId: "t1" };
     const cases: Array<[HeaderOp[], HeaderOpConfig[]]> = [
       [[{ op: "set", name: "X-User", value: "alice" }], []],
       [[{ op: "add", name: "x-user", value: " bob " }, { op: "add", name: "X-USER", value: "carol" }], []],

@@ -24,7 +24,11 @@ export interface RequestContext {
   readonly traceId: string;
   /** Unique per request; the id agents see (never client-controlled). */
   readonly correlationId: string;
+  /** The TCP peer (appended to X-Forwarded-For). */
+  peerIp: string;
+  /** The client: the peer, or from X-Forwarded-For when the peer is a trusted proxy (client-ip.ts). */
   clientIp: string;
+  /** The peer's port, or 0 when the client address came from X-Forwarded-For. */
   clientPort: number;
   method: string;
   host: string; // routing host (lower-case, no port)

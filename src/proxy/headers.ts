@@ -68,7 +68,8 @@ export function stripHopByHop(headers: Headers): void {
 const PROTECTED_FROM_CONNECTION = new Set(["host", "content-length"]);
 
 export interface ForwardingInfo {
-  clientIp: string;
+  /** The TCP peer: the hop appended to X-Forwarded-For. */
+  peerIp: string;
   proto: string;
   /** Host as received ("" when absent). */
   hostHeader: string;
@@ -130,7 +131,7 @@ export function upstreamRequestHeaders(incoming: Headers, fwd: ForwardingInfo): 
     }
   }
   const own: Array<[string, string]> = [
-    ["x-forwarded-for", priorXff ? `${priorXff}, ${fwd.clientIp}` : fwd.clientIp],
+    ["x-forwarded-for", priorXff ? `${priorXff}, ${fwd.peerIp}` : fwd.peerIp],
     ["x-forwarded-proto", fwd.proto],
     ["x-request-id", fwd.traceId],
     ["x-correlation-id", fwd.traceId],

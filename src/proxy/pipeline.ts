@@ -38,6 +38,7 @@ import { handleBuiltin } from "./builtin.ts";
 import { proxyWebSocket, isWebSocketUpgrade } from "./websocket.ts";
 import { logRequest } from "./logging.ts";
 import { lingeringClose, unreadBody, type BodyRest } from "./linger.ts";
+import { realClientIp, trustedProxies } from "./client-ip.ts";
 import { rejectedRequests } from "../observability/metrics.ts";
 
 export interface ProxyState {
@@ -116,6 +117,9 @@ function receive(req: Request, server: Server<unknown>, listener: ListenerConfig
   if (!normalized.ok) return rejectRequest(400, traceId);
 
   const addr = server.requestIP(req);
+  const peerIp = addr?.address ?? "";
+  const trusted = listener.trustedProxies === undefined ? null : trustedProxies(listener);
+  const clientIp = trusted === null ? peerIp : realClientIp(peerIp, incoming.get("x-forwarded-for"), trusted);
   return {
     rt,
     req,
@@ -124,8 +128,9 @@ function receive(req: Request, server: Server<unknown>, listener: ListenerConfig
     startedAt: performance.now(),
     traceId,
     correlationId: newTraceId("tinyflake"),
-    clientIp: addr?.address ?? "",
-    clientPort: addr?.port ?? 0,
+    peerIp,
+    clientIp,
+    clientPort: clientIp === peerIp ? (addr?.port ?? 0) : 0,
     method: req.method,
     host,
     hostHeader,
@@ -178,7 +183,7 @@ async function requestFilter(ctx: RequestContext): Promise<{ response?: Response
   const plan = ctx.plan!;
   // headers.ts: sanitised, plus the proxy's own forwarding headers; agents see this view.
   const upstream = upstreamRequestHeaders(ctx.req.headers, {
-    clientIp: ctx.clientIp,
+    peerIp: ctx.peerIp,
     proto: ctx.listener.protocol,
     hostHeader: ctx.hostHeader,
     traceId: ctx.traceId,

@@ -33,6 +33,8 @@ beforeAll(async () => {
       upstream: up.address,
       auth: agent.kdl(),
       extraRoutes: `route "big" { matches { path-prefix "/big" }; upstream "u"; policies { max-body-size "20MB" } }`,
+      // PS-05: a client connecting from 127.0.0.2 is a trusted proxy (tests bind it as localAddress).
+      listener: `trusted-proxies "127.0.0.2" "10.0.0.0/8"`,
     }),
   );
   await waitFor(async () => (await fetch(`${proxy.url}/admin/warm`, { headers: { authorization: "Bearer good" } })).status === 200, 10_000, "agent ready");
@@ -110,11 +112,17 @@ describe("PS: request headers", () => {
   });
 
   test("PS-05 forwarded chains: malformed or oversized X-Forwarded-For never crashes and never becomes the client address", async () => {
-    const twoLines = await exchange(proxy.url, [req("GET", "/admin/xff2", "Authorization: Bearer good\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-For: 5.5.5.5\r\nConnection: close\r\n")], {
+    // From an untrusted peer, X-Forwarded-For is only appended to.
+    const untrusted = await send(req("GET", "/admin/xff-untrusted", "Authorization: Bearer good\r\nX-Forwarded-For: 6.6.6.6, 5.5.5.5\r\n"));
+    expect(untrusted.ex.statuses).toEqual([200]);
+    expect(lastEvent("/admin/xff-untrusted")!.ip).toBe("127.0.0.1");
+    expect(hdr(untrusted.recs[0]!, "x-forwarded-for")).toEqual(["6.6.6.6, 5.5.5.5, 127.0.0.1"]);
+    // From a trusted peer, a malformed chain is not believed: the client is the peer.
+    const bad = await exchange(proxy.url, [req("GET", "/admin/xff-bad-trusted", "Authorization: Bearer good\r\nX-Forwarded-For: 1.2.3.4, garbage, [::1]:80, \r\nConnection: close\r\n")], {
       localAddress: "127.0.0.2",
     });
-    expect(twoLines.statuses).toEqual([200]);
-    expect(lastEvent("/admin/xff2")!.ip).toBe("127.0.0.2");
+    expect(bad.statuses).toEqual([200]);
+    expect(lastEvent("/admin/xff-bad-trusted")!.ip).toBe("127.0.0.2");
     const { ex, recs } = await send(req("GET", "/public/xff-bad", "X-Forwarded-For: 1.2.3.4, garbage, [::1]:80, \r\n"));
     expect(ex.statuses).toEqual([200]);
     expect(hdr(recs[0]!, "x-forwarded-for")[0]!.endsWith("127.0.0.1")).toBe(true);
@@ -124,11 +132,25 @@ describe("PS: request headers", () => {
     expect(alive(proxy)).toBe(true);
   });
 
-  // Known gap (SECURITY.md): there is no trusted-proxies setting, so the client address is always
-  // the peer address; a trusted hop's X-Forwarded-For is appended to, never interpreted.
-  test.failing("PS-05 trusted hop: from a trusted 127.0.0.2 the client is the rightmost untrusted X-Forwarded-For entry", async () => {
-    await exchange(proxy.url, [req("GET", "/admin/xff-trusted", "Authorization: Bearer good\r\nX-Forwarded-For: 6.6.6.6, 5.5.5.5\r\nConnection: close\r\n")], { localAddress: "127.0.0.2" });
-    expect(lastEvent("/admin/xff-trusted")!.ip).toBe("5.5.5.5");
+  test("PS-05 trusted hop: from a trusted 127.0.0.2 the client is the rightmost untrusted X-Forwarded-For entry", async () => {
+    // listener trusted-proxies "127.0.0.2" "10.0.0.0/8" (an extension: src/proxy/client-ip.ts)
+    const cases: Array<[string, string, string]> = [
+      ["/admin/xff-trusted", "X-Forwarded-For: 6.6.6.6, 5.5.5.5\r\n", "5.5.5.5"],
+      ["/admin/xff-two-lines", "X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-For: 5.5.5.5\r\n", "5.5.5.5"],
+      ["/admin/xff-trusted-hops", "X-Forwarded-For: 6.6.6.6, 5.5.5.5, 10.1.2.3, 10.0.0.9:443\r\n", "5.5.5.5"],
+      ["/admin/xff-v6", "X-Forwarded-For: 6.6.6.6, [2001:db8::7]:5000\r\n", "2001:db8::7"],
+      ["/admin/xff-all-trusted", "X-Forwarded-For: 10.9.9.9, 10.1.1.1\r\n", "10.9.9.9"],
+      ["/admin/xff-none", "", "127.0.0.2"],
+    ];
+    for (const [path, xff, client] of cases) {
+      const mark = up.mark();
+      const ex = await exchange(proxy.url, [req("GET", path, `Authorization: Bearer good\r\n${xff}Connection: close\r\n`)], { localAddress: "127.0.0.2" });
+      expect(ex.statuses).toEqual([200]);
+      const ev = lastEvent(path)!;
+      expect(ev.ip).toBe(client);
+      // The chain sent upstream still ends with the peer that connected.
+      expect(hdr(up.since(mark)[0]!, "x-forwarded-for")[0]!.endsWith("127.0.0.2")).toBe(true);
+    }
   });
 
   test("PS-06 X-Forwarded-Proto/Host are the proxy's; Via is added in both directions", async () => {
