@@ -31,7 +31,7 @@
 import type { Server } from "bun";
 import type { ListenerConfig, LimitsConfig, SentinelConfig } from "../config/types.ts";
 import type { RoutePlan } from "./runtime.ts";
-import { meteredStream, type BodyReader, type Meter } from "../upstreams/body.ts";
+import { meteredStream, type Meter } from "../upstreams/body.ts";
 
 /** Largest upstream response head (status line excluded) relayed to a client. */
 export const MAX_RESPONSE_HEAD_BYTES = 64 * 1024;
@@ -61,16 +61,19 @@ export function declaredBodyProblem(declared: number, maxBodySize: number): 0 | 
   return declared > maxBodySize ? 413 : 0;
 }
 
-/** The request body as forwarded: at most `maxBodySize` bytes, no idle gap longer than `idleMs`. */
+/**
+ * The request body as forwarded: at most `maxBodySize` bytes, no idle gap longer than `idleMs`.
+ * Past the limit, the BodyLimitError given to `onEnd` carries the rest of the body (`rest`), to
+ * be drained before the connection closes (linger.ts).
+ */
 export function guardRequestBody(
   body: ReadableStream<Uint8Array>,
   maxBodySize: number,
   idleMs: number,
   meter: Meter,
   onEnd: (err?: unknown) => void,
-  onLimit?: (rest: BodyReader) => void,
 ): ReadableStream<Uint8Array> {
-  return meteredStream(body, { limit: maxBodySize, idleMs, meter, onEnd, onLimit });
+  return meteredStream(body, { limit: maxBodySize, idleMs, meter, onEnd, handOver: true });
 }
 
 /** The response body as relayed: aborted when no byte moves for `idleMs` (upstream or client stalled). */

@@ -70,10 +70,6 @@ function readerOf(rest: BodyRest): BodyReader {
   return rest instanceof ReadableStream ? rest.getReader() : rest;
 }
 
-function release(rest: BodyRest): void {
-  (rest instanceof ReadableStream ? rest.cancel() : rest.cancel()).catch(() => {});
-}
-
 /**
  * `res` with `Connection: close`, sent at once; the connection closes once the request body
  * was drained (bounded, see above). Never rejects: an answer whose body cannot be read is sent
@@ -86,7 +82,7 @@ export async function lingeringClose(res: Response, rest: BodyRest): Promise<Res
   } catch {
     /* keep the status and headers */
   }
-  const headers = new Headers(res.headers);
+  const headers = new Headers(res.headers); // a copy: never throws on immutable headers
   headers.set("connection", "close");
   headers.delete("content-length");
   let pulled = false;
@@ -108,7 +104,7 @@ export async function lingeringClose(res: Response, rest: BodyRest): Promise<Res
       }
     },
     cancel() {
-      if (!pulled) release(rest);
+      if (!pulled) rest.cancel().catch(() => {});
     },
   });
   return new Response(stream, { status: res.status, statusText: res.statusText, headers });

@@ -248,18 +248,10 @@ async function requestFilter(ctx: RequestContext): Promise<{ response?: Response
     return inspected;
   }
   const meter = { bytes: 0 };
-  const stream = guardRequestBody(
-    ctx.req.body!,
-    plan.maxBodySize,
-    ctx.rt.config.system.idleTimeoutMs,
-    meter,
-    () => {
-      ctx.bytesIn = meter.bytes;
-    },
-    (rest) => {
-      ctx.bodyRest = rest;
-    },
-  );
+  const stream = guardRequestBody(ctx.req.body!, plan.maxBodySize, ctx.rt.config.system.idleTimeoutMs, meter, (err) => {
+    ctx.bytesIn = meter.bytes;
+    if (err instanceof BodyLimitError) ctx.bodyRest = err.rest;
+  });
   if (plan.requestBodyAgents.length === 0) return { body: stream };
   try {
     const inspected = await requestBodyPhase(ctx, stream);

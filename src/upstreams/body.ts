@@ -3,7 +3,11 @@
 import { unwatchIdle, watchIdle } from "./idle.ts";
 
 export class BodyLimitError extends Error {
-  constructor(readonly limit: number) {
+  constructor(
+    readonly limit: number,
+    /** With `handOver`: the source's reader, the rest of the body still unread (see meteredStream). */
+    readonly rest?: BodyReader,
+  ) {
     super(`body exceeds ${limit} bytes`);
     this.name = "BodyLimitError";
   }
@@ -33,8 +37,8 @@ export function meteredStream(
     idleMs: number;
     meter: Meter;
     onEnd?: (err?: unknown) => void;
-    /** Past the limit, hand the source's reader over (to drain the rest) instead of cancelling it. */
-    onLimit?: (rest: BodyReader) => void;
+    /** Past the limit, hand the source's reader over in the BodyLimitError (to drain the rest) instead of cancelling it. */
+    handOver?: boolean;
   },
 ): ReadableStream<Uint8Array> {
   const reader = source.getReader();
@@ -73,9 +77,8 @@ export function meteredStream(
           }
           opts.meter.bytes += value.byteLength;
           if (opts.meter.bytes > opts.limit) {
-            const err = new BodyLimitError(opts.limit);
-            if (opts.onLimit) opts.onLimit(reader);
-            else reader.cancel(err).catch(() => {});
+            const err = new BodyLimitError(opts.limit, opts.handOver ? reader : undefined);
+            if (!opts.handOver) reader.cancel(err).catch(() => {});
             controller.error(err);
             finish(err);
             return;
