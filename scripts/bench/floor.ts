@@ -257,10 +257,13 @@ function rawReqMode(): void {
   });
 }
 
-if (mode === "raw") rawMode();
-else if (mode === "rawreq") rawReqMode();
-else if (mode === "fetch") fetchMode();
-else serveMode();
+const MODES: Record<string, () => void> = { fetch: fetchMode, serve: serveMode, raw: rawMode, rawreq: rawReqMode };
+const start = MODES[mode];
+if (!start) {
+  process.stderr.write(`floor.ts: unknown --mode ${JSON.stringify(mode)}; one of ${Object.keys(MODES).join(", ")}\n`);
+  process.exit(2);
+}
+start();
 process.stdout.write(`READY ${port}\n`);
 process.on("SIGTERM", () => process.exit(0));
 process.on("SIGINT", () => process.exit(0));
