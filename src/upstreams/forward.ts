@@ -118,7 +118,7 @@ async function attemptH1(input: ForwardInput, target: Target, body: ForwardInput
     });
     attemptObserver?.(input.pool, target, (performance.now() - t0) / 1000, null, response.status);
     if (response.status === 101) return { ok: false, status: 502, reason: "unsolicited 101 from upstream", target };
-    return { ok: true, response: { status: response.status, statusText: response.statusText, headers: response.headers, body: response.body, sanitized: true }, target };
+    return { ok: true, response, target };
   } catch (err) {
     target.active--;
     if (input.signal.aborted) return { ok: false, status: 499, reason: "client went away", target };

@@ -2,7 +2,7 @@
 // for ordinary exchanges, raw Bun.listen servers for exact bytes (framing, errors, stale
 // keep-alive connections, early closes).
 import { afterAll, afterEach, describe, expect, test } from "bun:test";
-import { H1Error, H1Pool, H1TimeoutError, type H1Response } from "./h1client.ts";
+import { ABORT_WATCH_AFTER_MS, H1Error, H1Pool, H1TimeoutError, type H1Response } from "./h1client.ts";
 
 type RawConn = { buf: string; n: number };
 type RawServer = { port: number; stop(): void; accepted: number; requests: string[] };
@@ -319,7 +319,8 @@ describe("h1client framing and errors (raw upstream)", () => {
     expect(p.size).toBe(0);
   });
 
-  test("the client's abort signal ends the exchange and closes the upstream connection", async () => {
+  /** A raw upstream that never answers; `closed` turns true when the client closes its connection. */
+  function silent(): { port: number; closed: () => boolean } {
     let closed = false;
     const server = Bun.listen({
       hostname: "127.0.0.1",
@@ -332,15 +333,107 @@ describe("h1client framing and errors (raw upstream)", () => {
       },
     });
     cleanups.push(() => server.stop(true));
-    const p = pool(server.port!);
+    return { port: server.port!, closed: () => closed };
+  }
+
+  /** An abort signal that counts the listeners registered on it. */
+  function countingSignal(): { ac: AbortController; adds: () => number; removes: () => number } {
     const ac = new AbortController();
+    const sig = ac.signal;
+    let adds = 0;
+    let removes = 0;
+    const add = sig.addEventListener.bind(sig);
+    const remove = sig.removeEventListener.bind(sig);
+    Object.assign(sig, {
+      addEventListener: (...a: Parameters<AbortSignal["addEventListener"]>) => (adds++, add(...a)),
+      removeEventListener: (...a: Parameters<AbortSignal["removeEventListener"]>) => (removes++, remove(...a)),
+    });
+    return { ac, adds: () => adds, removes: () => removes };
+  }
+
+  async function until(cond: () => boolean, ms: number): Promise<boolean> {
+    const end = Date.now() + ms;
+    while (!cond() && Date.now() < end) await Bun.sleep(5);
+    return cond();
+  }
+
+  test("an abort before the abort-watch mark ends the exchange at the mark and closes the upstream connection", async () => {
+    const up = silent();
+    const p = pool(up.port);
+    const { ac, adds } = countingSignal();
+    const t0 = performance.now();
     const pending = get(p, "/", { signal: ac.signal, timeoutMs: 5000 }).catch((e) => e);
-    await Bun.sleep(30);
+    await Bun.sleep(10);
     ac.abort();
     const e = await pending;
+    const took = performance.now() - t0;
     expect((e as Error).name).toBe("AbortError");
-    await Bun.sleep(30);
-    expect(closed).toBe(true);
+    expect(took).toBeGreaterThanOrEqual(ABORT_WATCH_AFTER_MS - 2);
+    expect(took).toBeLessThan(1000);
+    expect(adds()).toBe(0); // seen at the mark, never listened for
+    expect(await until(up.closed, 2000)).toBe(true);
+    expect(p.size).toBe(0);
+  });
+
+  test("past the mark the exchange listens: an abort ends it at once and closes the upstream connection", async () => {
+    const up = silent();
+    const p = pool(up.port);
+    const { ac, adds, removes } = countingSignal();
+    const pending = get(p, "/", { signal: ac.signal, timeoutMs: 5000 }).catch((e) => e);
+    expect(await until(() => adds() === 1, 2000)).toBe(true);
+    const t0 = performance.now();
+    ac.abort();
+    const e = await pending;
+    expect(performance.now() - t0).toBeLessThan(ABORT_WATCH_AFTER_MS);
+    expect((e as Error).name).toBe("AbortError");
+    expect(removes()).toBe(1);
+    expect(await until(up.closed, 2000)).toBe(true);
+  });
+
+  test("an exchange answered before the mark never registers a listener; a slower one removes its own", async () => {
+    let delay = 0;
+    const s = raw((_req, _c, sock) => {
+      setTimeout(() => sock.write(ok("hi")), delay);
+      return null;
+    });
+    cleanups.push(s.stop);
+    const p = pool(s.port);
+    const fast = countingSignal();
+    expect(await text(await get(p, "/", { signal: fast.ac.signal }))).toBe("hi");
+    expect(fast.adds()).toBe(0);
+    delay = ABORT_WATCH_AFTER_MS + 40;
+    const slow = countingSignal();
+    expect(await text(await get(p, "/", { signal: slow.ac.signal }))).toBe("hi");
+    expect(slow.adds()).toBe(1);
+    expect(slow.removes()).toBe(1);
+    slow.ac.abort(); // after the exchange: nothing left to end, and the connection stays pooled
+    expect(p.idleCount).toBe(1);
+  });
+
+  test("a client abort while a response body streams errors the body and closes the upstream connection", async () => {
+    let closed = false;
+    const server = Bun.listen({
+      hostname: "127.0.0.1",
+      port: 0,
+      socket: {
+        data(sock) {
+          sock.write("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n");
+        },
+        close() {
+          closed = true;
+        },
+      },
+    });
+    cleanups.push(() => server.stop(true));
+    const p = pool(server.port);
+    const ac = new AbortController();
+    const r = await get(p, "/", { signal: ac.signal, timeoutMs: 5000 });
+    expect(r.body).toBeInstanceOf(ReadableStream);
+    const reader = (r.body as ReadableStream<Uint8Array>).getReader();
+    expect(Buffer.from((await reader.read()).value!).toString()).toBe("hello");
+    ac.abort();
+    await expect(reader.read()).rejects.toThrow();
+    expect(await until(() => closed, 2000)).toBe(true);
   });
 
   test("connection refused is a connect error that was never sent", async () => {

@@ -13,7 +13,10 @@
 //   - no decompression, no redirects, no cookies;
 //   - `timeoutMs` bounds connect + request write + response head, on the shared deadline queue
 //     (one runtime timer for all requests, no setTimeout per request);
-//   - `signal` (client disconnect) aborts at any point and closes the upstream connection;
+//   - `signal` (client disconnect) aborts at any point and closes the upstream connection. An
+//     exchange that has not been answered after ABORT_WATCH_AFTER_MS starts listening for it
+//     (and checks it then): most exchanges end sooner and never pay for a listener, and an abort
+//     before that is acted on at that mark at the latest;
 //   - response hop-by-hop headers (and names listed in Connection) are removed;
 //   - a response that is complete and at most `maxBufferedBody` bytes is returned as bytes,
 //     anything else as a ReadableStream that reads from the socket only when pulled (socket
@@ -54,6 +57,8 @@ export interface H1Response {
   contentLength: number;
   /** True when this exchange used a pooled (reused) connection. */
   reused: boolean;
+  /** Always true: hop-by-hop headers are gone and the head is bounded (forward.ts passes this on as is). */
+  readonly sanitized: true;
 }
 
 /** Error codes match the ones fetch() uses, so forward.ts classifies both the same way. */
@@ -97,6 +102,12 @@ const CRLF2 = Buffer.from("\r\n\r\n");
 const NON_ASCII = /[^\x00-\x7f]/;
 const STATUS_LINE = /^HTTP\/1\.[01] [1-9]\d\d(?: |$)/;
 const EMPTY = new Uint8Array(0);
+/**
+ * How long an exchange runs before it listens on the client's abort signal (see the contract
+ * above): an event listener on a native AbortSignal costs about a microsecond per request here,
+ * which is most of what a client abort is worth on an exchange answered within milliseconds.
+ */
+export const ABORT_WATCH_AFTER_MS = 50;
 /** Idle connections beyond max-idle are closed once idle this long (and checked this often). */
 const TRIM_AFTER_MS = 1000;
 
@@ -117,6 +128,10 @@ class Exchange {
   settled = false;
   deadline: DeadlineHandle | null = null;
   signal: AbortSignal | null = null;
+  /** True once `this` is registered as the signal's abort listener. */
+  listening = false;
+  /** What is left of the head timeout when the first deadline is the abort-watch mark. */
+  timeLeftMs = 0;
   // response state
   state: number = S_HEAD;
   head: Buffer | null = null; // partial head
@@ -182,6 +197,7 @@ class Exchange {
         ),
         contentLength: this.contentLength,
         reused: false,
+        sanitized: true,
       });
       return;
     }
@@ -204,7 +220,8 @@ class Exchange {
       this.deadline = null;
     }
     if (this.signal) {
-      this.signal.removeEventListener("abort", this);
+      if (this.listening) this.signal.removeEventListener("abort", this);
+      this.listening = false;
       this.signal = null;
     }
     if (this.idle) {
@@ -403,6 +420,7 @@ function onData(c: Conn, ex: Exchange, chunk: Buffer): void {
         ex.deadline.cancel();
         ex.deadline = null;
       }
+      if (!watchAbort(ex)) return;
       watchBody(c, ex);
       if (rest.byteLength > 0) bodyBytes(c, ex, rest);
       return;
@@ -416,8 +434,10 @@ function onData(c: Conn, ex: Exchange, chunk: Buffer): void {
 
 /** Parse a response head into `ex`; returns the parser state it leaves (S_DONE: no body). */
 function parseHead(ex: Exchange, text: string): number {
-  const lines = text.split("\r\n");
-  const sl = lines[0]!;
+  // One pass over the head with indexOf (no split, no line strings): this runs per request.
+  let eol = text.indexOf("\r\n");
+  if (eol < 0) eol = text.length;
+  const sl = text.slice(0, eol);
   if (!STATUS_LINE.test(sl)) throw protocolError(`bad status line ${JSON.stringify(sl.slice(0, 40))}`);
   const status = Number(sl.slice(9, 12));
   ex.status = status;
@@ -428,20 +448,22 @@ function parseHead(ex: Exchange, text: string): number {
   let chunked = false;
   let te = false;
   let connectionTokens: string[] | null = null;
-  const pairs: [string, string][] = [];
-  for (let i = 1; i < lines.length; i++) {
-    const line = lines[i]!;
-    const colon = line.indexOf(":");
-    if (colon <= 0) {
-      if (line.length === 0) continue;
-      throw protocolError(line.charCodeAt(0) === 0x20 || line.charCodeAt(0) === 0x09 ? "obsolete header line folding" : "header line without a colon");
+  const pairs: string[] = []; // name, value, name, value…
+  for (let pos = eol + 2; pos < text.length; pos = eol + 2) {
+    eol = text.indexOf("\r\n", pos);
+    if (eol < 0) eol = text.length;
+    if (eol === pos) continue;
+    const colon = text.indexOf(":", pos);
+    if (colon <= pos || colon > eol) {
+      const first = text.charCodeAt(pos);
+      throw protocolError(first === 0x20 || first === 0x09 ? "obsolete header line folding" : "header line without a colon");
     }
-    const name = line.slice(0, colon).toLowerCase();
+    const name = text.slice(pos, colon).toLowerCase();
     let a = colon + 1;
-    let b = line.length;
-    while (a < b && (line.charCodeAt(a) === 0x20 || line.charCodeAt(a) === 0x09)) a++;
-    while (b > a && (line.charCodeAt(b - 1) === 0x20 || line.charCodeAt(b - 1) === 0x09)) b--;
-    const value = line.slice(a, b);
+    let b = eol;
+    while (a < b && (text.charCodeAt(a) === 0x20 || text.charCodeAt(a) === 0x09)) a++;
+    while (b > a && (text.charCodeAt(b - 1) === 0x20 || text.charCodeAt(b - 1) === 0x09)) b--;
+    const value = text.slice(a, b);
     switch (name) {
       case "content-length": {
         if (!CONTENT_LENGTH.test(value)) {
@@ -456,7 +478,7 @@ function parseHead(ex: Exchange, text: string): number {
           if (contentLength >= 0 && contentLength !== n) throw protocolError("conflicting content-length");
           contentLength = n;
         }
-        pairs.push([name, String(contentLength)]);
+        pairs.push(name, String(contentLength));
         continue;
       }
       case "transfer-encoding": {
@@ -477,25 +499,25 @@ function parseHead(ex: Exchange, text: string): number {
       }
       default:
         if (HOP_BY_HOP.has(name)) continue;
-        pairs.push([name, value]);
+        pairs.push(name, value);
     }
   }
   if (connectionTokens !== null) {
     const drop = new Set(connectionTokens.filter((t) => t !== "content-length" && t !== "host"));
-    for (let i = pairs.length - 1; i >= 0; i--) if (drop.has(pairs[i]![0])) pairs.splice(i, 1);
+    for (let i = pairs.length - 2; i >= 0; i -= 2) if (drop.has(pairs[i]!)) pairs.splice(i, 2);
   }
   if (te && contentLength >= 0) {
     // Both: transfer-encoding wins and the connection is not reused (RFC 9112 §6.3).
     keepAlive = false;
     contentLength = -1;
-    for (let i = pairs.length - 1; i >= 0; i--) if (pairs[i]![0] === "content-length") pairs.splice(i, 1);
+    for (let i = pairs.length - 2; i >= 0; i -= 2) if (pairs[i] === "content-length") pairs.splice(i, 2);
   }
   ex.keepAlive = ex.keepAlive && keepAlive;
   ex.contentLength = contentLength;
   // new Headers() + append is the cheapest way to build one (pairs or an object cost more).
   const headers = new Headers();
   try {
-    for (let i = 0; i < pairs.length; i++) headers.append(pairs[i]![0], pairs[i]![1]);
+    for (let i = 0; i < pairs.length; i += 2) headers.append(pairs[i]!, pairs[i + 1]!);
   } catch (err) {
     throw protocolError(`bad header: ${(err as Error).message}`);
   }
@@ -532,6 +554,7 @@ function deliverHead(c: Conn, ex: Exchange, body: Uint8Array | null): void {
     body: null,
     contentLength: ex.contentLength,
     reused: c.reused > 0,
+    sanitized: true,
   };
   if (ex.status === 101) {
     // Not ours to relay: the caller refuses it. The connection is not reusable.
@@ -546,6 +569,8 @@ function deliverHead(c: Conn, ex: Exchange, body: Uint8Array | null): void {
     exchangeDone(c, ex);
     return;
   }
+  // Streamed from here on: a client that goes away must end it (and the connection).
+  if (!watchAbort(ex)) return;
   const pool = c.pool;
   res.body = new ReadableStream<Uint8Array>(
     {
@@ -742,6 +767,29 @@ function expireExchange(ex: Exchange): void {
   ex.abort(new H1TimeoutError(ex.req.timeoutMs));
 }
 
+/**
+ * Listen for the client's abort from now on (after checking it): false when it already
+ * happened, and the exchange was aborted.
+ */
+function watchAbort(ex: Exchange): boolean {
+  const signal = ex.signal;
+  if (signal === null || ex.listening) return true;
+  if (signal.aborted) {
+    ex.handleEvent();
+    return false;
+  }
+  signal.addEventListener("abort", ex);
+  ex.listening = true;
+  return true;
+}
+
+/** The abort-watch mark (ABORT_WATCH_AFTER_MS): start listening, then wait out the head timeout. */
+function abortWatchMark(ex: Exchange): void {
+  ex.deadline = null;
+  if (!watchAbort(ex)) return;
+  ex.deadline = sharedDeadlines.schedule(ex.timeLeftMs, expireExchange, ex);
+}
+
 /** Serialise the request head. Header names/values come from a Headers object (validated). */
 function requestHead(req: H1Request, hostDefault: string, framing: string): string {
   const acc: HeadText = { head: `${req.method} ${req.path} HTTP/1.1\r\n`, hasHost: false };
@@ -847,11 +895,17 @@ export class H1Pool {
       ex.resolve = resolve;
       ex.reject = reject;
     });
-    if (req.signal) {
+    if (req.signal && req.timeoutMs > ABORT_WATCH_AFTER_MS) {
       ex.signal = req.signal;
-      req.signal.addEventListener("abort", ex);
+      ex.timeLeftMs = req.timeoutMs - ABORT_WATCH_AFTER_MS;
+      ex.deadline = sharedDeadlines.schedule(ABORT_WATCH_AFTER_MS, abortWatchMark, ex);
+    } else {
+      if (req.signal) {
+        ex.signal = req.signal;
+        watchAbort(ex);
+      }
+      ex.deadline = sharedDeadlines.schedule(req.timeoutMs, expireExchange, ex);
     }
-    ex.deadline = sharedDeadlines.schedule(req.timeoutMs, expireExchange, ex);
     this.start(ex, true);
     return p;
   }
