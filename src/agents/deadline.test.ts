@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { DeadlineQueue, DeadlineExceeded, callDeadline, sleep, type TimerClock } from "./deadline.ts";
+import { DeadlineQueue, DeadlineExceeded, PARENT_WATCH_AFTER_MS, callDeadline, sleep, type TimerClock } from "./deadline.ts";
 
 /** A fake clock whose timers run when time is advanced. Counts how many runtime timers were armed. */
 function fakeClock() {
@@ -155,18 +155,64 @@ describe("callDeadline", () => {
     await d.aborted;
   });
 
-  test("parent abort wins, is not a timeout, and cancels the deadline", async () => {
+  /** A native signal that counts the listeners registered on it. */
+  function countingParent() {
+    const parent = new AbortController();
+    let adds = 0;
+    const add = parent.signal.addEventListener.bind(parent.signal);
+    Object.assign(parent.signal, { addEventListener: (...a: Parameters<AbortSignal["addEventListener"]>) => (adds++, add(...a)) });
+    return { parent, adds: () => adds };
+  }
+
+  test("a parent abort before the watch mark wins at the mark: not a timeout, the deadline cancelled, no listener", async () => {
     const f = fakeClock();
     const q = new DeadlineQueue(f.clock);
-    const parent = new AbortController();
+    const { parent, adds } = countingParent();
     const d = callDeadline(100, parent.signal, q);
+    expect(d.deadline).toBe(100);
     expect(q.size).toBe(1);
     parent.abort(new Error("client gone"));
+    f.advance(PARENT_WATCH_AFTER_MS - 1);
+    expect(d.signal.aborted).toBe(false);
+    f.advance(1);
     expect(d.signal.aborted).toBe(true);
     expect(d.timedOut()).toBe(false);
     expect((d.signal.reason as Error).message).toBe("client gone");
     expect(q.size).toBe(0);
+    expect(adds()).toBe(0);
     await d.aborted;
+  });
+
+  test("past the mark the parent is listened to: its abort wins at once; the deadline stays where it was", async () => {
+    const f = fakeClock();
+    const q = new DeadlineQueue(f.clock);
+    const { parent, adds } = countingParent();
+    const d = callDeadline(100, parent.signal, q);
+    f.advance(PARENT_WATCH_AFTER_MS);
+    expect(adds()).toBe(1);
+    expect(d.signal.aborted).toBe(false);
+    expect(q.size).toBe(1);
+    parent.abort(new Error("client gone"));
+    expect(d.signal.aborted).toBe(true);
+    expect(d.timedOut()).toBe(false);
+    expect(q.size).toBe(0);
+    await d.aborted;
+    // Without an abort, the deadline still expires at 100 ms.
+    const d2 = callDeadline(100, new AbortController().signal, q);
+    f.advance(99);
+    expect(d2.signal.aborted).toBe(false);
+    f.advance(1);
+    expect(d2.timedOut()).toBe(true);
+  });
+
+  test("a call shorter than the mark listens to its parent from the start", () => {
+    const f = fakeClock();
+    const q = new DeadlineQueue(f.clock);
+    const { parent, adds } = countingParent();
+    const d = callDeadline(PARENT_WATCH_AFTER_MS, parent.signal, q);
+    expect(adds()).toBe(1);
+    parent.abort();
+    expect(d.signal.aborted).toBe(true);
   });
 
   test("already-aborted parent", () => {

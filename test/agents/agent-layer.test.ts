@@ -5,7 +5,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
 import { createAgent, type Agent, type AgentCallResult } from "../../src/agents/agent.ts";
 import { createAgentRegistry } from "../../src/agents/registry.ts";
-import { sharedDeadlines } from "../../src/agents/deadline.ts";
+import { PARENT_WATCH_AFTER_MS, sharedDeadlines } from "../../src/agents/deadline.ts";
 import { createUdsTransport } from "../../src/agents/uds/client.ts";
 import { TransportError, type AgentEvent, type AgentReply, type AgentTransport } from "../../src/agents/types.ts";
 import type { AgentConfig } from "../../src/config/types.ts";
@@ -222,21 +222,29 @@ describe("Agent over a real UDS agent", () => {
     expect(await metric(agentCalls, { agent: a.id, decision: "error" })).toBe(28);
   });
 
-  test("client abort ends the call at once and is neither a success nor a failure", async () => {
+  test("client abort ends the call (at the parent-watch mark, or at once after it) and is neither a success nor a failure", async () => {
     const srv = await controlled();
     srv.mode = { kind: "hang" };
     const a = await agentOn(srv.path, { circuitBreaker: { failureThreshold: 1, successThreshold: 1, timeoutMs: 1000, halfOpenMaxRequests: 1 } });
+    // Before the mark: the call does not listen yet, and ends when it checks, at the mark.
     const ac = new AbortController();
     setTimeout(() => ac.abort(new Error("client went away")), 20);
     const [r, ms] = await timed(() => a.call(ev(), ac.signal));
     expect(r.ok).toBe(false);
-    expect(ms).toBeLessThan(20 + 15);
+    expect(ms).toBeGreaterThanOrEqual(PARENT_WATCH_AFTER_MS - 2);
+    expect(ms).toBeLessThan(PARENT_WATCH_AFTER_MS + 15);
+    // After the mark: it listens, and ends at once.
+    const late = new AbortController();
+    setTimeout(() => late.abort(new Error("client went away")), PARENT_WATCH_AFTER_MS + 40);
+    const [r1, ms1] = await timed(() => a.call(ev(), late.signal));
+    expect(r1.ok).toBe(false);
+    expect(ms1).toBeLessThan(PARENT_WATCH_AFTER_MS + 40 + 15);
     expect(a.circuitState()).toBe("closed"); // threshold 1, yet not opened
     expect(a.inFlight()).toBe(0);
     const [r2, ms2] = await timed(() => a.call(ev(), AbortSignal.abort()));
     expect(r2.ok).toBe(false);
     expect(ms2).toBeLessThan(5);
-    expect(srv.calls).toBe(1); // the pre-aborted call never reached the agent
+    expect(srv.calls).toBe(2); // the pre-aborted call never reached the agent
   });
 
   test("max-concurrent-calls: the call beyond the limit fails at once with overload, never queued", async () => {
