@@ -151,6 +151,34 @@ describe("limits", () => {
     expect((await rawRequest(proxy.url, `GET /x HTTP/1.1\r\nHost: t\r\n${many}\r\nConnection: close\r\n\r\n`)).status).toBe(431);
     expect((await rawRequest(proxy.url, `GET /x HTTP/1.1\r\nHost: t\r\nX-Big: ${"b".repeat(5000)}\r\nConnection: close\r\n\r\n`)).status).toBe(431);
   });
+  test("a request rejected before routing that carries a body: answered at once, closed once the body is drained", async () => {
+    const many = Array.from({ length: 30 }, (_, i) => `X-H${i}: v`).join("\r\n");
+    const r = await upload(proxy.url, `POST /x HTTP/1.1\r\nHost: t\r\n${many}\r\nContent-Length: 8388608\r\n\r\n`, { bodyBytes: 8 * 1024 * 1024 });
+    expect(r.error).toBeUndefined();
+    expect(r.sent).toBe(8 * 1024 * 1024);
+    expect(r.status).toBe(431);
+    expect(r.text.toLowerCase()).toContain("\r\nconnection: close\r\n");
+    expect(r.text.endsWith("0\r\n\r\n")).toBe(true);
+    expect(r.closedMs).toBeLessThan(5_000);
+  });
+  test("a rejected request with an endless body is closed at the drain bound, not kept reading", async () => {
+    const many = Array.from({ length: 30 }, (_, i) => `X-H${i}: v`).join("\r\n");
+    const head = (method: string) => `${method} /x HTTP/1.1\r\nHost: t\r\n${method === "POST" ? many + "\r\n" : ""}Content-Length: 50000000000\r\n\r\n`;
+    const opts = { forMs: 30_000, paceMs: 20, timeoutMs: 20_000 };
+    const [tooMany, trace] = await Promise.all([upload(proxy.url, head("POST"), opts), upload(proxy.url, head("TRACE"), opts)]);
+    expect(tooMany.status).toBe(431);
+    expect(tooMany.text.toLowerCase()).toContain("\r\nconnection: close\r\n");
+    expect(tooMany.closedMs).toBeGreaterThan(4_000);
+    expect(tooMany.closedMs).toBeLessThan(8_000);
+    // Bun gives a TRACE handler no body to drain: closed at once.
+    expect(trace.status).toBe(405);
+    expect(trace.text.toLowerCase()).toContain("\r\nconnection: close\r\n");
+    expect(trace.closedMs).toBeLessThan(8_000);
+  }, 25_000);
+  test("a bodiless rejected request keeps its connection (pipelined rejections are all answered)", async () => {
+    const r = await rawRequest(proxy.url, `TRACE /x HTTP/1.1\r\nHost: t\r\n\r\nTRACE /y HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n`);
+    expect(r.text.match(/HTTP\/1\.1 405/g)?.length).toBe(2);
+  });
 });
 
 test("a client disconnect aborts the upstream call", async () => {

@@ -403,7 +403,7 @@ export async function handleRequest(req: Request, server: Server<unknown>, liste
   if (received instanceof Response) {
     rejectedRequests.labels(String(received.status)).inc();
     armConnectionTimer(server, req, keepAliveIdleSecs(listener));
-    return received;
+    return carriesBody(req) ? closeAfterBody(req, received) : received;
   }
   const ctx = received;
   state.inFlight++;
@@ -484,6 +484,15 @@ function end(ctx: RequestContext, state: ProxyState, res: Response): Response | 
   finish(ctx, state);
   if (rest) return lingeringClose(res, rest);
   if (closes) res.headers.set("connection", "close");
+  return res;
+}
+
+/** `receive`'s rejection of a request that carries a body: closed after draining it, as in `end`. */
+function closeAfterBody(req: Request, res: Response): Response | Promise<Response> {
+  if (res.status === 400) return res; // closes at once already
+  const rest = req.method === "HEAD" ? null : unreadBody(req, undefined);
+  if (rest) return lingeringClose(res, rest);
+  res.headers.set("connection", "close");
   return res;
 }
 
