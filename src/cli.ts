@@ -4,7 +4,7 @@ import { availableParallelism } from "node:os";
 import { loadConfig } from "./config/load.ts";
 import { formatDiagnostic } from "./config/types.ts";
 import { startProxy } from "./proxy/server.ts";
-import { adaptWorkerConfig, superviseWorkers, workerRole } from "./proxy/workers.ts";
+import { adaptWorkerConfig, shareWorkerLimits, superviseWorkers, workerRole } from "./proxy/workers.ts";
 import { log } from "./observability/log.ts";
 import { VERSION } from "./version.ts";
 
@@ -82,7 +82,10 @@ async function main(): Promise<number> {
   // system { worker-threads N ≥ 2 }: supervise N reusePort worker processes (src/proxy/workers.ts).
   const role = workerRole(result.config);
   if (role === "supervisor") return superviseWorkers(result.config), -1;
-  if (role === "worker") adaptWorkerConfig(result.config);
+  if (role === "worker") {
+    adaptWorkerConfig(result.config);
+    shareWorkerLimits(result.config);
+  }
   if (role === "single" && result.config.system.workerThreads === 0 && availableParallelism() > 1)
     // Zentinel reads 0 as one thread per CPU with shared state; ours would be processes with
     // per-process breakers and health (docs/operations.md), so 0 stays one process: say so.

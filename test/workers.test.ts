@@ -109,3 +109,56 @@ routes { route "s" { matches { path-prefix "/" }; builtin-handler "status" } }
     }
   });
 });
+
+describe("worker processes share an agent's max-concurrent-calls", () => {
+  test("two workers never put more calls in flight on an agent than its max-concurrent-calls", async () => {
+    const { serveUds } = await import("../sdk/uds-server.ts");
+    const { allow } = await import("../sdk/reply.ts");
+    const { tempDir } = await import("./helpers/proxy.ts");
+    const sock = join(tempDir(), "agent.sock");
+    let inFlight = 0;
+    let most = 0;
+    let calls = 0;
+    const agent = await serveUds(
+      sock,
+      {
+        info: { agentId: "slow", name: "slow", version: "1" },
+        onRequestHeaders: async () => {
+          calls++;
+          most = Math.max(most, ++inFlight);
+          await Bun.sleep(300);
+          inFlight--;
+          return allow();
+        },
+      },
+      { log: () => {} },
+    );
+    const upstream = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response("ok") });
+    const proxy = await startProxy(`
+system { worker-threads 2 }
+listeners { listener "main" { address "127.0.0.1:0" } }
+upstreams { upstream "u" { target "127.0.0.1:${upstream.port}" } }
+agents { agent "slow" { unix-socket "${sock}"; events "request_headers"; timeout-ms 3000; failure-mode "closed"; max-concurrent-calls 5 } }
+filters { filter "slow" { type "agent"; agent "slow" } }
+routes { route "all" { matches { path-prefix "/" }; upstream "u"; filters "slow" } }
+`);
+    try {
+      await waitFor(() => proxy.logs.filter((l) => l.msg === "agent connected").length >= 2, 10_000, "both workers connected to the agent");
+      // 20 requests at once, each on its own connection: the kernel spreads them over both workers.
+      const statuses = await Promise.all(Array.from({ length: 20 }, () => fetch(proxy.url, { headers: { connection: "close" } }).then((r) => r.status)));
+      expect(most).toBeLessThanOrEqual(5);
+      expect(most).toBeGreaterThanOrEqual(2);
+      expect(statuses.filter((s) => s === 200).length).toBe(calls);
+      expect(statuses.every((s) => s === 200 || s === 503)).toBe(true);
+      expect(statuses.filter((s) => s === 503).length).toBeGreaterThan(0);
+      // 5 over 2 workers: 2 each, said once.
+      const shared = proxy.logs.filter((l) => l.msg === "agent max-concurrent-calls shared among worker processes, rounded down");
+      expect(shared.length).toBe(1);
+      expect(shared[0]!.per_worker).toBe(2);
+    } finally {
+      await proxy.stop();
+      upstream.stop(true);
+      await agent.close();
+    }
+  }, 30_000);
+});

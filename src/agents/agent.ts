@@ -138,6 +138,23 @@ export interface CreateAgentOptions {
  * `transport` replaces the configured transport of a single-endpoint agent (tests); a replicated
  * agent builds one transport per endpoint with `opts.transportFor`.
  */
+/** Worker processes sharing every agent's max-concurrent-calls (1 outside multi-process mode). */
+let concurrencyShare = 1;
+
+/**
+ * In a worker of `worker-threads N` (N ≥ 2): every agent created from now on admits
+ * floor(max-concurrent-calls / N) calls (at least 1), so that the N workers together never put
+ * more than max-concurrent-calls calls in flight on one agent (unless it is smaller than N).
+ */
+export function shareAgentConcurrency(workers: number): void {
+  concurrencyShare = Math.max(1, Math.floor(workers));
+}
+
+/** What one process admits of an agent's max-concurrent-calls (see shareAgentConcurrency). */
+export function perProcessConcurrency(maxConcurrentCalls: number): number {
+  return Math.max(1, Math.floor(maxConcurrentCalls / concurrencyShare));
+}
+
 export function createAgent(config: AgentConfig, transport?: AgentTransport, opts: CreateAgentOptions = {}): Agent {
   if (isReplicated(config)) return new AgentImpl(config, null, opts);
   return new AgentImpl(config, transport ?? createTransportFor(config), opts);
@@ -207,7 +224,7 @@ class AgentImpl implements Agent {
   ) {
     this.id = config.id;
     this.subs = new Set(config.events);
-    this.maxInFlight = Math.max(1, config.maxConcurrentCalls);
+    this.maxInFlight = perProcessConcurrency(config.maxConcurrentCalls);
     this.replicated = transport === null;
     this.transportFor = opts.transportFor ?? ((address) => createTransportFor(config, address));
     this.lookup = opts.lookup ?? systemLookup;

@@ -14,7 +14,8 @@
 // aggregate of every worker's registry (src/observability/aggregate.ts), fetched from a Unix
 // socket each worker serves in a private directory (0700) the supervisor creates.
 // Per worker, not shared: circuit breakers, health state, balancing state and the agent
-// connections (every worker connects to every agent).
+// connections (every worker connects to every agent). An agent's max-concurrent-calls is shared:
+// each worker admits its part (shareWorkerLimits).
 //
 // `worker-threads 0` ("one per CPU" in Zentinel, with shared state) and 1 keep the single-process
 // proxy: our workers are processes whose state is not shared, which every Zentinel sample config
@@ -26,6 +27,7 @@ import type { Subprocess } from "bun";
 import type { SentinelConfig } from "../config/types.ts";
 import { log } from "../observability/log.ts";
 import { aggregateMetrics } from "../observability/aggregate.ts";
+import { perProcessConcurrency, shareAgentConcurrency } from "../agents/agent.ts";
 
 const ENV_WORKER = "SENTINEL_WORKER";
 const ENV_PORTS = "SENTINEL_WORKER_PORTS";
@@ -78,6 +80,23 @@ export function adaptWorkerConfig(config: SentinelConfig): void {
       l.port = port!;
       l.address = l.address.replace(/:0$/, `:${port}`);
     }
+  }
+}
+
+/**
+ * In a worker: limits that hold per agent, not per process, are shared among the workers.
+ * max-concurrent-calls: each worker admits floor(limit / N) calls (at least 1); a limit below N
+ * cannot be honoured exactly, and the first worker says so.
+ */
+export function shareWorkerLimits(config: SentinelConfig): void {
+  const n = workerCount(config);
+  shareAgentConcurrency(n);
+  if (workerIndex() !== 1) return;
+  for (const a of config.agents.values()) {
+    if (a.maxConcurrentCalls < n)
+      log("warn", "agent max-concurrent-calls is below the number of worker processes: each worker admits 1 call", { agent: a.id, max_concurrent_calls: a.maxConcurrentCalls, workers: n });
+    else if (a.maxConcurrentCalls % n !== 0)
+      log("info", "agent max-concurrent-calls shared among worker processes, rounded down", { agent: a.id, max_concurrent_calls: a.maxConcurrentCalls, workers: n, per_worker: perProcessConcurrency(a.maxConcurrentCalls) });
   }
 }
 
