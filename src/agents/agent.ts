@@ -134,10 +134,6 @@ export interface CreateAgentOptions {
   lookup?: LookupAll;
 }
 
-/**
- * `transport` replaces the configured transport of a single-endpoint agent (tests); a replicated
- * agent builds one transport per endpoint with `opts.transportFor`.
- */
 /** Worker processes sharing every agent's max-concurrent-calls (1 outside multi-process mode). */
 let concurrencyShare = 1;
 
@@ -155,6 +151,10 @@ export function perProcessConcurrency(maxConcurrentCalls: number): number {
   return Math.max(1, Math.floor(maxConcurrentCalls / concurrencyShare));
 }
 
+/**
+ * `transport` replaces the configured transport of a single-endpoint agent (tests); a replicated
+ * agent builds one transport per endpoint with `opts.transportFor`.
+ */
 export function createAgent(config: AgentConfig, transport?: AgentTransport, opts: CreateAgentOptions = {}): Agent {
   if (isReplicated(config)) return new AgentImpl(config, null, opts);
   return new AgentImpl(config, transport ?? createTransportFor(config), opts);
