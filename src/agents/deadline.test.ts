@@ -2,7 +2,7 @@ import { describe, expect, test } from "bun:test";
 import { DeadlineQueue, DeadlineExceeded, PARENT_WATCH_AFTER_MS, callDeadline, sleep, type TimerClock } from "./deadline.ts";
 
 /** A fake clock whose timers run when time is advanced. Counts how many runtime timers were armed. */
-function fakeClock() {
+function fakeClock(late = 0) {
   let t = 0;
   let seq = 0;
   const timers = new Map<number, { at: number; fn: () => void }>();
@@ -12,7 +12,7 @@ function fakeClock() {
     setTimer(fn, ms) {
       stats.armed++;
       const id = ++seq;
-      timers.set(id, { at: t + ms, fn });
+      timers.set(id, { at: t + ms + late, fn }); // `late`: every runtime timer fires this much late
       return id;
     },
     clearTimer(h) {
@@ -203,6 +203,16 @@ describe("callDeadline", () => {
     expect(d2.signal.aborted).toBe(false);
     f.advance(1);
     expect(d2.timedOut()).toBe(true);
+  });
+
+  test("a mark that fires late does not delay the deadline", () => {
+    const f = fakeClock(20); // every runtime timer 20 ms late: the mark at 70 ms, not 50
+    const q = new DeadlineQueue(f.clock);
+    const d = callDeadline(100, new AbortController().signal, q);
+    f.advance(100 + 20 - 1);
+    expect(d.timedOut()).toBe(false);
+    f.advance(1); // the rest was scheduled from the deadline (100), so it too is only 20 ms late
+    expect(d.timedOut()).toBe(true);
   });
 
   test("a call shorter than the mark listens to its parent from the start", () => {

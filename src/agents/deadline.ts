@@ -296,7 +296,8 @@ class Deadline implements CallDeadline {
     }
     parent.addEventListener("abort", this, { once: true });
     this.listening = true;
-    this.handle = this.queue.schedule(this.timeoutMs - PARENT_WATCH_AFTER_MS, expireDeadline, this);
+    // From the absolute deadline, so that a mark that fired late does not delay the timeout.
+    this.handle = this.queue.schedule(Math.max(0, Math.ceil(this.deadline - this.queue.now())), expireDeadline, this);
   }
 
   timedOut(): boolean {

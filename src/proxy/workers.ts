@@ -32,6 +32,8 @@ import { perProcessConcurrency, shareAgentConcurrency } from "../agents/agent.ts
 const ENV_WORKER = "SENTINEL_WORKER";
 const ENV_PORTS = "SENTINEL_WORKER_PORTS";
 const ENV_METRICS_DIR = "SENTINEL_WORKER_METRICS_DIR";
+/** How many workers the supervisor runs (the file may say otherwise by the time a worker restarts). */
+const ENV_WORKERS = "SENTINEL_WORKERS";
 
 /** The Unix socket on which worker `index` serves its registry as JSON to the supervisor. */
 function metricsSocketPath(dir: string, index: number): string {
@@ -89,7 +91,7 @@ export function adaptWorkerConfig(config: SentinelConfig): void {
  * cannot be honoured exactly, and the first worker says so.
  */
 export function shareWorkerLimits(config: SentinelConfig): void {
-  const n = workerCount(config);
+  const n = Number(process.env[ENV_WORKERS]) || workerCount(config);
   shareAgentConcurrency(n);
   if (workerIndex() !== 1) return;
   for (const a of config.agents.values()) {
@@ -174,7 +176,7 @@ export function superviseWorkers(config: SentinelConfig): void {
   const spawn = (s: Slot) => {
     s.startedAt = performance.now();
     const proc = Bun.spawn(cmd, {
-      env: { ...process.env, [ENV_WORKER]: String(s.index), [ENV_PORTS]: ports, ...(metrics ? { [ENV_METRICS_DIR]: metrics.dir } : {}) },
+      env: { ...process.env, [ENV_WORKER]: String(s.index), [ENV_WORKERS]: String(n), [ENV_PORTS]: ports, ...(metrics ? { [ENV_METRICS_DIR]: metrics.dir } : {}) },
       stdin: "ignore",
       stdout: "inherit",
       stderr: "inherit",

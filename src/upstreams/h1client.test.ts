@@ -410,6 +410,23 @@ describe("h1client framing and errors (raw upstream)", () => {
     expect(p.idleCount).toBe(1);
   });
 
+  test("an abort seen when a head arrives with part of a small body rejects the exchange (no answer that breaks off)", async () => {
+    const s = raw((_req, _c, sock) => {
+      setTimeout(() => sock.write("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello"), 30);
+      return null;
+    });
+    cleanups.push(s.stop);
+    const p = pool(s.port);
+    const ac = new AbortController();
+    const pending = get(p, "/", { signal: ac.signal, timeoutMs: 5000 }).then(
+      (r) => `resolved ${r.status}`,
+      (e: Error) => e.name,
+    );
+    await Bun.sleep(10);
+    ac.abort();
+    expect(await pending).toBe("AbortError");
+  });
+
   test("a client abort while a response body streams errors the body and closes the upstream connection", async () => {
     let closed = false;
     const server = Bun.listen({

@@ -130,8 +130,8 @@ class Exchange {
   signal: AbortSignal | null = null;
   /** True once `this` is registered as the signal's abort listener. */
   listening = false;
-  /** What is left of the head timeout when the first deadline is the abort-watch mark. */
-  timeLeftMs = 0;
+  /** When the head timeout expires (deadline-queue clock), while the first deadline is the abort-watch mark. */
+  expiresAt = 0;
   // response state
   state: number = S_HEAD;
   head: Buffer | null = null; // partial head
@@ -414,13 +414,13 @@ function onData(c: Conn, ex: Exchange, chunk: Buffer): void {
     if (state === S_BODY_LENGTH && ex.remaining <= ex.pool.maxBufferedBody) {
       // Small declared body, not complete yet: collect it, answer with bytes. From here on the
       // body idle limit applies, as for a streamed body.
-      ex.parts = [];
-      ex.partsBytes = 0;
       if (ex.deadline) {
         ex.deadline.cancel();
         ex.deadline = null;
       }
-      if (!watchAbort(ex)) return;
+      if (!watchAbort(ex)) return; // (before `parts`: an abort now rejects, it is no truncated answer)
+      ex.parts = [];
+      ex.partsBytes = 0;
       watchBody(c, ex);
       if (rest.byteLength > 0) bodyBytes(c, ex, rest);
       return;
@@ -787,7 +787,8 @@ function watchAbort(ex: Exchange): boolean {
 function abortWatchMark(ex: Exchange): void {
   ex.deadline = null;
   if (!watchAbort(ex)) return;
-  ex.deadline = sharedDeadlines.schedule(ex.timeLeftMs, expireExchange, ex);
+  // From the absolute expiry, so that a mark that fired late does not delay the timeout.
+  ex.deadline = sharedDeadlines.schedule(Math.max(0, Math.ceil(ex.expiresAt - sharedDeadlines.now())), expireExchange, ex);
 }
 
 /** Serialise the request head. Header names/values come from a Headers object (validated). */
@@ -897,8 +898,8 @@ export class H1Pool {
     });
     if (req.signal && req.timeoutMs > ABORT_WATCH_AFTER_MS) {
       ex.signal = req.signal;
-      ex.timeLeftMs = req.timeoutMs - ABORT_WATCH_AFTER_MS;
       ex.deadline = sharedDeadlines.schedule(ABORT_WATCH_AFTER_MS, abortWatchMark, ex);
+      ex.expiresAt = ex.deadline.deadline - ABORT_WATCH_AFTER_MS + req.timeoutMs;
     } else {
       if (req.signal) {
         ex.signal = req.signal;

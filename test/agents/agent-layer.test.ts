@@ -244,7 +244,7 @@ describe("Agent over a real UDS agent", () => {
     const [r2, ms2] = await timed(() => a.call(ev(), AbortSignal.abort()));
     expect(r2.ok).toBe(false);
     expect(ms2).toBeLessThan(5);
-    expect(srv.calls).toBe(2); // the pre-aborted call never reached the agent
+    expect(srv.calls).toBe(2); // the two calls above; the pre-aborted one never reached the agent
   });
 
   test("max-concurrent-calls: the call beyond the limit fails at once with overload, never queued", async () => {
