@@ -152,9 +152,21 @@ routes { route "all" { matches { path-prefix "/" }; upstream "u"; filters "slow"
       expect(statuses.every((s) => s === 200 || s === 503)).toBe(true);
       expect(statuses.filter((s) => s === 503).length).toBeGreaterThan(0);
       // 5 over 2 workers: 2 each, said once.
-      const shared = proxy.logs.filter((l) => l.msg === "agent max-concurrent-calls shared among worker processes, rounded down");
-      expect(shared.length).toBe(1);
-      expect(shared[0]!.per_worker).toBe(2);
+      const sharedLogs = () => proxy.logs.filter((l) => l.msg === "agent max-concurrent-calls shared among worker processes, rounded down");
+      expect(sharedLogs().length).toBe(1);
+      expect(sharedLogs()[0]!.per_worker).toBe(2);
+      // Workers restarted after the file changed (worker-threads is restart-only) still bind
+      // beside each other and share by the number of workers the supervisor runs, not the file's.
+      const { writeFileSync, readFileSync } = await import("node:fs");
+      const file = join(proxy.dir, "sentinel.kdl");
+      writeFileSync(file, readFileSync(file, "utf8").replace("worker-threads 2", "worker-threads 1"));
+      const workers = () => proxy.logs.filter((l) => l.msg === "sentinel started").map((l) => Number(l.pid));
+      for (const pid of workers()) process.kill(pid, "SIGKILL");
+      await waitFor(() => workers().length >= 4, 10_000, "both workers restarted");
+      await waitFor(() => sharedLogs().length >= 2, 5_000, "the restarted first worker shares by 2 again");
+      expect(sharedLogs()[1]!.per_worker).toBe(2);
+      expect(proxy.logs.some((l) => l.msg === "worker keeps failing at start; stopping")).toBe(false);
+      expect((await fetch(proxy.url)).status).toBe(200);
     } finally {
       await proxy.stop();
       upstream.stop(true);

@@ -72,6 +72,10 @@ export function workerIndex(): number {
  */
 export function adaptWorkerConfig(config: SentinelConfig): void {
   config.system.pidFile = undefined;
+  // The number of workers is the supervisor's: a worker restarted after the file was edited
+  // (worker-threads is restart-only) must still bind with reusePort and share limits by it.
+  const n = Number(process.env[ENV_WORKERS]);
+  if (n >= 2) config.system.workerThreads = n;
   // The supervisor serves the metrics listener (aggregated); workers serve theirs on a socket.
   config.observability.metrics = undefined;
   const ports = (process.env[ENV_PORTS] ?? "").split(",").filter(Boolean);
@@ -91,7 +95,7 @@ export function adaptWorkerConfig(config: SentinelConfig): void {
  * cannot be honoured exactly, and the first worker says so.
  */
 export function shareWorkerLimits(config: SentinelConfig): void {
-  const n = Number(process.env[ENV_WORKERS]) || workerCount(config);
+  const n = workerCount(config); // the supervisor's (adaptWorkerConfig)
   shareAgentConcurrency(n);
   if (workerIndex() !== 1) return;
   for (const a of config.agents.values()) {
