@@ -111,7 +111,7 @@ routes { route "s" { matches { path-prefix "/" }; builtin-handler "status" } }
 });
 
 describe("worker processes share an agent's max-concurrent-calls", () => {
-  test("two workers never put more calls in flight on an agent than its max-concurrent-calls", async () => {
+  test("two workers never put more calls in flight on an agent than its max-concurrent-calls; workers restarted after the file was edited keep the supervisor's listeners and system block", async () => {
     const { serveUds } = await import("../sdk/uds-server.ts");
     const { allow } = await import("../sdk/reply.ts");
     const { tempDir } = await import("./helpers/proxy.ts");
@@ -155,11 +155,14 @@ routes { route "all" { matches { path-prefix "/" }; upstream "u"; filters "slow"
       const sharedLogs = () => proxy.logs.filter((l) => l.msg === "agent max-concurrent-calls shared among worker processes, rounded down");
       expect(sharedLogs().length).toBe(1);
       expect(sharedLogs()[0]!.per_worker).toBe(2);
-      // Workers restarted after the file changed (worker-threads is restart-only) still bind
-      // beside each other and share by the number of workers the supervisor runs, not the file's.
+      // Workers restarted after the file changed keep the supervisor's listeners and system block
+      // (restart-only): same port, reusePort beside each other, the share by 2 workers.
       const { writeFileSync, readFileSync } = await import("node:fs");
       const file = join(proxy.dir, "sentinel.kdl");
-      writeFileSync(file, readFileSync(file, "utf8").replace("worker-threads 2", "worker-threads 1"));
+      const spare = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+      const elsewhere = spare.port;
+      spare.stop(true);
+      writeFileSync(file, readFileSync(file, "utf8").replace("worker-threads 2", "worker-threads 1").replace('"127.0.0.1:0"', `"127.0.0.1:${elsewhere}"`));
       const workers = () => proxy.logs.filter((l) => l.msg === "sentinel started").map((l) => Number(l.pid));
       for (const pid of workers()) process.kill(pid, "SIGKILL");
       await waitFor(() => workers().length >= 4, 10_000, "both workers restarted");
@@ -167,6 +170,7 @@ routes { route "all" { matches { path-prefix "/" }; upstream "u"; filters "slow"
       expect(sharedLogs()[1]!.per_worker).toBe(2);
       expect(proxy.logs.some((l) => l.msg === "worker keeps failing at start; stopping")).toBe(false);
       expect((await fetch(proxy.url)).status).toBe(200);
+      expect(await fetch(`http://127.0.0.1:${elsewhere}/`).then((r) => r.status, () => "refused")).toBe("refused");
     } finally {
       await proxy.stop();
       upstream.stop(true);

@@ -32,8 +32,12 @@ import { perProcessConcurrency, shareAgentConcurrency } from "../agents/agent.ts
 const ENV_WORKER = "SENTINEL_WORKER";
 const ENV_PORTS = "SENTINEL_WORKER_PORTS";
 const ENV_METRICS_DIR = "SENTINEL_WORKER_METRICS_DIR";
-/** How many workers the supervisor runs (the file may say otherwise by the time a worker restarts). */
-const ENV_WORKERS = "SENTINEL_WORKERS";
+/**
+ * The restart-only part of the supervisor's config (listeners, system) as JSON: a worker restarted
+ * after the file was edited must still run what the supervisor started with (as nginx's master
+ * hands its own config to a new worker), not listen elsewhere or with other process settings.
+ */
+const ENV_FIXED = "SENTINEL_WORKER_FIXED_CONFIG";
 
 /** The Unix socket on which worker `index` serves its registry as JSON to the supervisor. */
 function metricsSocketPath(dir: string, index: number): string {
@@ -66,16 +70,19 @@ export function workerIndex(): number {
 }
 
 /**
- * In a worker: adapt the config before the proxy starts. The pid-file is the supervisor's, the
- * metrics listener is the supervisor's (each worker serves its registry on a Unix socket instead),
- * and port-0 listeners use the port the supervisor chose.
+ * In a worker: adapt the config before the proxy starts. Listeners and `system` (restart-only)
+ * are the supervisor's, whatever the file says now (ENV_FIXED); the pid-file is the supervisor's,
+ * the metrics listener is the supervisor's (each worker serves its registry on a Unix socket
+ * instead), and port-0 listeners use the port the supervisor chose.
  */
 export function adaptWorkerConfig(config: SentinelConfig): void {
+  const fixed = process.env[ENV_FIXED];
+  if (fixed) {
+    const f = JSON.parse(fixed) as Pick<SentinelConfig, "listeners" | "system">;
+    config.listeners = f.listeners;
+    config.system = f.system;
+  }
   config.system.pidFile = undefined;
-  // The number of workers is the supervisor's: a worker restarted after the file was edited
-  // (worker-threads is restart-only) must still bind with reusePort and share limits by it.
-  const n = Number(process.env[ENV_WORKERS]);
-  if (n >= 2) config.system.workerThreads = n;
   // The supervisor serves the metrics listener (aggregated); workers serve theirs on a socket.
   config.observability.metrics = undefined;
   const ports = (process.env[ENV_PORTS] ?? "").split(",").filter(Boolean);
@@ -139,6 +146,7 @@ export function superviseWorkers(config: SentinelConfig): void {
   const n = workerCount(config);
   const cmd = selfCommand();
   const ports = choosePorts(config);
+  const fixedConfig = JSON.stringify({ listeners: config.listeners, system: config.system });
   const pidFile = config.system.pidFile;
   if (pidFile) writeFileSync(pidFile, `${process.pid}\n`);
   let stopping = false;
@@ -180,7 +188,7 @@ export function superviseWorkers(config: SentinelConfig): void {
   const spawn = (s: Slot) => {
     s.startedAt = performance.now();
     const proc = Bun.spawn(cmd, {
-      env: { ...process.env, [ENV_WORKER]: String(s.index), [ENV_WORKERS]: String(n), [ENV_PORTS]: ports, ...(metrics ? { [ENV_METRICS_DIR]: metrics.dir } : {}) },
+      env: { ...process.env, [ENV_WORKER]: String(s.index), [ENV_FIXED]: fixedConfig, [ENV_PORTS]: ports, ...(metrics ? { [ENV_METRICS_DIR]: metrics.dir } : {}) },
       stdin: "ignore",
       stdout: "inherit",
       stderr: "inherit",
