@@ -67,10 +67,15 @@ observability { metrics { enabled #true; address "127.0.0.1:0" } }
     expect(text).toMatch(/^sentinel_ready 1$/m);
   });
 
-  test("SIGHUP reloads every worker", async () => {
+  test("SIGHUP reloads every worker; an unchanged file is no pending restart", async () => {
     const before = proxy.logs.filter((l) => l.msg === "config reloaded").length;
     proxy.proc.kill("SIGHUP");
     await waitFor(() => proxy.logs.filter((l) => l.msg === "config reloaded").length >= before + 2, 10_000, "two reloads");
+    // The workers' own configs are adapted (pid-file, metrics listener, ports): they compare the
+    // file with what the supervisor started with, not with those.
+    expect(proxy.logs.filter((l) => l.msg === "config changes need a restart and were not applied")).toEqual([]);
+    const url = String(proxy.logs.find((l) => l.msg === "sentinel supervisor started")!.metrics);
+    expect(await (await fetch(url)).text()).toMatch(/^sentinel_config_restart_pending 0$/m);
   });
 
   test("a worker that dies is restarted; the port keeps answering", async () => {

@@ -28,7 +28,7 @@ import { handleRequest, type ProxyState } from "./pipeline.ts";
 import { buildRuntime, startRuntime, stopHealthChecks, type Runtime } from "./runtime.ts";
 import { getLogSinks, setLogSinks, syncRouteSeries } from "./logging.ts";
 import { readiness } from "./builtin.ts";
-import { workerMetricsSocket } from "./workers.ts";
+import { restartBaseline, workerMetricsSocket, type RestartOnly } from "./workers.ts";
 import { openSockets, websocketHandler } from "./websocket.ts";
 
 export interface RunningProxy {
@@ -167,7 +167,7 @@ function listenMetrics(config: SentinelConfig): Server<unknown> | undefined {
 const strip = (x: unknown) => JSON.stringify(x, (k, v) => (k === "loc" ? undefined : v instanceof Map ? [...v] : v instanceof RegExp ? v.source : v));
 
 /** What a reload cannot change without a restart; reported, never half-applied. */
-function restartOnlyChanges(old: SentinelConfig, next: SentinelConfig): string[] {
+function restartOnlyChanges(old: RestartOnly, next: RestartOnly): string[] {
   const out: string[] = [];
   if (strip(old.listeners) !== strip(next.listeners)) out.push("listeners");
   if (strip(old.system) !== strip(next.system)) out.push("system");
@@ -324,7 +324,8 @@ export async function startProxy(config: SentinelConfig): Promise<RunningProxy> 
     }
     for (const d of result.diagnostics) log("warn", "config warning", { diagnostic: formatDiagnostic(d) });
     const old = state.current;
-    const restart = restartOnlyChanges(old.config, result.config);
+    // A worker compares with what its supervisor started with (its own config is adapted).
+    const restart = restartOnlyChanges(restartBaseline() ?? old.config, result.config);
     const next: SentinelConfig = {
       ...result.config,
       listeners: old.config.listeners,

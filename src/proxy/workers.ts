@@ -75,10 +75,22 @@ export function workerIndex(): number {
  * the metrics listener is the supervisor's (each worker serves its registry on a Unix socket
  * instead), and port-0 listeners use the port the supervisor chose.
  */
+/** The supervisor's restart-only settings, as a worker's reload compares against (null outside a worker). */
+export function restartBaseline(): RestartOnly | null {
+  const fixed = process.env[ENV_FIXED];
+  if (!fixed) return null;
+  const f = JSON.parse(fixed) as FixedConfig;
+  return { listeners: f.listeners, system: f.system, observability: { metrics: f.metrics } };
+}
+
+/** What only a restart changes: listeners, the system block, the metrics listener. */
+export type RestartOnly = Pick<SentinelConfig, "listeners" | "system"> & { observability: Pick<SentinelConfig["observability"], "metrics"> };
+type FixedConfig = Pick<SentinelConfig, "listeners" | "system"> & { metrics: SentinelConfig["observability"]["metrics"] };
+
 export function adaptWorkerConfig(config: SentinelConfig): void {
   const fixed = process.env[ENV_FIXED];
   if (fixed) {
-    const f = JSON.parse(fixed) as Pick<SentinelConfig, "listeners" | "system">;
+    const f = JSON.parse(fixed) as FixedConfig;
     config.listeners = f.listeners;
     config.system = f.system;
   }
@@ -146,7 +158,7 @@ export function superviseWorkers(config: SentinelConfig): void {
   const n = workerCount(config);
   const cmd = selfCommand();
   const ports = choosePorts(config);
-  const fixedConfig = JSON.stringify({ listeners: config.listeners, system: config.system });
+  const fixedConfig = JSON.stringify({ listeners: config.listeners, system: config.system, metrics: config.observability.metrics });
   const pidFile = config.system.pidFile;
   if (pidFile) writeFileSync(pidFile, `${process.pid}\n`);
   let stopping = false;
