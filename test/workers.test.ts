@@ -176,6 +176,11 @@ routes { route "all" { matches { path-prefix "/" }; upstream "u"; filters "slow"
       expect(proxy.logs.some((l) => l.msg === "worker keeps failing at start; stopping")).toBe(false);
       expect((await fetch(proxy.url)).status).toBe(200);
       expect(await fetch(`http://127.0.0.1:${elsewhere}/`).then((r) => r.status, () => "refused")).toBe("refused");
+      // An agent a reload replaces is shared (and said) the same way.
+      writeFileSync(file, readFileSync(file, "utf8").replace("timeout-ms 3000", "timeout-ms 2500"));
+      proxy.proc.kill("SIGHUP");
+      await waitFor(() => sharedLogs().length >= 3, 10_000, "the replaced agent's share said again");
+      expect(sharedLogs()[2]!.per_worker).toBe(2);
     } finally {
       await proxy.stop();
       upstream.stop(true);

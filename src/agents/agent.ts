@@ -136,14 +136,27 @@ export interface CreateAgentOptions {
 
 /** Worker processes sharing every agent's max-concurrent-calls (1 outside multi-process mode). */
 let concurrencyShare = 1;
+/** Whether this process says how each agent's limit is shared (one worker does, for all). */
+let concurrencyShareLogged = false;
 
 /**
- * In a worker of `worker-threads N` (N ≥ 2): every agent created from now on admits
- * floor(max-concurrent-calls / N) calls (at least 1), so that the N workers together never put
- * more than max-concurrent-calls calls in flight on one agent (unless it is smaller than N).
+ * In a worker of `worker-threads N` (N ≥ 2): every agent created from now on (at start and on
+ * reloads) admits floor(max-concurrent-calls / N) calls (at least 1), so that the N workers
+ * together never put more than max-concurrent-calls calls in flight on one agent (unless it is
+ * smaller than N). With `say`, this process logs the split when it is not exact.
  */
-export function shareAgentConcurrency(workers: number): void {
+export function shareAgentConcurrency(workers: number, say: boolean): void {
   concurrencyShare = Math.max(1, Math.floor(workers));
+  concurrencyShareLogged = say;
+}
+
+function logConcurrencyShare(config: AgentConfig): void {
+  const n = concurrencyShare;
+  if (!concurrencyShareLogged || n <= 1) return;
+  const fields = { agent: config.id, max_concurrent_calls: config.maxConcurrentCalls, workers: n };
+  if (config.maxConcurrentCalls < n) log("warn", "agent max-concurrent-calls is below the number of worker processes: each worker admits 1 call", fields);
+  else if (config.maxConcurrentCalls % n !== 0)
+    log("info", "agent max-concurrent-calls shared among worker processes, rounded down", { ...fields, per_worker: perProcessConcurrency(config.maxConcurrentCalls) });
 }
 
 /** What one process admits of an agent's max-concurrent-calls (see shareAgentConcurrency). */
@@ -225,6 +238,7 @@ class AgentImpl implements Agent {
     this.id = config.id;
     this.subs = new Set(config.events);
     this.maxInFlight = perProcessConcurrency(config.maxConcurrentCalls);
+    logConcurrencyShare(config);
     this.replicated = transport === null;
     this.transportFor = opts.transportFor ?? ((address) => createTransportFor(config, address));
     this.lookup = opts.lookup ?? systemLookup;

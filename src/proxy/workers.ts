@@ -27,7 +27,7 @@ import type { Subprocess } from "bun";
 import type { SentinelConfig } from "../config/types.ts";
 import { log } from "../observability/log.ts";
 import { aggregateMetrics } from "../observability/aggregate.ts";
-import { perProcessConcurrency, shareAgentConcurrency } from "../agents/agent.ts";
+import { shareAgentConcurrency } from "../agents/agent.ts";
 
 const ENV_WORKER = "SENTINEL_WORKER";
 const ENV_PORTS = "SENTINEL_WORKER_PORTS";
@@ -110,19 +110,11 @@ export function adaptWorkerConfig(config: SentinelConfig): void {
 
 /**
  * In a worker: limits that hold per agent, not per process, are shared among the workers.
- * max-concurrent-calls: each worker admits floor(limit / N) calls (at least 1); a limit below N
- * cannot be honoured exactly, and the first worker says so.
+ * max-concurrent-calls: each worker admits floor(limit / N) calls (at least 1); the first worker
+ * says how each agent's limit is split when it is not exact (agent.ts).
  */
 export function shareWorkerLimits(config: SentinelConfig): void {
-  const n = workerCount(config); // the supervisor's (adaptWorkerConfig)
-  shareAgentConcurrency(n);
-  if (workerIndex() !== 1) return;
-  for (const a of config.agents.values()) {
-    if (a.maxConcurrentCalls < n)
-      log("warn", "agent max-concurrent-calls is below the number of worker processes: each worker admits 1 call", { agent: a.id, max_concurrent_calls: a.maxConcurrentCalls, workers: n });
-    else if (a.maxConcurrentCalls % n !== 0)
-      log("info", "agent max-concurrent-calls shared among worker processes, rounded down", { agent: a.id, max_concurrent_calls: a.maxConcurrentCalls, workers: n, per_worker: perProcessConcurrency(a.maxConcurrentCalls) });
-  }
+  shareAgentConcurrency(workerCount(config), workerIndex() === 1); // the supervisor's N (adaptWorkerConfig)
 }
 
 /** The command that starts this same program again (compiled binary or `bun file.ts`). */
