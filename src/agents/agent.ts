@@ -186,6 +186,8 @@ type Counter = { inc(v?: number): void };
 
 /** Marker for "the call's signal aborted" in the race against the transport. */
 const ABORTED = Symbol("aborted");
+/** `dl.aborted.then(toAborted)`: a module function, not a closure per call. */
+const toAborted = (): typeof ABORTED => ABORTED;
 
 /** DNS lookup retry after a failure: doubling from this, capped at the resolve interval. */
 const RESOLVE_RETRY_MIN_MS = 500;
@@ -370,7 +372,7 @@ class AgentImpl implements Agent {
         let outcome: AgentReply | typeof ABORTED;
         let error: unknown = null;
         try {
-          outcome = await Promise.race([transport.call(event, dl.signal), dl.aborted.then((): typeof ABORTED => ABORTED)]);
+          outcome = await Promise.race([transport.call(event, dl.signal), dl.aborted.then(toAborted)]);
         } catch (e) {
           outcome = ABORTED; // placeholder, replaced below
           error = e;
@@ -477,7 +479,7 @@ class AgentImpl implements Agent {
         let outcome: AgentReply | typeof ABORTED;
         let error: unknown = null;
         try {
-          outcome = await Promise.race([ep.transport.call(event, dl.signal), dl.aborted.then((): typeof ABORTED => ABORTED)]);
+          outcome = await Promise.race([ep.transport.call(event, dl.signal), dl.aborted.then(toAborted)]);
         } catch (e) {
           outcome = ABORTED;
           error = e;

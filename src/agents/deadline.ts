@@ -265,7 +265,9 @@ class Deadline implements CallDeadline {
     private readonly queue: DeadlineQueue,
   ) {
     this.signal = this.ac as unknown as AbortSignal;
-    this.aborted = new Promise<void>((r) => (this.resolveAborted = r));
+    const { promise, resolve } = Promise.withResolvers<void>(); // no executor closure per call
+    this.aborted = promise;
+    this.resolveAborted = resolve;
     if (parent?.aborted) {
       this.ac.abort(parent.reason);
       this.resolveAborted();

@@ -892,10 +892,9 @@ export class H1Pool {
     if (this.closed) return Promise.reject(new H1Error("pool closed", "ECONNRESET", true));
     if (req.signal?.aborted) return Promise.reject(new DOMException("client went away", "AbortError"));
     const ex = new Exchange(this, req);
-    const p = new Promise<H1Response>((resolve, reject) => {
-      ex.resolve = resolve;
-      ex.reject = reject;
-    });
+    const { promise: p, resolve, reject } = Promise.withResolvers<H1Response>(); // no executor closure per request
+    ex.resolve = resolve;
+    ex.reject = reject;
     if (req.signal && req.timeoutMs > ABORT_WATCH_AFTER_MS) {
       ex.signal = req.signal;
       ex.deadline = sharedDeadlines.schedule(ABORT_WATCH_AFTER_MS, abortWatchMark, ex);
