@@ -6,6 +6,7 @@ import type { Pool, Target } from "./pool.ts";
 import { BodyLimitError } from "./body.ts";
 import { H1Pool, H1TimeoutError } from "./h1client.ts";
 import { listToHeaders, type HeaderList } from "../http/header-list.ts";
+import { sharedDeadlines, type DeadlineHandle } from "../agents/deadline.ts";
 
 /** What the pipeline gets back: a fetch() Response fits, and so does an h1client answer. */
 export interface UpstreamResponse {
@@ -132,17 +133,39 @@ async function attemptH1(input: ForwardInput, target: Target, body: ForwardInput
   }
 }
 
+/**
+ * One fetch() attempt's abort: the client going away (it is the signal's EventListener) or the
+ * response head's deadline, on the shared deadline queue (no timer, no closure per attempt).
+ */
+class FetchAttempt {
+  readonly abort = new AbortController();
+  timedOut = false;
+  deadline: DeadlineHandle | null = null;
+
+  handleEvent(): void {
+    this.abort.abort(new DOMException("client went away", "AbortError"));
+  }
+
+  settled(): void {
+    this.deadline?.cancel();
+    this.deadline = null;
+  }
+}
+
+function expireFetchAttempt(a: FetchAttempt): void {
+  a.deadline = null;
+  a.timedOut = true;
+  a.abort.abort(new HeadersTimeout());
+}
+
 async function attempt(input: ForwardInput, target: Target, body: ForwardInput["body"]): Promise<ForwardResult> {
   if (!input.pool.config.tls) return attemptH1(input, target, body);
-  const abort = new AbortController();
-  const onClientAbort = () => abort.abort(new DOMException("client went away", "AbortError"));
   if (input.signal.aborted) return { ok: false, status: 499, reason: "client went away", target };
-  input.signal.addEventListener("abort", onClientAbort, { once: true });
-  let timedOut = false;
-  const timer = setTimeout(() => {
-    timedOut = true;
-    abort.abort(new HeadersTimeout());
-  }, input.timeoutMs);
+  const a = new FetchAttempt();
+  const abort = a.abort;
+  // Listened to for the whole exchange: a client that leaves while the body streams aborts it.
+  input.signal.addEventListener("abort", a, { once: true });
+  a.deadline = sharedDeadlines.schedule(input.timeoutMs, expireFetchAttempt, a);
   target.active++;
   track(input, target);
   const t0 = performance.now();
@@ -160,7 +183,7 @@ async function attempt(input: ForwardInput, target: Target, body: ForwardInput["
     const tls = tlsOptions(input.pool);
     if (tls) init.tls = tls;
     const response = await fetch(target.baseUrl + input.pathAndQuery, init);
-    clearTimeout(timer);
+    a.settled();
     attemptObserver?.(input.pool, target, (performance.now() - t0) / 1000, null, response.status);
     if (response.status === 101) {
       // Unsolicited protocol switch: never relayed outside the WebSocket path.
@@ -170,9 +193,10 @@ async function attempt(input: ForwardInput, target: Target, body: ForwardInput["
     }
     return { ok: true, response, target };
   } catch (err) {
-    clearTimeout(timer);
+    a.settled();
+    const timedOut = a.timedOut;
     target.active--;
-    input.signal.removeEventListener("abort", onClientAbort);
+    input.signal.removeEventListener("abort", a);
     if (input.signal.aborted) return { ok: false, status: 499, reason: "client went away", target };
     if (attemptObserver && !(err instanceof BodyLimitError || (err as Error)?.name === "BodyLimitError"))
       attemptObserver(input.pool, target, (performance.now() - t0) / 1000, timedOut ? "timeout" : isConnectError(err) ? "connect" : "error", 0);
