@@ -4,7 +4,7 @@ import { availableParallelism } from "node:os";
 import { loadConfig } from "./config/load.ts";
 import { formatDiagnostic } from "./config/types.ts";
 import { startProxy } from "./proxy/server.ts";
-import { adaptWorkerConfig, shareWorkerLimits, superviseWorkers, workerRole } from "./proxy/workers.ts";
+import { adaptWorkerConfig, shareWorkerLimits, superviseWorkers, watchSupervisor, workerRole } from "./proxy/workers.ts";
 import { log } from "./observability/log.ts";
 import { VERSION } from "./version.ts";
 
@@ -110,6 +110,7 @@ async function main(): Promise<number> {
       },
     );
   };
+  if (role === "worker") watchSupervisor(() => stop("supervisor gone"));
   process.on("SIGTERM", () => stop("SIGTERM"));
   process.on("SIGINT", () => stop("SIGINT"));
   process.on("SIGHUP", () => {

@@ -188,3 +188,35 @@ routes { route "all" { matches { path-prefix "/" }; upstream "u"; filters "slow"
     }
   }, 30_000);
 });
+
+describe("a supervisor killed outright", () => {
+  test("its workers notice, drain and exit instead of serving on unsupervised", async () => {
+    const upstream = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response("ok") });
+    const proxy = await startProxy(`
+system { worker-threads 2; graceful-shutdown-timeout-secs 2 }
+listeners { listener "main" { address "127.0.0.1:0" } }
+upstreams { upstream "u" { target "127.0.0.1:${upstream.port}" } }
+routes { route "all" { matches { path-prefix "/" }; upstream "u" } }
+`);
+    const alive = (pid: number) => {
+      try {
+        process.kill(pid, 0);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    try {
+      await waitFor(() => proxy.logs.filter((l) => l.msg === "sentinel started").length >= 2, 10_000, "both workers started");
+      const workers = proxy.logs.filter((l) => l.msg === "sentinel started").map((l) => Number(l.pid));
+      expect((await fetch(proxy.url)).status).toBe(200);
+      proxy.proc.kill("SIGKILL");
+      await waitFor(() => workers.every((pid) => !alive(pid)), 10_000, "both workers gone");
+      expect(proxy.logs.filter((l) => l.msg === "supervisor gone; this worker drains and exits").length).toBe(2);
+      expect(await fetch(proxy.url).then((r) => r.status, () => "refused")).toBe("refused");
+    } finally {
+      for (const pid of proxy.logs.filter((l) => l.msg === "sentinel started").map((l) => Number(l.pid))) if (alive(pid)) process.kill(pid, "SIGKILL");
+      upstream.stop(true);
+    }
+  }, 30_000);
+});

@@ -117,6 +117,25 @@ export function shareWorkerLimits(config: SentinelConfig): void {
   shareAgentConcurrency(workerCount(config), workerIndex() === 1); // the supervisor's N (adaptWorkerConfig)
 }
 
+/** How often a worker checks that its supervisor is still its parent. */
+const SUPERVISOR_CHECK_MS = 1_000;
+
+/**
+ * In a worker: call `onGone` once if the supervisor dies without stopping it (SIGKILL, a crash):
+ * the worker is then re-parented, and it must not keep serving on its own, unsupervised, with
+ * the port still bound.
+ */
+export function watchSupervisor(onGone: () => void): void {
+  const supervisor = process.ppid;
+  const timer = setInterval(() => {
+    if (process.ppid === supervisor) return;
+    clearInterval(timer);
+    log("warn", "supervisor gone; this worker drains and exits", { supervisor_pid: supervisor, worker: workerIndex() });
+    onGone();
+  }, SUPERVISOR_CHECK_MS);
+  (timer as { unref?: () => void }).unref?.();
+}
+
 /** The command that starts this same program again (compiled binary or `bun file.ts`). */
 function selfCommand(): string[] {
   const a1 = process.argv[1] ?? "";
