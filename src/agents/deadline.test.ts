@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { DeadlineQueue, DeadlineExceeded, PARENT_WATCH_AFTER_MS, callDeadline, sleep, type TimerClock } from "./deadline.ts";
+import { DeadlineQueue, DeadlineExceeded, ABORT_WATCH_AFTER_MS, callDeadline, sleep, type TimerClock } from "./deadline.ts";
 
 /** A fake clock whose timers run when time is advanced. Counts how many runtime timers were armed. */
 function fakeClock(late = 0) {
@@ -172,7 +172,7 @@ describe("callDeadline", () => {
     expect(d.deadline).toBe(100);
     expect(q.size).toBe(1);
     parent.abort(new Error("client gone"));
-    f.advance(PARENT_WATCH_AFTER_MS - 1);
+    f.advance(ABORT_WATCH_AFTER_MS - 1);
     expect(d.signal.aborted).toBe(false);
     f.advance(1);
     expect(d.signal.aborted).toBe(true);
@@ -188,7 +188,7 @@ describe("callDeadline", () => {
     const q = new DeadlineQueue(f.clock);
     const { parent, adds } = countingParent();
     const d = callDeadline(100, parent.signal, q);
-    f.advance(PARENT_WATCH_AFTER_MS);
+    f.advance(ABORT_WATCH_AFTER_MS);
     expect(adds()).toBe(1);
     expect(d.signal.aborted).toBe(false);
     expect(q.size).toBe(1);
@@ -219,7 +219,7 @@ describe("callDeadline", () => {
     const f = fakeClock();
     const q = new DeadlineQueue(f.clock);
     const { parent, adds } = countingParent();
-    const d = callDeadline(PARENT_WATCH_AFTER_MS, parent.signal, q);
+    const d = callDeadline(ABORT_WATCH_AFTER_MS, parent.signal, q);
     expect(adds()).toBe(1);
     parent.abort();
     expect(d.signal.aborted).toBe(true);

@@ -103,6 +103,15 @@ export class DeadlineQueue {
     return entry;
   }
 
+  /**
+   * Run `fn(arg)` at the absolute time `at` on this queue's clock (no earlier), unless cancelled
+   * first. The delay is rounded up to whole milliseconds, so that entries aimed at nearby times
+   * share a duration group.
+   */
+  scheduleAt<T>(at: number, fn: (arg: T) => void, arg: T): DeadlineHandle {
+    return this.schedule(Math.max(0, Math.ceil(at - this.clock.now())), fn, arg);
+  }
+
   /** @internal (Entry.cancel) */
   unlink(e: Entry): void {
     const b = e.bucket!;
@@ -229,16 +238,17 @@ class CallSignal {
 }
 
 /**
- * How long a call runs before it listens on its parent signal. A listener on a native
- * AbortSignal (the client's request signal) costs about a microsecond per call in Bun, and most
- * calls end sooner: the parent is checked at this mark instead, and listened to from then on.
- * A parent abort before the mark is therefore acted on at the mark at the latest.
+ * How long an agent call (its parent signal) or an upstream exchange (h1client.ts) runs before it
+ * listens on the client's abort signal. A listener on a native AbortSignal (the client's request
+ * signal) costs about a microsecond per call in Bun, and most calls end sooner: the signal is
+ * checked at this mark instead, and listened to from then on. An abort before the mark is
+ * therefore acted on at the mark at the latest.
  */
-export const PARENT_WATCH_AFTER_MS = 50;
+export const ABORT_WATCH_AFTER_MS = 50;
 
 /**
  * A signal that aborts at `timeoutMs` from now (reason: DeadlineExceeded) or when `parent`
- * aborts (reason: the parent's reason; noticed at PARENT_WATCH_AFTER_MS at the latest),
+ * aborts (reason: the parent's reason; noticed at ABORT_WATCH_AFTER_MS at the latest),
  * whichever comes first.
  */
 export function callDeadline(timeoutMs: number, parent?: AbortSignal, queue: DeadlineQueue = sharedDeadlines): CallDeadline {
@@ -274,9 +284,9 @@ class Deadline implements CallDeadline {
       this.deadline = queue.now();
       return;
     }
-    if (parent !== undefined && timeoutMs > PARENT_WATCH_AFTER_MS) {
-      this.handle = queue.schedule(PARENT_WATCH_AFTER_MS, parentWatchMark, this);
-      this.deadline = this.handle.deadline - PARENT_WATCH_AFTER_MS + timeoutMs;
+    if (parent !== undefined && timeoutMs > ABORT_WATCH_AFTER_MS) {
+      this.handle = queue.schedule(ABORT_WATCH_AFTER_MS, parentWatchMark, this);
+      this.deadline = this.handle.deadline - ABORT_WATCH_AFTER_MS + timeoutMs;
       return;
     }
     this.handle = queue.schedule(timeoutMs, expireDeadline, this);
@@ -287,7 +297,7 @@ class Deadline implements CallDeadline {
     }
   }
 
-  /** The queue's callback at PARENT_WATCH_AFTER_MS: check the parent, listen to it, wait out the rest. */
+  /** The queue's callback at ABORT_WATCH_AFTER_MS: check the parent, listen to it, wait out the rest. */
   watchParent(): void {
     this.handle = null;
     if (this.ac.aborted) return;
@@ -299,7 +309,7 @@ class Deadline implements CallDeadline {
     parent.addEventListener("abort", this, { once: true });
     this.listening = true;
     // From the absolute deadline, so that a mark that fired late does not delay the timeout.
-    this.handle = this.queue.schedule(Math.max(0, Math.ceil(this.deadline - this.queue.now())), expireDeadline, this);
+    this.handle = this.queue.scheduleAt(this.deadline, expireDeadline, this);
   }
 
   timedOut(): boolean {

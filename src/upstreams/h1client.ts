@@ -24,7 +24,10 @@
 //   - a connection is reused only after a complete exchange on a keep-alive response;
 //     a reused connection that dies before any response byte is retried once on a fresh one
 //     when the request can be replayed (no streamed body).
-import { sharedDeadlines, type DeadlineHandle } from "../agents/deadline.ts";
+import { ABORT_WATCH_AFTER_MS, sharedDeadlines, type DeadlineHandle } from "../agents/deadline.ts";
+
+/** See deadline.ts: when an exchange starts listening on the client's abort signal. */
+export { ABORT_WATCH_AFTER_MS };
 import { unwatchIdle, watchIdle, type IdleWatch } from "./idle.ts";
 import { HOP_BY_HOP } from "../http/hop-by-hop.ts";
 import { headerValue, type HeaderList } from "../http/header-list.ts";
@@ -102,12 +105,6 @@ const CRLF2 = Buffer.from("\r\n\r\n");
 const NON_ASCII = /[^\x00-\x7f]/;
 const STATUS_LINE = /^HTTP\/1\.[01] [1-9]\d\d(?: |$)/;
 const EMPTY = new Uint8Array(0);
-/**
- * How long an exchange runs before it listens on the client's abort signal (see the contract
- * above): an event listener on a native AbortSignal costs about a microsecond per request here,
- * which is most of what a client abort is worth on an exchange answered within milliseconds.
- */
-export const ABORT_WATCH_AFTER_MS = 50;
 /** Idle connections beyond max-idle are closed once idle this long (and checked this often). */
 const TRIM_AFTER_MS = 1000;
 
@@ -788,7 +785,7 @@ function abortWatchMark(ex: Exchange): void {
   ex.deadline = null;
   if (!watchAbort(ex)) return;
   // From the absolute expiry, so that a mark that fired late does not delay the timeout.
-  ex.deadline = sharedDeadlines.schedule(Math.max(0, Math.ceil(ex.expiresAt - sharedDeadlines.now())), expireExchange, ex);
+  ex.deadline = sharedDeadlines.scheduleAt(ex.expiresAt, expireExchange, ex);
 }
 
 /** Serialise the request head. Header names/values come from a Headers object (validated). */

@@ -5,7 +5,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
 import { createAgent, type Agent, type AgentCallResult } from "../../src/agents/agent.ts";
 import { createAgentRegistry } from "../../src/agents/registry.ts";
-import { PARENT_WATCH_AFTER_MS, sharedDeadlines } from "../../src/agents/deadline.ts";
+import { ABORT_WATCH_AFTER_MS, sharedDeadlines } from "../../src/agents/deadline.ts";
 import { createUdsTransport } from "../../src/agents/uds/client.ts";
 import { TransportError, type AgentEvent, type AgentReply, type AgentTransport } from "../../src/agents/types.ts";
 import type { AgentConfig } from "../../src/config/types.ts";
@@ -231,14 +231,14 @@ describe("Agent over a real UDS agent", () => {
     setTimeout(() => ac.abort(new Error("client went away")), 20);
     const [r, ms] = await timed(() => a.call(ev(), ac.signal));
     expect(r.ok).toBe(false);
-    expect(ms).toBeGreaterThanOrEqual(PARENT_WATCH_AFTER_MS - 2);
-    expect(ms).toBeLessThan(PARENT_WATCH_AFTER_MS + 15);
+    expect(ms).toBeGreaterThanOrEqual(ABORT_WATCH_AFTER_MS - 2);
+    expect(ms).toBeLessThan(ABORT_WATCH_AFTER_MS + 15);
     // After the mark: it listens, and ends at once.
     const late = new AbortController();
-    setTimeout(() => late.abort(new Error("client went away")), PARENT_WATCH_AFTER_MS + 40);
+    setTimeout(() => late.abort(new Error("client went away")), ABORT_WATCH_AFTER_MS + 40);
     const [r1, ms1] = await timed(() => a.call(ev(), late.signal));
     expect(r1.ok).toBe(false);
-    expect(ms1).toBeLessThan(PARENT_WATCH_AFTER_MS + 40 + 15);
+    expect(ms1).toBeLessThan(ABORT_WATCH_AFTER_MS + 40 + 15);
     expect(a.circuitState()).toBe("closed"); // threshold 1, yet not opened
     expect(a.inFlight()).toBe(0);
     const [r2, ms2] = await timed(() => a.call(ev(), AbortSignal.abort()));
