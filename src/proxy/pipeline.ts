@@ -24,7 +24,7 @@ import type { HeaderOp } from "../agents/types.ts";
 import type { MatchInput } from "../routing/router.ts";
 import type { Runtime } from "./runtime.ts";
 import { forward, releaseTarget, type UpstreamResponse } from "../upstreams/forward.ts";
-import { BodyLimitError, peekBody } from "../upstreams/body.ts";
+import { BodyLimitError, peekBody, type BodyReader } from "../upstreams/body.ts";
 import {
   applyDeferredResponseOps,
   requestBodyPhase,
@@ -37,7 +37,7 @@ import { applyPolicyOps } from "./policies.ts";
 import { handleBuiltin } from "./builtin.ts";
 import { proxyWebSocket, isWebSocketUpgrade } from "./websocket.ts";
 import { logRequest } from "./logging.ts";
-import { lingeringClose, unreadBody, type BodyRest } from "./linger.ts";
+import { lingeringClose, unreadBody } from "./linger.ts";
 import { realClientIp, trustedProxies } from "./client-ip.ts";
 import { rejectedRequests } from "../observability/metrics.ts";
 
@@ -470,28 +470,26 @@ export async function handleRequest(req: Request, server: Server<unknown>, liste
 
 function end(ctx: RequestContext, state: ProxyState, res: Response): Response | Promise<Response> {
   ctx.status = res.status;
-  // An error answered while the request body may still be arriving closes the connection (Bun
-  // would otherwise keep reading a slow or endless body after the answer); when nothing read
-  // any of that body yet, or the limit handed it over, only after draining it, bounded
-  // (linger.ts), so that the client reliably gets the answer. A 400 (framing in doubt) always
-  // closes at once, and so does HEAD (Bun sends no body for it, so never pulls the drain).
-  let rest: BodyRest | null = null;
   const closes = res.status >= 400 && carriesBody(ctx.req);
-  if (closes && res.status !== 400 && ctx.method !== "HEAD") {
-    rest = unreadBody(ctx.req, ctx.bodyRest);
-    ctx.bodyRest = undefined;
-  }
+  // The rest of a body whose limit was crossed goes to the drain (finish would cancel it).
+  const handedOver = closes ? ctx.bodyRest : undefined;
+  if (closes) ctx.bodyRest = undefined;
   finish(ctx, state);
-  if (rest) return lingeringClose(res, rest);
-  if (closes) res.headers.set("connection", "close");
-  return res;
+  return closes ? closeAfterBody(ctx.req, res, handedOver) : res;
 }
 
-/** `receive`'s rejection of a request that carries a body: closed after draining it, as in `end`. */
-function closeAfterBody(req: Request, res: Response): Response | Promise<Response> {
-  if (res.status === 400) return res; // closes at once already
-  const rest = req.method === "HEAD" ? null : unreadBody(req, undefined);
+/**
+ * An error answered while the request body may still be arriving closes the connection (Bun
+ * would otherwise keep reading a slow or endless body after the answer); when nothing read any
+ * of that body yet, or the limit handed it over, only after draining it, bounded (linger.ts), so
+ * that the client reliably gets the answer. A 400 (framing in doubt) always closes at once, and
+ * so does HEAD (Bun sends no body for it, so never pulls the drain). Used by `end` and for
+ * `receive`'s rejections.
+ */
+function closeAfterBody(req: Request, res: Response, handedOver?: BodyReader): Response | Promise<Response> {
+  const rest = res.status === 400 || req.method === "HEAD" ? null : unreadBody(req, handedOver);
   if (rest) return lingeringClose(res, rest);
+  handedOver?.cancel().catch(() => {});
   res.headers.set("connection", "close");
   return res;
 }

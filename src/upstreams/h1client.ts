@@ -26,11 +26,12 @@
 //     when the request can be replayed (no streamed body).
 import { ABORT_WATCH_AFTER_MS, sharedDeadlines, type DeadlineHandle } from "../agents/deadline.ts";
 
-/** See deadline.ts: when an exchange starts listening on the client's abort signal. */
-export { ABORT_WATCH_AFTER_MS };
 import { unwatchIdle, watchIdle, type IdleWatch } from "./idle.ts";
 import { HOP_BY_HOP } from "../http/hop-by-hop.ts";
 import { headerValue, type HeaderList } from "../http/header-list.ts";
+
+/** See deadline.ts: when an exchange starts listening on the client's abort signal. */
+export { ABORT_WATCH_AFTER_MS };
 
 type BunSocket = import("bun").Socket<Conn>;
 
