@@ -82,7 +82,11 @@ function upstreamRequest(head: string, onHead: UpState["onHead"], onBody: UpStat
         if (d.remaining <= 0) idle.push(sock);
         cb(bytes);
       },
-      close() {},
+      close(sock) {
+        // An idle connection the upstream closed must not be handed out again.
+        const i = idle.indexOf(sock);
+        if (i >= 0) idle.splice(i, 1);
+      },
       error() {},
     },
   });
