@@ -52,6 +52,14 @@ describe("benchmark", () => {
       // The proxy answered every request correctly under load (agents fail closed: an agent
       // problem would show here as non-2xx).
       for (const row of r.rows.filter((x: { system: string }) => x.system.startsWith("sentinel"))) expect(row.errors + row.non2xx).toBe(0);
+      // With h2load, the fixed rate also runs with the connections' pacing spread, which must
+      // really leave fewer requests in flight when each one starts than h2load's own way.
+      const inFlight = (kind: string) =>
+        r.rows.filter((x: { kind: string; inFlight?: number }) => x.kind === kind && x.inFlight !== undefined).map((x: { inFlight: number }) => x.inFlight);
+      if (inFlight("fixed5ks").length > 0) {
+        expect(inFlight("fixed5k").length).toBeGreaterThan(0);
+        expect(Math.max(...inFlight("fixed5ks"))).toBeLessThan(Math.min(...inFlight("fixed5k")));
+      }
       expect(r.targets.length).toBeGreaterThan(5);
       expect(out).toContain("== targets ==");
     },

@@ -1,6 +1,6 @@
 // Load generators: wrk (saturation, closed loop), h2load (fixed rate, per-request log), and the
 // built-in fallback (scripts/bench/loadgen.ts) when either is missing.
-import { readFileSync, writeFileSync, existsSync } from "node:fs";
+import { readFileSync, writeFileSync, existsSync, rmSync } from "node:fs";
 import { join } from "node:path";
 
 export interface Profile {
@@ -23,6 +23,8 @@ export interface LoadResult {
   errors: number; // socket errors + timeouts
   non2xx: number;
   generatorCpu: number; // seconds
+  /** Fixed-rate runs: mean number of other requests in flight when a request started. */
+  inFlight?: number;
   command: string;
 }
 
@@ -130,31 +132,47 @@ function fromLoadgen(r: { out: string; cpu: number; code: number }, cmd: string[
 /**
  * Open-loop run at a fixed total rate: h2load --h1 with `clients` connections each at rate/clients
  * req/s and its per-request log (µs resolution); else the fallback generator with --rps.
+ *
+ * h2load paces each connection with a timer of max(10 ms, 1/rps): at 500 req/s a connection sends
+ * 5 requests back to back every 10 ms. Its connections all open at once, so their timers fire
+ * together and every 10 ms the ten of them run 5 rounds of 10 requests in parallel: a short
+ * closed loop at 10 connections, whose queueing is in the latency. With `spread`, h2load opens one
+ * connection per millisecond (`-r 1 --rate-period 1ms`; then -n instead of -D, and the first second
+ * of the log is dropped as warm-up), so the ten timers fire 1 ms apart and one connection is active
+ * at a time. `inFlight` in the result is the mean number of other requests in flight when a
+ * request started: what each request queued behind.
  */
-export async function fixedRate(g: Generators, port: number, rate: number, clients: number, seconds: number, tag: string): Promise<LoadResult> {
+export async function fixedRate(g: Generators, port: number, rate: number, clients: number, seconds: number, tag: string, spread = false): Promise<LoadResult> {
   const url = `http://127.0.0.1:${port}/`;
   if (g.h2load) {
     const log = join(g.workDir, `h2load-${tag}.log`);
-    const cmd = [g.h2load, "--h1", "-t1", `-c${clients}`, `--rps=${Math.round(rate / clients)}`, `-D`, String(seconds), `--warm-up-time=1`, `--log-file=${log}`, url];
+    const per = Math.round(rate / clients);
+    const WARM_S = 1;
+    const pacing = spread ? ["-r1", "--rate-period=1ms", "-n", String(per * clients * (seconds + WARM_S))] : ["-D", String(seconds), `--warm-up-time=${WARM_S}`];
+    const cmd = [g.h2load, "--h1", "-t1", `-c${clients}`, `--rps=${per}`, ...pacing, `--log-file=${log}`, url];
+    rmSync(log, { force: true }); // h2load appends to an existing log
     const r = await runCapture(cmd);
     if (r.code !== 0) throw new Error(`h2load failed (${r.code}): ${r.out.slice(-400)}`);
-    const lines = readFileSync(log, "utf8").split("\n");
-    const lat: number[] = [];
-    let non2xx = 0;
-    for (const l of lines) {
+    let reqs: { start: number; us: number; status: number }[] = [];
+    for (const l of readFileSync(log, "utf8").split("\n")) {
       if (!l) continue;
-      const [, status, us] = l.split("\t");
-      const s = Number(status);
-      if (!(s >= 200 && s < 300)) non2xx++;
-      lat.push(Number(us) / 1000);
+      const [start, status, us] = l.split("\t");
+      reqs.push({ start: Number(start), status: Number(status), us: Number(us) });
     }
-    lat.sort((a, b) => a - b);
+    reqs.sort((x, y) => x.start - y.start);
+    if (spread && reqs.length > 0) {
+      const from = reqs[0]!.start + WARM_S * 1e6;
+      reqs = reqs.filter((q) => q.start >= from);
+    }
+    const lat = reqs.map((q) => q.us / 1000).sort((x, y) => x - y);
+    const non2xx = reqs.filter((q) => !(q.status >= 200 && q.status < 300)).length;
     const q = (p: number) => (lat.length ? lat[Math.min(lat.length - 1, Math.floor(p * lat.length))]! : NaN);
     const failed = /(\d+) failed, (\d+) errored, (\d+) timeout/.exec(r.out);
+    const wall = spread && reqs.length > 1 ? (reqs[reqs.length - 1]!.start - reqs[0]!.start) / 1e6 : seconds;
     return {
       requests: lat.length,
-      seconds,
-      rps: lat.length / seconds,
+      seconds: wall,
+      rps: lat.length / wall,
       p50: q(0.5),
       p75: q(0.75),
       p90: q(0.9),
@@ -163,9 +181,24 @@ export async function fixedRate(g: Generators, port: number, rate: number, clien
       errors: failed ? Number(failed[1]) + Number(failed[2]) + Number(failed[3]) : 0,
       non2xx,
       generatorCpu: r.cpu,
+      inFlight: meanInFlight(reqs),
       command: cmd.join(" ").replace(g.workDir, "$WORK"),
     };
   }
   const cmd = [g.bun, g.loadgen, "--url", url, "-c", String(clients), "-d", String(seconds), "--rps", String(rate)];
   return fromLoadgen(await runCapture(cmd), cmd, g);
+}
+
+/** Mean number of requests in flight (started, not yet answered) at each request's start. */
+export function meanInFlight(reqs: { start: number; us: number }[]): number {
+  if (reqs.length === 0) return 0;
+  const ends = reqs.map((r) => r.start + r.us).sort((a, b) => a - b);
+  let ended = 0;
+  let sum = 0;
+  for (let i = 0; i < reqs.length; i++) {
+    const t = reqs[i]!.start; // sorted by start
+    while (ended < ends.length && ends[ended]! <= t) ended++;
+    sum += i - ended; // started before this one, not yet ended
+  }
+  return sum / reqs.length;
 }

@@ -22,6 +22,8 @@ export interface RunRow {
   foreignCores: number; // CPU used by other tenants during the run, in cores
   load1: number;
   at: string;
+  /** Fixed-rate runs: mean number of other requests in flight when a request started. */
+  inFlight?: number;
 }
 
 export interface Summary {
