@@ -325,4 +325,82 @@ route "open" { matches { path-prefix "/open" }; upstream "u"; filters "open" }`,
       await waitFor(async () => (await metric(proxy, "sentinel_agent_health", 'agent="cb"')) === 1, 5000, "health back");
     });
   });
+
+  describe(`${transport}: answers the proxy may not apply`, () => {
+    let up: Upstream;
+    let agent: AgentProcess;
+    let proxy: ProxyProcess;
+    // A mutation of the hop-by-hop TE header, as each chaos agent takes it (wire JSON / model op).
+    const forbidden = transport === "uds" ? [{ set: { name: "te", value: "x" } }] : [{ op: "set", name: "te", value: "x" }];
+    beforeAll(async () => {
+      up = startUpstream("u");
+      agent = await startAgent("chaos", transport, `mutate:${JSON.stringify(forbidden)}`);
+      const ep = agentTransportKdl(agent);
+      proxy = await startProxy(
+        agentProxyConfig(
+          up,
+          [
+            `agent "cbm" { ${ep}; timeout-ms 2000; failure-mode "closed"; circuit-breaker { failure-threshold 3; success-threshold 1; timeout-seconds 60; half-open-max-requests 1 }`,
+            `agent "st" { ${ep}; timeout-ms 2000; failure-mode "closed"`,
+            `agent "op" { ${ep}; timeout-ms 2000; failure-mode "open"`,
+          ]
+            .map((a) => `${a}; health-check { enabled #true; interval-ms 200; timeout-ms 500; healthy-threshold 1; unhealthy-threshold 2 } }`)
+            .join("\n"),
+          `filter "cbm" { type "agent"; agent "cbm" }
+  filter "st" { type "agent"; agent "st" }
+  filter "op" { type "agent"; agent "op" }`,
+          `route "cbm" { matches { path-prefix "/cbm" }; upstream "u"; filters "cbm" }
+  route "st" { matches { path-prefix "/st" }; upstream "u"; filters "st" }
+  route "op" { matches { path-prefix "/op" }; upstream "u"; filters "op" }`,
+        ),
+      );
+      await healthy();
+    });
+    afterAll(() => stopAll(proxy, agent, up));
+    const healthy = (agents = ["cbm", "st", "op"]) =>
+      waitFor(async () => {
+        for (const a of agents) if ((await metric(proxy, "sentinel_agent_health", `agent="${a}"`)) !== 1) return false;
+        return true;
+      }, 10_000, "agents connected and healthy");
+
+    test("a forbidden mutation counts as an error, never as an allow, and trips the circuit breaker", async () => {
+      const events = () => agent.events("request_headers").length;
+      expect((await timed(`${proxy.url}/op/x`)).status).toBe(200); // fail-open: the answer is ignored
+      const base = events();
+      for (let i = 0; i < 3; i++) expect((await timed(`${proxy.url}/cbm/x`)).status).toBe(503);
+      await waitFor(() => events() === base + 3, 2000, "three events seen");
+      expect(await metric(proxy, "sentinel_agent_calls_total", 'agent="cbm",decision="error"')).toBe(3);
+      expect((await metric(proxy, "sentinel_agent_calls_total", 'agent="cbm",decision="allow"')) ?? 0).toBe(0);
+      expect(await metric(proxy, "sentinel_agent_errors_total", 'agent="cbm",kind="protocol"')).toBe(3);
+      expect(await metric(proxy, "sentinel_agent_circuit_state", 'agent="cbm"')).toBe(1);
+      // Open: refused without asking the agent.
+      const r = await timed(`${proxy.url}/cbm/x`);
+      expect(r.status).toBe(503);
+      expect(events()).toBe(base + 3);
+      expect(await metric(proxy, "sentinel_agent_errors_total", 'agent="cbm",kind="circuit_open"')).toBe(1);
+      expect(hits(up, "/cbm/")).toBe(0);
+    });
+
+    test("a block status outside 100-599 is an agent error: 503 when fail-closed, ignored when fail-open", async () => {
+      await agent.restart("block:700");
+      await waitFor(async () => (await metric(proxy, "sentinel_agent_health", 'agent="st"')) === 0, 5000, "the restart noticed");
+      await healthy(["st", "op"]); // cbm's breaker is still open from the test above
+      const events = () => agent.events("request_headers").length;
+      const base = events();
+      const before = hits(up, "/op/");
+      const count = async (a: string, series: string) => (await metric(proxy, `sentinel_agent_${series.split("{")[0]}`, `agent="${a}",${series.slice(series.indexOf("{") + 1)}`)) ?? 0;
+      const opErrorsBefore = await count("op", 'errors_total{kind="protocol"');
+      const closed = await timed(`${proxy.url}/st/x`);
+      expect(closed.status).toBe(503);
+      expect(closed.headers.get("retry-after")).toBe("1");
+      expect((await timed(`${proxy.url}/op/x`)).status).toBe(200);
+      expect(hits(up, "/op/")).toBe(before + 1);
+      expect(hits(up, "/st/")).toBe(0);
+      await waitFor(() => events() === base + 2, 2000, "both answered by the agent");
+      for (const a of ["st", "op"]) expect(await count(a, 'calls_total{decision="block"')).toBe(0);
+      expect(await count("st", 'calls_total{decision="error"')).toBe(1);
+      expect(await count("st", 'errors_total{kind="protocol"')).toBe(1);
+      expect(await count("op", 'errors_total{kind="protocol"')).toBe(opErrorsBefore + 1);
+    }, 20_000);
+  });
 }

@@ -39,6 +39,7 @@
 
 import type { AgentConfig, AgentEventName } from "../config/types.ts";
 import { agentCalls, agentCircuitState, agentErrors, agentHealth, agentLatency } from "../observability/metrics.ts";
+import { replyProblem } from "./reply-check.ts";
 import { log } from "../observability/log.ts";
 import { fastCounterChild, fastHistogramChild } from "../observability/fast-series.ts";
 import type { BreakerPermit, CircuitState } from "./breaker.ts";
@@ -414,8 +415,16 @@ class AgentImpl implements Agent {
     }
   }
 
-  /** A call that got an answer: latency and decision metrics, breaker success. */
-  private answered(reply: AgentReply, started: number, permit: { success(): void }): AgentCallResult {
+  /**
+   * A call that got an answer: latency and decision metrics, breaker success. An answer the proxy
+   * may not apply (replyProblem) is a protocol failure instead, counted as such everywhere.
+   */
+  private answered(reply: AgentReply, started: number, permit: { success(): void; failure(): void }): AgentCallResult {
+    const problem = replyProblem(reply);
+    if (problem !== null) {
+      permit.failure();
+      return this.fail("protocol", `agent ${this.id}: invalid answer: ${problem}`);
+    }
     const latencyMs = performance.now() - started;
     this.mLatency.observe(latencyMs / 1000);
     const d = reply.decision?.kind;
@@ -493,7 +502,11 @@ class AgentImpl implements Agent {
           permit.release();
           return ABORTED_RESULT;
         }
-        if (error === null && outcome !== ABORTED) return this.answered(outcome, started, permit);
+        if (error === null && outcome !== ABORTED) {
+          const answer = this.answered(outcome, started, permit);
+          if (!answer.ok) ep.m!.errors.protocol.inc(); // an answer it may not apply
+          return answer;
+        }
         const te = error instanceof TransportError ? error : null;
         const kind: AgentFailureKind = te ? te.kind : "protocol";
         const message = `agent ${this.id} (${ep.address}): ${error instanceof Error ? error.message : String(error)}`;

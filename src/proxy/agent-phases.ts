@@ -6,6 +6,7 @@ import type { AgentEvent, AgentReply, HeaderOp, RequestMetadata } from "../agent
 import { agentErrors } from "../observability/metrics.ts";
 import type { AgentTrace, RequestContext } from "./context.ts";
 import { errorResponse } from "./errors.ts";
+import { isSafeRedirect } from "../http/fields.ts";
 import { applyHeaderOps, isValidHeaderValue, mutationProblem, toHeaderMap } from "./headers.ts";
 import type { AgentStep } from "./runtime.ts";
 
@@ -19,34 +20,6 @@ type Outcome =
   | { kind: "deny"; response: Response }
   | { kind: "failed"; status: 503 | 504 | 413; reason: string }
   | { kind: "skipped" };
-
-/** Validate every mutation of a reply; an invalid one makes the whole reply an agent error. */
-function replyProblem(reply: AgentReply): string | null {
-  for (const op of reply.requestHeaders) {
-    const p = mutationProblem(op);
-    if (p) return p;
-  }
-  for (const op of reply.responseHeaders) {
-    const p = mutationProblem(op);
-    if (p) return p;
-  }
-  const d = reply.decision;
-  if (d.kind === "redirect") {
-    if (!isSafeRedirect(d.url)) return "redirect to an unsafe or invalid URL";
-  }
-  return null;
-}
-
-function isSafeRedirect(url: string): boolean {
-  if (!isValidHeaderValue(url) || url.length > 8192) return false;
-  if (url.startsWith("/")) return !url.startsWith("//") && !url.startsWith("/\\");
-  try {
-    const u = new URL(url);
-    return u.protocol === "https:" || u.protocol === "http:";
-  } catch {
-    return false;
-  }
-}
 
 /** Turn a non-allow decision into the client response (bounded, sanitised). */
 function decisionResponse(ctx: RequestContext, reply: AgentReply): Response {
@@ -101,12 +74,7 @@ function failure(ctx: RequestContext, step: AgentStep, result: AgentCallResult &
 
 /** Judge one agent's result: valid allow, a deny response, or a failure by the failure mode. */
 function judge(ctx: RequestContext, step: AgentStep, result: AgentCallResult): Outcome {
-  if (!result.ok) return failure(ctx, step, result);
-  const problem = replyProblem(result.reply);
-  if (problem) {
-    agentErrors.labels(step.agent.id, "protocol").inc();
-    return failure(ctx, step, { ok: false, kind: "protocol", message: problem });
-  }
+  if (!result.ok) return failure(ctx, step, result); // an answer it may not apply included (agents/reply-check.ts)
   const d = result.reply.decision;
   const trace: AgentTrace = { agent: step.agent.id, decision: d.kind, latencyMs: Math.round(result.latencyMs * 1000) / 1000 };
   if (d.kind !== "allow") {

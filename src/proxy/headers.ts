@@ -21,12 +21,10 @@ import type { HeaderOpConfig } from "../config/types.ts";
 import { applyPolicyOps } from "./policies.ts";
 import { countHeader, MAX_RESPONSE_HEAD_BYTES, type HeadTally } from "./limits.ts";
 import { HOP_BY_HOP } from "../http/hop-by-hop.ts";
+import { isValidHeaderName, isValidHeaderValue, mutationProblem } from "../http/fields.ts";
 import { listDelete, listSet, listTarget, type HeaderList, type HeaderTarget } from "../http/header-list.ts";
 
-export { HOP_BY_HOP };
-
-/** Headers an agent (or policy) may never set, add or remove. */
-const PROTECTED = new Set([...HOP_BY_HOP, "host", "content-length"]);
+export { HOP_BY_HOP, isValidHeaderName, isValidHeaderValue, mutationProblem };
 
 /**
  * Request headers only the proxy sets. A client's value is dropped (X-Forwarded-For is kept as
@@ -222,27 +220,6 @@ function addToMap(this: HeaderMap, value: string, name: string): void {
   const list = this[name];
   if (list) list.push(value);
   else this[name] = [value];
-}
-
-const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
-// Field values: visible ASCII, SP, HTAB and obs-text; never CR, LF or NUL.
-const FIELD_VALUE = /^[\t\x20-\x7e\x80-\xff]*$/;
-
-export function isValidHeaderName(name: string): boolean {
-  return name.length > 0 && name.length <= 256 && TOKEN.test(name);
-}
-
-export function isValidHeaderValue(value: string): boolean {
-  return value.length <= 16384 && FIELD_VALUE.test(value);
-}
-
-/** Why a header mutation is refused, or null if it is acceptable. */
-export function mutationProblem(op: HeaderOp): string | null {
-  if (!isValidHeaderName(op.name)) return `invalid header name ${JSON.stringify(op.name.slice(0, 64))}`;
-  const lower = op.name.toLowerCase();
-  if (PROTECTED.has(lower)) return `mutation of protected header '${lower}'`;
-  if (op.op !== "remove" && !isValidHeaderValue(op.value)) return `invalid value for header '${lower}'`;
-  return null;
 }
 
 /** Apply already-validated operations in order. Names are case-insensitive (Headers is). */

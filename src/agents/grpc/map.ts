@@ -351,17 +351,24 @@ function headerOpsFromProto(ops: readonly PbHeaderOp[]): HeaderOp[] {
 /** The allow decision every answer without block/redirect/challenge shares (never mutated). */
 export const ALLOW_DECISION: Decision = Object.freeze({ kind: "allow" }) as Decision;
 
+/** A decision's status: 0 (unset) means `def`; anything else must be 100–599, as over UDS. */
+function decisionStatus(status: number, def: number, what: string): number {
+  if (status === 0) return def;
+  if (!Number.isInteger(status) || status < 100 || status > 599) throw new Error(`${what}: status must be an integer 100-599, got ${status}`);
+  return status;
+}
+
 function decisionFromProto(d: AgentResponse["decision"]): Decision {
   switch (d.case) {
     case "block":
       return {
         kind: "block",
-        status: d.value.status === 0 ? 403 : d.value.status,
+        status: decisionStatus(d.value.status, 403, "decision.block"),
         body: d.value.body ?? null,
         headers: singleHeadersFromProto(d.value.headers),
       };
     case "redirect":
-      return { kind: "redirect", url: d.value.url, status: d.value.status === 0 ? 302 : d.value.status };
+      return { kind: "redirect", url: d.value.url, status: decisionStatus(d.value.status, 302, "decision.redirect") };
     case "challenge":
       return { kind: "challenge", challengeType: d.value.challengeType, params: { ...d.value.params } };
     default:
