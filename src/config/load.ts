@@ -9,6 +9,7 @@
 //  - Everything the hot path needs (RegExp, lower-cased names, ms/bytes) is computed here once.
 
 import { parseCidr } from "../proxy/client-ip.ts";
+import { normalizeRoutePath } from "../routing/normalize.ts";
 import { existsSync, readFileSync, realpathSync, statSync } from "node:fs";
 import { dirname, extname, isAbsolute, resolve } from "node:path";
 import { nodePos, parseKdl, type KdlNode, type KdlValue } from "./kdl.ts";
@@ -1225,6 +1226,21 @@ class Converter {
     this.cfg.routes.push(route);
   }
 
+  /**
+   * A route's path or path-prefix in the form requests are matched in (normalizeRoutePath): a
+   * pattern no request can match is an error; one written in another form is rewritten, with a
+   * warning that says so.
+   */
+  private routePath(c: KdlNode, mw: string, what: string, v: string): string | null {
+    const n = normalizeRoutePath(v);
+    if (!n.ok) {
+      this.d.error(c, `${mw}: ${what} ${JSON.stringify(v)} can never match: ${n.reason} (requests are matched after normalisation, see SECURITY.md)`);
+      return null;
+    }
+    if (n.path !== v) this.d.warn(c, `${mw}: ${what} ${JSON.stringify(v)} is matched as ${JSON.stringify(n.path)}, the normalised form of a request for it`);
+    return n.path;
+  }
+
   private matches(n: KdlNode, w: string, route: RouteConfig): void {
     const r = this.r;
     const mw = `${w} matches`;
@@ -1254,13 +1270,19 @@ class Converter {
           const v = r.str(c, mw);
           if (v === undefined) return;
           if (!v.startsWith("/")) this.d.error(c, `${mw}: path ${JSON.stringify(v)} must start with '/'`);
-          else route.matches.push({ kind: "path", value: v });
+          else {
+            const p = this.routePath(c, mw, "path", v);
+            if (p !== null) route.matches.push({ kind: "path", value: p });
+          }
         },
         "path-prefix": (c) => {
           const v = r.str(c, mw);
           if (v === undefined) return;
           if (!v.startsWith("/")) this.d.error(c, `${mw}: path-prefix ${JSON.stringify(v)} must start with '/'`);
-          else route.matches.push({ kind: "path-prefix", value: v });
+          else {
+            const p = this.routePath(c, mw, "path-prefix", v);
+            if (p !== null) route.matches.push({ kind: "path-prefix", value: p });
+          }
         },
         "path-regex": (c) => {
           const v = r.str(c, mw);

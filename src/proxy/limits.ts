@@ -37,11 +37,30 @@ import { meteredStream, type Meter } from "../upstreams/body.ts";
 export const MAX_RESPONSE_HEAD_BYTES = 64 * 1024;
 
 /** Status for a request head over a limit, or 0. `target` is path + query as received. */
-export function checkRequestHead(targetLength: number, headers: Headers, limits: LimitsConfig): 0 | 414 | 431 {
+export function checkRequestHead(targetLength: number, headers: Headers, limits: LimitsConfig, bodyless: boolean): 0 | 400 | 414 | 431 {
   if (targetLength > limits.maxUriLength) return 414;
-  const tally: HeadTally = { count: 0, size: 0 };
-  headers.forEach(countHeader, tally);
-  return tally.count > limits.maxHeaderCount || tally.size > limits.maxHeaderSize ? 431 : 0;
+  const tally: RequestHeadTally = { count: 0, size: 0, bad: false, body: false };
+  headers.forEach(countRequestHeader, tally);
+  if (tally.count > limits.maxHeaderCount || tally.size > limits.maxHeaderSize) return 431;
+  // DEL is not a field-vchar (RFC 9110 §5.5) though Bun's parser lets it through. A GET or HEAD
+  // body: Bun reads and drops it (its Request has none), so it cannot be forwarded, and a proxy
+  // must not change the message silently (RFC 9110 §9.3.1 gives it no meaning anyway).
+  return tally.bad || (bodyless && tally.body) ? 400 : 0;
+}
+
+interface RequestHeadTally extends HeadTally {
+  /** A field value with DEL (0x7F). */
+  bad: boolean;
+  /** The head declares a body: Transfer-Encoding, or a Content-Length other than 0. */
+  body: boolean;
+}
+
+/** countHeader for a request head, which also looks for DEL and a declared body. */
+function countRequestHeader(this: RequestHeadTally, value: string, name: string): void {
+  this.count++;
+  this.size += name.length + value.length + 4;
+  if (value.indexOf("\x7f") >= 0) this.bad = true;
+  if ((name === "content-length" && value !== "0" && Number(value) !== 0) || name === "transfer-encoding") this.body = true;
 }
 
 /** Header count and size of a head (`forEach` with this state: no closure per request). */

@@ -47,6 +47,7 @@ export interface ProxyState {
   inFlight: number;
 }
 
+/** Methods whose requests Bun.serve hands over without a body (one that declares a body is a 400). */
 const BODYLESS_METHODS = new Set(["GET", "HEAD"]);
 /** Request bodies up to this size (declared, no body agents) are read whole before forwarding. */
 const SMALL_BODY = 64 * 1024;
@@ -81,9 +82,12 @@ function parseHost(raw: string): string | undefined {
   return host.endsWith(".") ? host.slice(0, -1) : host;
 }
 
+/** What a 405 names as allowed (RFC 9110 §15.5.6): every method but the refused ones. */
+const ALLOW: Readonly<Record<string, string>> = { allow: "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH" };
+
 /** A request refused in `receive`; a malformed one (400) also closes its connection. */
 function rejectRequest(status: number, traceId: string): Response {
-  return errorResponse(status, traceId, status === 400 ? CLOSE : undefined);
+  return errorResponse(status, traceId, status === 400 ? CLOSE : status === 405 ? ALLOW : undefined);
 }
 
 /** Phase 1 — receive: validate the request line and head, normalise, identify. */
@@ -105,13 +109,17 @@ function receive(req: Request, server: Server<unknown>, listener: ListenerConfig
     const q = url.indexOf("?", start);
     rawPath = q < 0 ? url.slice(start) : url.slice(start, q);
     query = q < 0 ? "" : url.slice(q);
+    // A fragment is never part of a request target (RFC 9112 §3.2); Bun keeps one after '?'.
+    if (query.length > 0 && query.indexOf("#") >= 0) return rejectRequest(400, traceId);
   }
-  const tooLarge = checkRequestHead(rawPath.length + query.length, incoming, limits);
-  if (tooLarge) return rejectRequest(tooLarge, traceId);
+  const headProblem = checkRequestHead(rawPath.length + query.length, incoming, limits, BODYLESS_METHODS.has(req.method));
+  if (headProblem) return rejectRequest(headProblem, traceId);
 
-  const hostHeader = incoming.get("host") ?? "";
+  const hostField = incoming.get("host");
+  const hostHeader = hostField ?? "";
   const host = parseHost(hostHeader);
-  if (host === undefined) return rejectRequest(400, traceId);
+  // An empty Host names no host at all (RFC 9110 §4.2.1); only an HTTP/1.0 request may omit it.
+  if (host === undefined || hostField === "") return rejectRequest(400, traceId);
 
   const normalized = normalizePath(rawPath);
   if (!normalized.ok) return rejectRequest(400, traceId);
@@ -282,6 +290,13 @@ function oneChunkStream(bytes: Uint8Array): ReadableStream<Uint8Array> {
   });
 }
 
+const DIGITS = /^\d{1,15}$/;
+
+/** A Content-Length value that is one plain number, else null. */
+function validLength(v: string | null): string | null {
+  return v !== null && DIGITS.test(v) ? v : null;
+}
+
 function cancel(body: UpstreamResponse["body"]): void {
   if (body instanceof ReadableStream) body.cancel().catch(() => {});
 }
@@ -289,6 +304,7 @@ function cancel(body: UpstreamResponse["body"]): void {
 /** Phase 5 — response filter: sanitise, agents on response headers and body, policies. */
 async function responseFilter(ctx: RequestContext, upstream: UpstreamResponse): Promise<Response> {
   const plan = ctx.plan!;
+  const headLength = ctx.method === "HEAD" ? validLength(upstream.headers.get("content-length")) : null;
   const headers = upstream.sanitized ? downstreamResponseHeadersSanitized(upstream.headers) : downstreamResponseHeaders(upstream.headers);
   if (!headers) {
     cancel(upstream.body);
@@ -307,6 +323,8 @@ async function responseFilter(ctx: RequestContext, upstream: UpstreamResponse): 
   const bodyless = ctx.method === "HEAD" || upstream.status === 204 || upstream.status === 304 || upstream.body === null;
   if (bodyless) {
     cancel(upstream.body);
+    // HEAD: the length a GET would have had (RFC 9110 §9.3.2), as the upstream said it.
+    if (headLength !== null) headers.set("content-length", headLength);
     return new Response(null, { status: upstream.status, statusText: upstream.statusText, headers });
   }
   if (upstream.body instanceof Uint8Array) {

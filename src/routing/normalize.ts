@@ -100,3 +100,26 @@ export function normalizePath(path: string): NormalizeResult {
   }
   return { ok: true, path: "/" + out.join("/") };
 }
+
+/**
+ * A route's `path` / `path-prefix` as the router compares it: what normalizePath makes of a
+ * request for that path, so that a pattern written in another form ("/café", "/a%7eb",
+ * "/p/../q") still matches the requests it names. Characters a client must percent-encode
+ * (non-ASCII, space, controls) are encoded first, as a browser would. Not ok: no request can
+ * ever match it (every request for it is refused with 400), or it names a query.
+ */
+export function normalizeRoutePath(pattern: string): NormalizeResult {
+  if (pattern.includes("?")) return { ok: false, reason: "paths are matched without the query; use a query-param condition" };
+  let encoded = "";
+  for (const ch of pattern) {
+    const c = ch.codePointAt(0)!;
+    if (c > 0x7e || c <= 0x20) {
+      try {
+        encoded += encodeURIComponent(ch);
+      } catch {
+        return { ok: false, reason: "invalid Unicode in path" };
+      }
+    } else encoded += ch;
+  }
+  return normalizePath(encoded);
+}
