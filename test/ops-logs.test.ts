@@ -9,6 +9,7 @@ import { readRss, startProxy, tempDir, waitFor, type ProxyProcess } from "./help
 import { startUpstream, type Upstream } from "./helpers/upstream.ts";
 import { agentTransportKdl, startAgent, type AgentProcess } from "./helpers/agents.ts";
 import { scrape, startLoad, value } from "./ops-helpers.ts";
+import { rawRequest } from "./helpers/raw.ts";
 
 let up: Upstream;
 beforeAll(() => {
@@ -30,12 +31,16 @@ describe("access and audit logs", () => {
       `
 system { graceful-shutdown-timeout-secs 2 }
 listeners { listener "main" { address "127.0.0.1:0" } }
-upstreams { upstream "u" { target "${up.address}" } }
+upstreams {
+  upstream "u" { target "${up.address}" }
+  upstream "dead" { target "127.0.0.1:9" }
+}
 agents { agent "sdk" type="auth" { ${agentTransportKdl(agent)}; events "request_headers"; timeout-ms 2000; failure-mode "closed" } }
 filters { filter "sdk" { type "agent"; agent "sdk" } }
 routes {
   route "guarded" { matches { path-prefix "/guarded" }; upstream "u"; filters "sdk" }
   route "app" { matches { path-prefix "/app" }; upstream "u" }
+  route "dead" { matches { path-prefix "/dead" }; upstream "dead" }
 }
 observability {
   logging {
@@ -102,6 +107,35 @@ observability {
     expect(b).toMatchObject({ agent: "sdk", rule_ids: ["T-1"], tags: ["test"], route: "guarded", path: "/guarded/block", status: 451, method: "GET", client_ip: "127.0.0.1" });
     expect(b.trace_id).toBe(blocked.trace_id);
     expect(typeof b.latency_ms).toBe("number");
+  });
+
+  test("requests refused before routing get an access line with the raw path and the reason; a failed exchange names its target", async () => {
+    const access = join(dir, "logs-access.jsonl");
+    const raw = async (bytes: string) => (await rawRequest(proxy.url, bytes)).status;
+    expect(await raw("TRACE /refused/trace HTTP/1.1\r\nHost: t\r\n\r\n")).toBe(405);
+    expect(await raw("GET /refused/a%2fb?secret=1 HTTP/1.1\r\nHost: t\r\n\r\n")).toBe(400);
+    expect(await raw("GET /refused/host HTTP/1.1\r\nHost: a b\r\n\r\n")).toBe(400);
+    expect(await raw(`GET /refused/long${"x".repeat(9000)} HTTP/1.1\r\nHost: t\r\n\r\n`)).toBe(414);
+    // A failed exchange keeps the target it tried in its line.
+    const dead = await fetch(`${proxy.url}/dead/x`);
+    expect(dead.status).toBe(502);
+    const refused = (l: Record<string, any>) => String(l.path).startsWith("/refused/");
+    await waitFor(() => jsonLines(access).filter(refused).length >= 4, 3000, "refused lines flushed");
+    const got = jsonLines(access).filter(refused);
+    expect(got.map((l) => l.status).sort()).toEqual([400, 400, 405, 414]);
+    for (const l of got) {
+      expect(l.route).toBeNull();
+      expect(l.target).toBeNull();
+      expect(l.client_ip).toBe("127.0.0.1");
+      expect(String(l.error)).toStartWith("refused: ");
+      expect(typeof l.trace_id).toBe("string");
+      expect(l.path).not.toContain("secret"); // no query, as for served requests
+    }
+    expect(got.find((l) => l.status === 405)!.error).toContain("TRACE");
+    expect(got.find((l) => l.path === "/refused/a%2fb")!.error).toContain("encoded slash");
+    expect(got.find((l) => l.status === 414)!.path.length).toBeLessThanOrEqual(1025);
+    await waitFor(() => jsonLines(access).some((l) => l.path === "/dead/x"), 3000, "the 502's line");
+    expect(jsonLines(access).find((l) => l.path === "/dead/x")).toMatchObject({ status: 502, route: "dead", target: "127.0.0.1:9" });
   });
 
   test("rotation: rename the file and SIGHUP; new lines go to a new file, none are lost", async () => {

@@ -41,6 +41,8 @@ export interface RequestContext {
   /** Response header operations from agents' request phase (applied at response time). */
   deferredResponseOps: HeaderOp[];
   target?: Target;
+  /** The last attempt's target address, kept for the access log once `target` is released. */
+  targetAddress?: string;
   attempts: number;
   status: number;
   bytesIn: number;

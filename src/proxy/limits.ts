@@ -37,15 +37,26 @@ import { meteredStream, type Meter } from "../upstreams/body.ts";
 export const MAX_RESPONSE_HEAD_BYTES = 64 * 1024;
 
 /** Status for a request head over a limit, or 0. `target` is path + query as received. */
-export function checkRequestHead(targetLength: number, headers: Headers, limits: LimitsConfig, bodyless: boolean): 0 | 400 | 414 | 431 {
-  if (targetLength > limits.maxUriLength) return 414;
+/** Why a request head is refused before routing: status and the reason logged with it. */
+export interface HeadProblem {
+  readonly status: 400 | 414 | 431;
+  readonly reason: string;
+}
+const URI_TOO_LONG: HeadProblem = { status: 414, reason: "request target over max-uri-length" };
+const HEADERS_TOO_LARGE: HeadProblem = { status: 431, reason: "header fields over max-header-count or max-header-size" };
+const DEL_IN_FIELD: HeadProblem = { status: 400, reason: "DEL (0x7F) in a header field value" };
+const BODY_ON_GET: HeadProblem = { status: 400, reason: "GET or HEAD request with a body" };
+
+export function checkRequestHead(targetLength: number, headers: Headers, limits: LimitsConfig, bodyless: boolean): HeadProblem | null {
+  if (targetLength > limits.maxUriLength) return URI_TOO_LONG;
   const tally: RequestHeadTally = { count: 0, size: 0, bad: false, body: false };
   headers.forEach(countRequestHeader, tally);
-  if (tally.count > limits.maxHeaderCount || tally.size > limits.maxHeaderSize) return 431;
+  if (tally.count > limits.maxHeaderCount || tally.size > limits.maxHeaderSize) return HEADERS_TOO_LARGE;
   // DEL is not a field-vchar (RFC 9110 §5.5) though Bun's parser lets it through. A GET or HEAD
   // body: Bun reads and drops it (its Request has none), so it cannot be forwarded, and a proxy
   // must not change the message silently (RFC 9110 §9.3.1 gives it no meaning anyway).
-  return tally.bad || (bodyless && tally.body) ? 400 : 0;
+  if (tally.bad) return DEL_IN_FIELD;
+  return bodyless && tally.body ? BODY_ON_GET : null;
 }
 
 interface RequestHeadTally extends HeadTally {

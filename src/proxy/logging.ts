@@ -110,6 +110,51 @@ function audited(decision: string): boolean {
   return decision === "block" || decision === "redirect" || decision === "challenge" || decision.startsWith("error:");
 }
 
+/** Longest raw target or Host written for a refused request (the rest is cut, with "…"). */
+const MAX_LOGGED_TARGET = 1024;
+const cut = (s: string) => (s.length > MAX_LOGGED_TARGET ? s.slice(0, MAX_LOGGED_TARGET) + "…" : s);
+
+/**
+ * A request refused before routing (receive's 400/405/414/431): one access line with what is
+ * known, the raw target (it may not normalise) and the reason. Counted apart, in
+ * sentinel_rejected_requests_total, not in the per-route series.
+ */
+export function logRejected(req: Request, clientIp: string, status: number, traceId: string, reason: string): void {
+  const access = sinks.access;
+  if (!access) return;
+  const url = req.url;
+  const slash = url.charCodeAt(0) === 0x2f ? 0 : url.indexOf("/", url.indexOf("://") + 3);
+  const q = slash < 0 ? -1 : url.indexOf("?", slash);
+  const target = cut(slash < 0 ? "/" : q < 0 ? url.slice(slash) : url.slice(slash, q)); // no query, as for served requests
+  const now = new Date();
+  if (access.format === "combined") {
+    const ua = req.headers.get("user-agent") ?? "-";
+    const ref = req.headers.get("referer") ?? "-";
+    access.sink.write(`${clientIp || "-"} - - [${clfTime(now)}] "${req.method} ${clfQuote(target)} HTTP/1.1" ${status} - "${clfQuote(ref)}" "${clfQuote(ua)}"`);
+    return;
+  }
+  access.sink.write(
+    JSON.stringify({
+      time: now.toISOString(),
+      trace_id: traceId,
+      client_ip: clientIp,
+      method: req.method,
+      path: target,
+      host: cut(req.headers.get("host") ?? ""),
+      route: null,
+      upstream: null,
+      target: null,
+      status,
+      bytes_in: 0,
+      bytes_out: 0,
+      duration_ms: 0,
+      attempts: 0,
+      agents: [],
+      error: `refused: ${reason}`,
+    }),
+  );
+}
+
 export function logRequest(ctx: RequestContext, durationMs: number): void {
   const routeId = ctx.plan?.route.id ?? NO_ROUTE;
   const series = routeSeries(routeId);
@@ -133,7 +178,7 @@ export function logRequest(ctx: RequestContext, durationMs: number): void {
           host: ctx.host,
           route: ctx.plan?.route.id ?? null,
           upstream: ctx.plan?.route.upstream ?? null,
-          target: ctx.target?.address ?? null,
+          target: ctx.target?.address ?? ctx.targetAddress ?? null,
           status: ctx.status,
           bytes_in: ctx.bytesIn,
           bytes_out: ctx.bytesOut,

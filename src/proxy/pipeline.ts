@@ -36,7 +36,7 @@ import {
 import { applyPolicyOps } from "./policies.ts";
 import { handleBuiltin } from "./builtin.ts";
 import { proxyWebSocket, isWebSocketUpgrade } from "./websocket.ts";
-import { logRequest } from "./logging.ts";
+import { logRejected, logRequest } from "./logging.ts";
 import { lingeringClose, unreadBody } from "./linger.ts";
 import { realClientIp, trustedProxies } from "./client-ip.ts";
 import { rejectedRequests } from "../observability/metrics.ts";
@@ -85,17 +85,26 @@ function parseHost(raw: string): string | undefined {
 /** What a 405 names as allowed (RFC 9110 §15.5.6): every method but the refused ones. */
 const ALLOW: Readonly<Record<string, string>> = { allow: "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH" };
 
-/** A request refused in `receive`; a malformed one (400) also closes its connection. */
-function rejectRequest(status: number, traceId: string): Response {
-  return errorResponse(status, traceId, status === 400 ? CLOSE : status === 405 ? ALLOW : undefined);
+/** A request refused in `receive`, before routing: answered, counted and logged with its reason. */
+class Rejection {
+  constructor(
+    readonly status: number,
+    readonly traceId: string,
+    readonly reason: string,
+  ) {}
+
+  /** The answer; a malformed request (400) also closes its connection. */
+  response(): Response {
+    return errorResponse(this.status, this.traceId, this.status === 400 ? CLOSE : this.status === 405 ? ALLOW : undefined);
+  }
 }
 
 /** Phase 1 — receive: validate the request line and head, normalise, identify. */
-function receive(req: Request, server: Server<unknown>, listener: ListenerConfig, rt: Runtime): RequestContext | Response {
+function receive(req: Request, server: Server<unknown>, listener: ListenerConfig, rt: Runtime): RequestContext | Rejection {
   const limits = rt.config.limits;
   const incoming = req.headers;
   const traceId = acceptTraceId(incoming.get("x-trace-id") ?? incoming.get("x-correlation-id") ?? incoming.get("x-request-id")) ?? newTraceId(rt.config.system.traceIdFormat);
-  if (REFUSED_METHODS.has(req.method)) return rejectRequest(405, traceId);
+  if (REFUSED_METHODS.has(req.method)) return new Rejection(405, traceId, `method ${req.method} is not proxied`);
 
   const url = req.url;
   let start = 0;
@@ -110,19 +119,19 @@ function receive(req: Request, server: Server<unknown>, listener: ListenerConfig
     rawPath = q < 0 ? url.slice(start) : url.slice(start, q);
     query = q < 0 ? "" : url.slice(q);
     // A fragment is never part of a request target (RFC 9112 §3.2); Bun keeps one after '?'.
-    if (query.length > 0 && query.indexOf("#") >= 0) return rejectRequest(400, traceId);
+    if (query.length > 0 && query.indexOf("#") >= 0) return new Rejection(400, traceId, "fragment in request target");
   }
   const headProblem = checkRequestHead(rawPath.length + query.length, incoming, limits, BODYLESS_METHODS.has(req.method));
-  if (headProblem) return rejectRequest(headProblem, traceId);
+  if (headProblem) return new Rejection(headProblem.status, traceId, headProblem.reason);
 
   const hostField = incoming.get("host");
   const hostHeader = hostField ?? "";
   const host = parseHost(hostHeader);
   // An empty Host names no host at all (RFC 9110 §4.2.1); only an HTTP/1.0 request may omit it.
-  if (host === undefined || hostField === "") return rejectRequest(400, traceId);
+  if (host === undefined || hostField === "") return new Rejection(400, traceId, "invalid Host");
 
   const normalized = normalizePath(rawPath);
-  if (!normalized.ok) return rejectRequest(400, traceId);
+  if (!normalized.ok) return new Rejection(400, traceId, normalized.reason);
 
   const addr = server.requestIP(req);
   const peerIp = addr?.address ?? "";
@@ -418,10 +427,12 @@ function nextTurn(): Promise<void> {
 export async function handleRequest(req: Request, server: Server<unknown>, listener: ListenerConfig, state: ProxyState): Promise<Response | undefined> {
   const rt = state.current;
   const received = receive(req, server, listener, rt);
-  if (received instanceof Response) {
+  if (received instanceof Rejection) {
     rejectedRequests.labels(String(received.status)).inc();
+    logRejected(req, server.requestIP(req)?.address ?? "", received.status, received.traceId, received.reason);
     armConnectionTimer(server, req, keepAliveIdleSecs(listener));
-    return carriesBody(req) ? closeAfterBody(req, received) : received;
+    const res = received.response();
+    return carriesBody(req) ? closeAfterBody(req, res) : res;
   }
   const ctx = received;
   state.inFlight++;
@@ -476,7 +487,10 @@ export async function handleRequest(req: Request, server: Server<unknown>, liste
     });
     if (!result.ok) {
       ctx.error = result.reason;
-      if (result.target && ctx.target === result.target) ctx.target = undefined; // already released
+      if (result.target) {
+        ctx.targetAddress = result.target.address; // for the log: the exchange did reach it
+        if (ctx.target === result.target) ctx.target = undefined; // already released
+      }
       return end(ctx, state, errorResponse(result.status, ctx.traceId, result.status === 413 ? CLOSE : undefined));
     }
     return finishOnBodyEnd(ctx, state, await responseFilter(ctx, result.response));
