@@ -4,8 +4,8 @@ import { availableParallelism } from "node:os";
 import { loadConfig } from "./config/load.ts";
 import { formatDiagnostic } from "./config/types.ts";
 import { startProxy } from "./proxy/server.ts";
-import { adaptWorkerConfig, shareWorkerLimits, superviseWorkers, watchSupervisor, workerRole } from "./proxy/workers.ts";
-import { log } from "./observability/log.ts";
+import { adaptWorkerConfig, shareWorkerLimits, superviseWorkers, watchSupervisor, workerIndex, workerRole } from "./proxy/workers.ts";
+import { log, setLogLevel, warnInvalidEnvLogLevel } from "./observability/log.ts";
 import { VERSION } from "./version.ts";
 
 const HELP = `sentinel ${VERSION}: security-first reverse proxy with external agents
@@ -65,6 +65,8 @@ async function main(): Promise<number> {
     process.stderr.write("sentinel: no configuration file given (use -c FILE; see --help)\n");
     return 2;
   }
+  // Once per instance: worker processes inherit the environment and leave it to their supervisor.
+  if (args.mode === "run" && workerIndex() === 0) warnInvalidEnvLogLevel();
   const result = loadConfig(args.config);
   printDiagnostics(result.diagnostics);
   if (args.mode === "validate") {
@@ -79,6 +81,9 @@ async function main(): Promise<number> {
     process.stderr.write(`sentinel: ${args.config}: configuration is invalid; not starting\n`);
     return 1;
   }
+  // The configured level holds from here on (SENTINEL_LOG_LEVEL only covers what comes before),
+  // in the supervisor too, whose own lines would otherwise ignore it.
+  setLogLevel(result.config.observability.logging.level);
   // system { worker-threads N ≥ 2 }: supervise N reusePort worker processes (src/proxy/workers.ts).
   const role = workerRole(result.config);
   if (role === "supervisor") return superviseWorkers(result.config), -1;

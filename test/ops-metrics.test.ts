@@ -3,7 +3,7 @@
 // reloads; label sets stay bounded under 10,000 distinct paths; health / status (readiness) /
 // metrics / upstreams / config (redacted) handlers.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { startProxy, waitFor, type ProxyProcess } from "./helpers/proxy.ts";
 import { startUpstream, type Upstream } from "./helpers/upstream.ts";
 import { agentTransportKdl, startAgent, type AgentProcess } from "./helpers/agents.ts";
@@ -196,6 +196,59 @@ describe("metrics listener", () => {
     expect(delta(before, after, "sentinel_requests_total", { route: "app", method: "OTHER" })).toBeGreaterThan(0);
     console.log(`10k distinct paths: ${after.samples.length} samples (${requests.length} request series), ${st.rps.toFixed(0)} req/s`);
   }, 90_000);
+});
+
+/** LISTEN sockets on 127.0.0.1:`port`, from /proc/net/tcp (state 0A), whoever holds them. */
+function listening(port: number): number {
+  const hex = `0100007F:${port.toString(16).toUpperCase().padStart(4, "0")}`;
+  return readFileSync("/proc/net/tcp", "utf8")
+    .split("\n")
+    .filter((l) => {
+      const f = l.trim().split(/\s+/);
+      return f[1] === hex && f[3] === "0A";
+    }).length;
+}
+
+describe("metrics address in use", () => {
+  const small = (metrics: string, listener = "127.0.0.1:0") => `system { graceful-shutdown-timeout-secs 1 }
+listeners { listener "main" { address "${listener}" } }
+upstreams { upstream "app" { target "${up.address}" } }
+routes { route "all" { priority "low"; upstream "app" } }
+observability { metrics { address "${metrics}" } }
+`;
+  const failedToStart = (p: ProxyProcess) => p.logs.map((l) => String(l.raw ?? "")).find((l) => l.startsWith("sentinel: failed to start: "));
+
+  test("a second instance cannot bind it (no SO_REUSEPORT): it exits 1 naming the metrics listener; the first keeps every scrape", async () => {
+    const first = await startProxy(small("127.0.0.1:0"));
+    const second: ProxyProcess[] = [];
+    try {
+      const port = Number(new URL(first.metricsUrl!).port);
+      second.push(await startProxy(small(`127.0.0.1:${port}`), { expectFail: true }));
+      await waitFor(() => second[0]!.proc.exitCode !== null, 10_000, "the second instance to exit");
+      expect(second[0]!.proc.exitCode).toBe(1);
+      expect(failedToStart(second[0]!)).toMatch(new RegExp(`^sentinel: failed to start: metrics listener 127\\.0\\.0\\.1:${port}: .*in use`));
+      expect(listening(port)).toBe(1);
+      for (let i = 0; i < 10; i++) expect((await scrape(first.metricsUrl!)).samples.length).toBeGreaterThan(0);
+
+      // A proxy listener clash says which listener, the same way.
+      const proxyPort = Number(new URL(first.url).port);
+      second.push(await startProxy(small("127.0.0.1:0", `127.0.0.1:${proxyPort}`), { expectFail: true }));
+      await waitFor(() => second[1]!.proc.exitCode !== null, 10_000, "the third instance to exit");
+      expect(second[1]!.proc.exitCode).toBe(1);
+      expect(failedToStart(second[1]!)).toMatch(new RegExp(`^sentinel: failed to start: listener "main" 127\\.0\\.0\\.1:${proxyPort}: `));
+
+      // A reload never rebinds the metrics listener (a restart-only change): an address in use
+      // there is reported as pending a restart, and the running listener stays.
+      writeFileSync(first.configPath, small(up.address));
+      first.proc.kill("SIGHUP");
+      const r = await first.waitForLog((l) => l.msg === "config reloaded");
+      expect(r.restart_required).toEqual(["observability.metrics"]);
+      expect(value(await scrape(first.metricsUrl!), "sentinel_config_restart_pending")).toBe(1);
+      expect(first.proc.exitCode).toBeNull();
+    } finally {
+      await Promise.all([first.stop("SIGKILL"), ...second.map((p) => p.stop("SIGKILL"))]);
+    }
+  }, 30_000);
 });
 
 describe("built-in handlers", () => {

@@ -1,7 +1,8 @@
 // Hot reload through the compiled binary: SIGHUP under steady load (route moved, agent added,
 // agent removed, agent replaced, no-op) with zero failed requests; broken configs rejected with
 // their location while the old config keeps serving; auto-reload of an included file
-// (including a file caught half-written); restart-only changes reported, not applied.
+// (including a file caught half-written), and of a config behind symbolic links swapped the way a
+// Kubernetes ConfigMap update does; restart-only changes reported, not applied.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -299,5 +300,52 @@ ${METRICS}
     const m = await scrape(proxy.metricsUrl!);
     expect(value(m, "sentinel_config_reloads_total", { result: "success" })).toBe(4);
     expect(value(m, "sentinel_config_reloads_total", { result: "failure" })).toBe(1);
+  }, 30_000);
+});
+
+describe("auto-reload through symbolic links", () => {
+  let proxy: ProxyProcess;
+  afterAll(() => proxy?.stop("SIGKILL"));
+
+  test("a Kubernetes ConfigMap update (the ..data symlink swapped by rename) is applied, again and again; so is an edit of a symlink's target", async () => {
+    // The ConfigMap volume layout: sentinel.kdl -> ..data/sentinel.kdl, ..data -> v1/.
+    const dir = tempDir();
+    const sh = (cmd: string) => {
+      const r = Bun.spawnSync(["sh", "-ec", cmd], { cwd: dir });
+      if (r.exitCode !== 0) throw new Error(`${cmd}: ${r.stderr.toString()}`);
+    };
+    const cfg = (up: string) => `system { auto-reload #true; graceful-shutdown-timeout-secs 2 }
+listeners { listener "main" { address "127.0.0.1:0" } }
+upstreams {
+  upstream "u1" { target "${u1.address}" }
+  upstream "u2" { target "${u2.address}" }
+}
+routes { route "all" { priority "low"; upstream "${up}" } }
+`;
+    sh("mkdir v1 && ln -s v1 ..data && ln -s ..data/sentinel.kdl sentinel.kdl");
+    const kubeletUpdate = (version: string, up: string, old: string) => {
+      // What the kubelet does: a new version directory, ..data switched atomically, the old one removed.
+      mkdirSync(join(dir, version));
+      writeFileSync(join(dir, version, "sentinel.kdl"), cfg(up));
+      sh(`ln -s ${version} ..data_tmp && mv -T ..data_tmp ..data && rm -rf ${old}`);
+    };
+    proxy = await startProxy(cfg("u1"), { dir }); // written through the links, into v1/
+    const reloaded = () => proxy.logs.filter((l) => l.msg === "config reloaded" && l.trigger === "file change").length;
+    expect((await get(`${proxy.url}/x`)).body).toBe("ok u1");
+
+    kubeletUpdate("v2", "u2", "v1");
+    await waitFor(() => reloaded() >= 1, 10_000, "auto-reload after ..data moved to v2");
+    expect((await get(`${proxy.url}/x`)).body).toBe("ok u2");
+
+    // The watch follows the links as they are now, not as they were at start.
+    kubeletUpdate("v3", "u1", "v2");
+    await waitFor(() => reloaded() >= 2, 10_000, "auto-reload after ..data moved to v3");
+    expect((await get(`${proxy.url}/x`)).body).toBe("ok u1");
+
+    // An edit in place of the file the links lead to (no event in the link's own directory).
+    writeFileSync(join(dir, "v3", "sentinel.kdl"), cfg("u2"));
+    await waitFor(() => reloaded() >= 3, 10_000, "auto-reload after the link target was edited");
+    expect((await get(`${proxy.url}/x`)).body).toBe("ok u2");
+    expect(proxy.logs.filter((l) => l.msg === "config reload failed; the running configuration stays in force")).toEqual([]);
   }, 30_000);
 });

@@ -6,7 +6,17 @@
 export type LogLevel = "debug" | "info" | "warn" | "error";
 const order: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 40 };
 
-let threshold = order[(process.env.SENTINEL_LOG_LEVEL as LogLevel) ?? "info"] ?? order.info;
+const LEVELS = Object.keys(order) as LogLevel[];
+
+/** A level name as the config reads it (any case, "warning" for warn); undefined if it is none. */
+export function parseLogLevel(name: string): LogLevel | undefined {
+  const n = name.trim().toLowerCase();
+  const level = n === "warning" ? "warn" : n;
+  return LEVELS.includes(level as LogLevel) ? (level as LogLevel) : undefined;
+}
+
+const envLevel = process.env.SENTINEL_LOG_LEVEL || undefined;
+let threshold = order[parseLogLevel(envLevel ?? "info") ?? "info"];
 
 interface ExtraSink {
   write(line: string): void;
@@ -18,7 +28,19 @@ export function setLogLevel(level: LogLevel): void {
 }
 
 export function getLogLevel(): LogLevel {
-  return (Object.keys(order) as LogLevel[]).find((k) => order[k] === threshold) ?? "info";
+  return LEVELS.find((k) => order[k] === threshold) ?? "info";
+}
+
+/**
+ * Say once, on stderr, that SENTINEL_LOG_LEVEL holds no level (a typo would otherwise silently
+ * log at info). Not at import: the entry point decides which process reports it.
+ */
+export function warnInvalidEnvLogLevel(): void {
+  if (envLevel === undefined || parseLogLevel(envLevel) !== undefined) return;
+  log("warn", `SENTINEL_LOG_LEVEL ${JSON.stringify(envLevel)} is not a log level; using info until the config sets one (valid: ${LEVELS.join(", ")})`, {
+    value: envLevel,
+    valid: LEVELS,
+  });
 }
 
 /** Also write lines at or above `level` to `sink` (the error log); undefined to stop. */

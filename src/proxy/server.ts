@@ -9,8 +9,8 @@
 // then gracefully (their own in-flight calls may finish). Anything that fails before the swap
 // leaves the running config untouched.
 import type { Server } from "bun";
-import { watch, writeFileSync, unlinkSync, type FSWatcher } from "node:fs";
-import { dirname, join } from "node:path";
+import { lstatSync, readlinkSync, watch, writeFileSync, unlinkSync, type FSWatcher } from "node:fs";
+import { basename, dirname, isAbsolute, join, resolve } from "node:path";
 import type { ListenerConfig, SentinelConfig } from "../config/types.ts";
 import { formatDiagnostic } from "../config/types.ts";
 import { loadConfig } from "../config/load.ts";
@@ -104,21 +104,33 @@ async function closeLogs(): Promise<void> {
 
 // ---- listeners -------------------------------------------------------------------------------
 
+/** Bind with `bind`; a failure names what failed to bind (Bun's "Is port N in use?" does not). */
+function bindOrThrow<T>(what: string, bind: () => T): T {
+  try {
+    return bind();
+  } catch (err) {
+    throw new Error(`${what}: ${(err as Error)?.message ?? err}`);
+  }
+}
+
 function listen(l: ListenerConfig, config: SentinelConfig, state: ProxyState): Server<unknown> {
   const tls = l.tls ? { cert: Bun.file(l.tls.certFile), key: Bun.file(l.tls.keyFile), ca: l.tls.caFile ? Bun.file(l.tls.caFile) : undefined } : undefined;
-  return Bun.serve({
-    hostname: l.host,
-    port: l.port,
-    reusePort: config.system.workerThreads > 1,
-    development: false,
-    idleTimeout: idleTimeoutSecs(l, config),
-    // Limits are enforced per route while streaming (413); Bun's own 128 MB cap must not apply.
-    maxRequestBodySize: Number.MAX_SAFE_INTEGER,
-    tls,
-    fetch: (req, server) => handleRequest(req, server, l, state),
-    websocket: websocketHandler as never,
-    error: () => errorResponse(500, "-"),
-  });
+  return bindOrThrow(`listener "${l.id}" ${l.address}`, () =>
+    Bun.serve({
+      hostname: l.host,
+      port: l.port,
+      // Only worker processes of one instance share a port (Bun's default would be to share).
+      reusePort: config.system.workerThreads > 1,
+      development: false,
+      idleTimeout: idleTimeoutSecs(l, config),
+      // Limits are enforced per route while streaming (413); Bun's own 128 MB cap must not apply.
+      maxRequestBodySize: Number.MAX_SAFE_INTEGER,
+      tls,
+      fetch: (req, server) => handleRequest(req, server, l, state),
+      websocket: websocketHandler as never,
+      error: () => errorResponse(500, "-"),
+    }),
+  );
 }
 
 function listenMetrics(config: SentinelConfig): Server<unknown> | undefined {
@@ -145,21 +157,23 @@ function listenMetrics(config: SentinelConfig): Server<unknown> | undefined {
   }
   const m = config.observability.metrics;
   if (!m || !m.enabled) return undefined;
-  try {
-    return Bun.serve({
+  // Like a proxy listener, an address in use stops start-up (exit 1): a proxy without the metrics
+  // it was configured with would look healthy and be unobservable.
+  return bindOrThrow(`metrics listener ${m.address}`, () =>
+    Bun.serve({
       hostname: m.host,
       port: m.port,
+      // With `development: false` Bun sets SO_REUSEPORT unless told not to: a second instance
+      // would then bind the same address beside this one and take half of the scrapes.
+      reusePort: false,
       development: false,
       fetch: async (req) => {
         if (new URL(req.url).pathname !== m.path) return new Response("not found\n", { status: 404 });
         return new Response(await registry.metrics(), { headers: { "content-type": registry.contentType, "cache-control": "no-store" } });
       },
       error: () => new Response("internal error\n", { status: 500 }),
-    });
-  } catch (err) {
-    log("error", "metrics listener failed to bind", { address: m.address, error: String((err as Error)?.message ?? err) });
-    return undefined;
-  }
+    }),
+  );
 }
 
 // ---- reload helpers --------------------------------------------------------------------------
@@ -219,6 +233,65 @@ function deferringRegistry(prev: AgentRegistry, next: SentinelConfig, retired: A
     close: (g) => prev.close(g),
     ready: (t) => prev.ready(t),
   };
+}
+
+/** Symbolic links followed while resolving one path at most (the kernel's ELOOP limit). */
+const MAX_SYMLINK_HOPS = 40;
+
+/**
+ * `file` (absolute), every symbolic link met while resolving it, and the file it resolves to. A
+ * Kubernetes ConfigMap volume mounts `main.kdl -> ..data/main.kdl` with `..data -> <version>`,
+ * and an update renames a new `..data` link over the old one: only the directory holding
+ * `..data` sees that event. Where the path does not resolve (yet), it ends at the missing name.
+ */
+function resolutionChain(file: string): string[] {
+  const out = [resolve(file)];
+  let dir = "/"; // resolved so far: no links in it
+  let rest = out[0]!.split("/").filter(Boolean);
+  for (let hops = 0; rest.length > 0; ) {
+    const name = rest.shift()!;
+    if (name === ".") continue;
+    if (name === "..") {
+      dir = dirname(dir);
+      continue;
+    }
+    const path = join(dir, name);
+    let target: string;
+    try {
+      if (!lstatSync(path).isSymbolicLink()) {
+        dir = path;
+        continue;
+      }
+      target = readlinkSync(path);
+    } catch {
+      out.push(path); // missing: its appearance is an event in its directory
+      return [...new Set(out)];
+    }
+    out.push(path);
+    if (++hops > MAX_SYMLINK_HOPS) return [...new Set(out)];
+    if (isAbsolute(target)) dir = "/";
+    rest = [...target.split("/").filter(Boolean), ...rest];
+  }
+  out.push(dir);
+  return [...new Set(out)];
+}
+
+/**
+ * What auto-reload watches for these config files: directory → the names in it whose change is a
+ * config change, and whether any new .kdl there is one too (a file an include glob may match:
+ * the directories of the files as named and as resolved, not those of intermediate links, which
+ * may be busy ones such as /etc).
+ */
+function watchPlan(files: string[]): Map<string, { names: Set<string>; anyKdl: boolean }> {
+  const plan = new Map<string, { names: Set<string>; anyKdl: boolean }>();
+  const entry = (dir: string) => plan.get(dir) ?? plan.set(dir, { names: new Set(), anyKdl: false }).get(dir)!;
+  for (const f of files) {
+    const chain = resolutionChain(f);
+    for (const p of chain) entry(dirname(p)).names.add(basename(p));
+    entry(dirname(chain[0]!)).anyKdl = true;
+    entry(dirname(chain.at(-1)!)).anyKdl = true;
+  }
+  return plan;
 }
 
 function writePidFile(path: string | undefined): void {
@@ -415,13 +488,14 @@ export async function startProxy(config: SentinelConfig): Promise<RunningProxy> 
   };
 
   // ---- auto-reload: watch the directories of every config file (main + includes) ----
+  // …and of every symbolic link on the way to it, and of the file it resolves to (see
+  // watchPlan); re-planned after each reload, so a swapped link is followed.
   let watchers: FSWatcher[] = [];
   let debounce: ReturnType<typeof setTimeout> | undefined;
   function armWatchers(): void {
     for (const w of watchers) w.close();
     watchers = [];
     if (!config.system.autoReload || state.draining) return;
-    const files = new Set(state.current.config.files);
     const trigger = (name: string) => {
       clearTimeout(debounce);
       debounce = setTimeout(() => {
@@ -430,13 +504,12 @@ export async function startProxy(config: SentinelConfig): Promise<RunningProxy> 
         void reload("file change");
       }, AUTO_RELOAD_DEBOUNCE_MS);
     };
-    for (const dir of new Set([...files].map((f) => dirname(f)))) {
+    for (const [dir, { names, anyKdl }] of watchPlan(state.current.config.files)) {
       try {
         const w = watch(dir, (_ev, name) => {
           if (!name) return trigger(dir);
-          const full = join(dir, String(name));
-          // Known config files, and any .kdl (a new file matched by an include glob).
-          if (files.has(full) || String(name).endsWith(".kdl")) trigger(full);
+          // Known config files and links, and any .kdl (a new file matched by an include glob).
+          if (names.has(String(name)) || (anyKdl && String(name).endsWith(".kdl"))) trigger(join(dir, String(name)));
         });
         w.on("error", (err) => log("warn", "config watcher failed", { dir, error: String(err) }));
         watchers.push(w);
