@@ -91,12 +91,17 @@ observability { metrics { address "127.0.0.1:0" } }
   }, 30_000);
 
   test("the grace period bounds the drain: a request longer than it is cut, exit is still 0", async () => {
-    const proxy = await startProxy(`
+    const dir = tempDir();
+    const proxy = await startProxy(
+      `
 system { graceful-shutdown-timeout-secs 1 }
 listeners { listener "main" { address "127.0.0.1:0" } }
 upstreams { upstream "u" { target "${up.address}" } }
 routes { route "all" { priority "low"; upstream "u" } }
-`);
+observability { logging { access-log { file "access.jsonl"; format "json" } } }
+`,
+      { dir },
+    );
     const slow = fetch(`${proxy.url}/slow?ms=10000`).then(
       (r) => r.status,
       () => "cut",
@@ -108,6 +113,10 @@ routes { route "all" { priority "low"; upstream "u" } }
     expect(Date.now() - t0).toBeLessThan(3500);
     await waitFor(() => proxy.logs.some((l) => l.msg === "grace period over; aborting remaining requests"), 3000, "grace warning");
     expect(await slow).not.toBe(200);
+    // The proxy cut it, not the client: said so in its access line and in the final count.
+    expect(proxy.logs.find((l) => l.msg === "sentinel stopped")?.aborted).toBe(1);
+    const line = readFileSync(join(dir, "access.jsonl"), "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l)).find((l) => l.path === "/slow");
+    expect(line).toMatchObject({ status: 503, error: "aborted by the proxy: the shutdown grace period ended", target: up.address });
   }, 15_000);
 });
 

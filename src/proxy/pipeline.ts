@@ -44,8 +44,13 @@ import { rejectedRequests } from "../observability/metrics.ts";
 export interface ProxyState {
   current: Runtime;
   draining: boolean;
+  /** The shutdown grace period is over: requests still in flight are being cut by the proxy. */
+  aborting?: boolean;
   inFlight: number;
 }
+
+/** What the log says of a request the proxy cut at the end of the shutdown grace period. */
+const SHUTDOWN_ABORT = "aborted by the proxy: the shutdown grace period ended";
 
 /** Methods whose requests Bun.serve hands over without a body (one that declares a body is a 400). */
 const BODYLESS_METHODS = new Set(["GET", "HEAD"]);
@@ -379,6 +384,11 @@ function finish(ctx: RequestContext, state: ProxyState): void {
     // A body limit crossed after the upstream had answered: nothing will drain the rest.
     ctx.bodyRest.cancel().catch(() => {});
     ctx.bodyRest = undefined;
+  }
+  if (state.aborting && (ctx.status === 499 || ctx.error !== undefined)) {
+    // Not the client: the proxy closed the connection (logged as unavailable, not as 499).
+    if (ctx.status === 499) ctx.status = 503;
+    ctx.error = SHUTDOWN_ABORT;
   }
   const durationMs = performance.now() - ctx.startedAt;
   logRequest(ctx, durationMs);

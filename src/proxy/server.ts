@@ -537,7 +537,11 @@ export async function startProxy(config: SentinelConfig): Promise<RunningProxy> 
       for (const ws of openSockets) ws.close(1001, "server shutting down");
       while (state.inFlight > 0 && Date.now() < deadline) await Bun.sleep(25);
       await Promise.race([Promise.all(stopped), Bun.sleep(Math.max(0, deadline - Date.now()))]);
-      if (state.inFlight > 0) log("warn", "grace period over; aborting remaining requests", { in_flight: state.inFlight });
+      const aborted = Math.max(0, state.inFlight);
+      if (aborted > 0) {
+        log("warn", "grace period over; aborting remaining requests", { in_flight: aborted });
+        state.aborting = true; // their log lines say so (pipeline.ts), rather than "client went away"
+      }
       for (const s of servers) s.stop(true);
       stopProcessMetrics();
       stopHealthChecks(state.current);
@@ -551,7 +555,7 @@ export async function startProxy(config: SentinelConfig): Promise<RunningProxy> 
       await Promise.all([state.current.agents.close(agentGrace), ...retired.map((a) => a.close(agentGrace))]);
       metricsServer?.stop(true);
       removePidFile(config.system.pidFile);
-      log("info", "sentinel stopped", { aborted: Math.max(0, state.inFlight) });
+      log("info", "sentinel stopped", { aborted });
       setErrorLogSink(undefined);
       await closeLogs();
     })();
