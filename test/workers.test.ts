@@ -89,6 +89,53 @@ observability { metrics { enabled #true; address "127.0.0.1:0" } }
     await waitFor(async () => (await (await fetch(url)).text()).includes("sentinel_metrics_workers_missing 0"), 5000, "both workers in the scrape again");
   });
 
+  test("aggregated counters and histograms never go down when a worker restarts (a dead worker's last scraped values are kept)", async () => {
+    const url = String(proxy.logs.find((l) => l.msg === "sentinel supervisor started")!.metrics);
+    const scrape = async () => {
+      const text = await (await fetch(url)).text();
+      let requests = 0;
+      for (const m of text.matchAll(/^sentinel_requests_total\{[^}]*route="all"[^}]*\} (\d+)/gm)) requests += Number(m[1]);
+      const durations = Number(/^sentinel_request_duration_seconds_count\{route="all"\} (\d+)/m.exec(text)?.[1] ?? 0);
+      return { requests, durations, text };
+    };
+    await waitFor(async () => (await scrape()).text.includes("sentinel_metrics_workers_missing 0"), 5000, "both workers in the scrape");
+    const before = await scrape();
+    // The earlier tests' 100 requests: the previous test's kill lost none of them.
+    expect(before.requests).toBeGreaterThanOrEqual(100);
+    expect(before.durations).toBe(before.requests);
+    // The other original worker (the previous test replaced the first): after this, every count
+    // in `before` was made by a process that is gone, and each worker served some of them.
+    const victim = Number(started()[1]!.pid);
+    process.kill(victim, "SIGKILL");
+    let lowest = { requests: Infinity, durations: Infinity };
+    await waitFor(
+      async () => {
+        const now = await scrape();
+        lowest = { requests: Math.min(lowest.requests, now.requests), durations: Math.min(lowest.durations, now.durations) };
+        return started().length >= 4 && now.text.includes("sentinel_metrics_workers_missing 0");
+      },
+      10_000,
+      "the second replacement in the scrape",
+    );
+    expect(lowest).toEqual({ requests: before.requests, durations: before.durations });
+    // New requests add to what the dead workers left.
+    for (let i = 0; i < 10; i++) await (await fetch(proxy.url, { headers: { connection: "close" } })).text();
+    await waitFor(async () => (await scrape()).requests === before.requests + 10, 5000, "10 more requests counted");
+  });
+
+  test("process metrics in the aggregate: the supervisor's start time, the smallest fd limit", async () => {
+    const url = String(proxy.logs.find((l) => l.msg === "sentinel supervisor started")!.metrics);
+    const text = await (await fetch(url)).text();
+    const start = Number(/^sentinel_process_start_time_seconds (\d+)/m.exec(text)?.[1]);
+    // The supervisor started before its workers, the earliest of which is still up.
+    const bootTicks = Number(readFileSync(`/proc/${proxy.proc.pid}/stat`, "utf8").split(") ")[1]!.split(" ")[19]);
+    const btime = Number(/^btime (\d+)/m.exec(readFileSync("/proc/stat", "utf8"))![1]);
+    expect(Math.abs(start - (btime + bootTicks / 100))).toBeLessThanOrEqual(2);
+    // Every worker inherits the supervisor's limit: the aggregate is that limit, not N times it.
+    const limit = Number(/^Max open files\s+(\d+)/m.exec(readFileSync(`/proc/${proxy.proc.pid}/limits`, "utf8"))![1]);
+    expect(text).toMatch(new RegExp(`^sentinel_process_max_fds ${limit}$`, "m"));
+  });
+
   test("SIGTERM drains the workers, removes the pid-file and exits 0", async () => {
     expect(await proxy.stop("SIGTERM")).toBe(0);
     expect(existsSync(pidFile)).toBe(false);
@@ -216,6 +263,107 @@ routes { route "all" { matches { path-prefix "/" }; upstream "u" } }
       expect(await fetch(proxy.url).then((r) => r.status, () => "refused")).toBe("refused");
     } finally {
       for (const pid of proxy.logs.filter((l) => l.msg === "sentinel started").map((l) => Number(l.pid))) if (alive(pid)) process.kill(pid, "SIGKILL");
+      upstream.stop(true);
+    }
+  }, 30_000);
+});
+
+describe("a config file made invalid on disk", () => {
+  test("a worker that then keeps failing at start is retried with capped backoff while the other serves, and starts once the file is valid", async () => {
+    const { writeFileSync } = await import("node:fs");
+    const upstream = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response("ok") });
+    const proxy = await startProxy(`
+system { worker-threads 2 }
+listeners { listener "main" { address "127.0.0.1:0" } }
+upstreams { upstream "u" { target "127.0.0.1:${upstream.port}" } }
+routes { route "all" { matches { path-prefix "/" }; upstream "u" } }
+`);
+    const started = () => proxy.logs.filter((l) => l.msg === "sentinel started");
+    const retries = () => proxy.logs.filter((l) => l.msg === "worker keeps failing at start; retrying while the other workers serve");
+    try {
+      await waitFor(() => started().length >= 2, 10_000, "both workers started");
+      const good = readFileSync(proxy.configPath, "utf8");
+      writeFileSync(proxy.configPath, good + "\nroutes {\n");
+      proxy.proc.kill("SIGHUP");
+      await waitFor(() => proxy.logs.filter((l) => l.msg === "config reload failed; the running configuration stays in force").length >= 2, 10_000, "both workers reject the reload");
+      // Killed young, like the other worker (both well under 2 s old): a worker just started
+      // counts as running, so the rule below does not hinge on the other one's age.
+      process.kill(Number(started()[0]!.pid), "SIGKILL");
+      // Its replacements read the invalid file and exit at once, again and again (5 quick failures
+      // used to stop the healthy worker too and exit 1: the port went dark).
+      await waitFor(() => retries().length >= 2 || proxy.proc.exitCode !== null, 20_000, "two retries past the fifth quick failure");
+      expect(proxy.proc.exitCode).toBeNull();
+      expect(proxy.logs.some((l) => l.msg === "worker keeps failing at start; stopping")).toBe(false);
+      expect(retries().every((l) => l.level === "error" && Number(l.restart_in_ms) <= 5000)).toBe(true);
+      expect((await fetch(proxy.url)).status).toBe(200);
+      // Fixed on disk: the next retry starts a worker (the backoff is capped at 5 s).
+      writeFileSync(proxy.configPath, good);
+      await waitFor(() => started().length >= 3, 10_000, "a replacement worker once the file is valid");
+      expect((await fetch(proxy.url)).status).toBe(200);
+      expect(await proxy.stop("SIGTERM")).toBe(0);
+    } finally {
+      await proxy.stop("SIGKILL");
+      upstream.stop(true);
+    }
+  }, 60_000);
+});
+
+describe("a second instance on the same port", () => {
+  test("is refused at startup in worker mode, as in single-process mode, instead of sharing the port through reusePort", async () => {
+    const upstream = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response("first") });
+    const spare = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+    const port = spare.port;
+    spare.stop(true);
+    const config = `
+system { worker-threads 2 }
+listeners { listener "main" { address "127.0.0.1:${port}" } }
+upstreams { upstream "u" { target "127.0.0.1:${upstream.port}" } }
+routes { route "all" { matches { path-prefix "/" }; upstream "u" } }
+`;
+    const first = await startProxy(config);
+    let second: ProxyProcess | undefined;
+    try {
+      await waitFor(() => first.logs.filter((l) => l.msg === "sentinel started").length >= 2, 10_000, "both workers of the first instance");
+      second = await startProxy(config, { expectFail: true });
+      const code = await Promise.race([second.proc.exited, Bun.sleep(10_000).then(() => "still running")]);
+      expect(code).toBe(1);
+      const err = second.logs.map((l) => String(l.raw ?? l.msg)).find((m) => m.includes("failed to start"));
+      expect(err).toContain(`127.0.0.1:${port}`);
+      expect(second.logs.some((l) => l.msg === "sentinel started")).toBe(false);
+      expect(await (await fetch(`http://127.0.0.1:${port}/`)).text()).toBe("first");
+    } finally {
+      await second?.stop("SIGKILL");
+      await first.stop();
+      upstream.stop(true);
+    }
+  }, 30_000);
+
+  test("a second supervisor on the same metrics address is refused at startup (no SO_REUSEPORT on the metrics listener)", async () => {
+    const upstream = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response("first") });
+    const spare = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+    const metricsPort = spare.port;
+    spare.stop(true);
+    const config = (proxyPort: number) => `
+system { worker-threads 2 }
+listeners { listener "main" { address "127.0.0.1:${proxyPort}" } }
+upstreams { upstream "u" { target "127.0.0.1:${upstream.port}" } }
+routes { route "all" { matches { path-prefix "/" }; upstream "u" } }
+observability { metrics { address "127.0.0.1:${metricsPort}" } }
+`;
+    const first = await startProxy(config(0));
+    let second: ProxyProcess | undefined;
+    try {
+      await waitFor(() => first.logs.filter((l) => l.msg === "sentinel started").length >= 2, 10_000, "both workers of the first instance");
+      second = await startProxy(config(0), { expectFail: true });
+      const code = await Promise.race([second.proc.exited, Bun.sleep(10_000).then(() => "still running")]);
+      expect(code).toBe(1);
+      const err = second.logs.map((l) => String(l.raw ?? l.msg)).find((m) => m.includes("failed to start"));
+      expect(err).toContain(`metrics listener 127.0.0.1:${metricsPort}`);
+      expect(second.logs.some((l) => l.msg === "sentinel started")).toBe(false);
+      for (let i = 0; i < 5; i++) expect((await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).status).toBe(200);
+    } finally {
+      await second?.stop("SIGKILL");
+      await first.stop();
       upstream.stop(true);
     }
   }, 30_000);

@@ -6,13 +6,20 @@
 // connections over the workers. The supervisor
 //   - forwards SIGTERM/SIGINT (graceful drain) and SIGHUP (reload: every worker re-reads the
 //     file) to every worker, and exits once they have all exited (0, or 1 if one failed);
-//   - restarts a worker that exits unexpectedly (backoff 100 ms doubling to 5 s), and gives up
-//     (stopping the others, exit 1) when a worker cannot stay up 2 s five times in a row;
+//   - restarts a worker that exits unexpectedly (backoff 100 ms doubling to 5 s). A worker that
+//     cannot stay up 2 s five times in a row (e.g. the file on disk was made invalid: a restarted
+//     worker reads it) is retried at the capped backoff for as long as another worker runs: a
+//     bad file must not take down a serving proxy. Only when no other runs does it give up
+//     (stopping the others, exit 1), e.g. when every worker fails at startup;
+//   - checks before spawning that each fixed-port listener's address is free (bound once
+//     without reusePort): reusePort would otherwise let a second instance share the port;
 //   - owns the pid-file; listeners configured with port 0 get one free port chosen up front,
 //     shared by all workers.
 // Metrics: the supervisor binds the configured metrics listener and answers a scrape with the
 // aggregate of every worker's registry (src/observability/aggregate.ts), fetched from a Unix
-// socket each worker serves in a private directory (0700) the supervisor creates.
+// socket each worker serves in a private directory (0700) the supervisor creates. The counters
+// and histograms last scraped from a worker that exited stay in the aggregate, so that they
+// never go down when a worker restarts.
 // Per worker, not shared: circuit breakers, health state, balancing state and the agent
 // connections (every worker connects to every agent). An agent's max-concurrent-calls is shared:
 // each worker admits its part (shareWorkerLimits).
@@ -26,7 +33,7 @@ import { join } from "node:path";
 import type { Subprocess } from "bun";
 import type { SentinelConfig } from "../config/types.ts";
 import { log } from "../observability/log.ts";
-import { aggregateMetrics } from "../observability/aggregate.ts";
+import { aggregateMetrics, retainCounters, startTimeMetric, type MetricJSON } from "../observability/aggregate.ts";
 import { shareAgentConcurrency } from "../agents/agent.ts";
 
 const ENV_WORKER = "SENTINEL_WORKER";
@@ -156,6 +163,31 @@ function choosePorts(config: SentinelConfig): string {
   return out.join(",");
 }
 
+/**
+ * Before spawning: every listener with a fixed port must be free. The workers bind with
+ * reusePort, which would let them share the port with another Sentinel's workers (traffic split
+ * between two proxies); one bind without it fails as single-process mode does. Exits 1 if taken.
+ */
+function checkAddressesFree(config: SentinelConfig): void {
+  for (const l of config.listeners) {
+    if (l.port === 0) continue; // choosePorts picks a free one
+    try {
+      Bun.listen({ hostname: l.host, port: l.port, socket: { data() {} } }).stop(true);
+    } catch (err) {
+      const reason = String((err as Error)?.message ?? err);
+      process.stderr.write(`sentinel: failed to start: listener "${l.id}" cannot bind ${l.address} (${reason}). Is port ${l.port} in use?\n`);
+      process.exit(1);
+    }
+  }
+}
+
+/** A worker that exits before it has been up this long failed at start. */
+const STARTED_MS = 2_000;
+/** Quick failures in a row after which a worker "keeps failing at start". */
+const QUICK_FAILURES = 5;
+const BACKOFF_FIRST_MS = 100;
+const BACKOFF_MAX_MS = 5_000;
+
 interface Slot {
   index: number;
   proc: Subprocess | null;
@@ -168,14 +200,15 @@ interface Slot {
 export function superviseWorkers(config: SentinelConfig): void {
   const n = workerCount(config);
   const cmd = selfCommand();
+  checkAddressesFree(config);
   const ports = choosePorts(config);
   const fixedConfig = JSON.stringify({ listeners: config.listeners, system: config.system, metrics: config.observability.metrics });
   const pidFile = config.system.pidFile;
-  if (pidFile) writeFileSync(pidFile, `${process.pid}\n`);
   let stopping = false;
   let failed = false;
-  const slots: Slot[] = Array.from({ length: n }, (_, i) => ({ index: i + 1, proc: null, startedAt: 0, quickFailures: 0, backoffMs: 100 }));
-  const metrics = serveAggregatedMetrics(config, slots);
+  const slots: Slot[] = Array.from({ length: n }, (_, i) => ({ index: i + 1, proc: null, startedAt: 0, quickFailures: 0, backoffMs: BACKOFF_FIRST_MS }));
+  const metrics = serveAggregatedMetrics(config, slots); // exits 1 if its address is taken
+  if (pidFile) writeFileSync(pidFile, `${process.pid}\n`);
 
   const finish = () => {
     if (slots.some((s) => s.proc !== null)) return;
@@ -208,6 +241,13 @@ export function superviseWorkers(config: SentinelConfig): void {
     finish();
   };
 
+  /**
+   * Whether a worker other than `s` is running. One that was just restarted counts too: it is
+   * most likely healthy, and if it is not, it fails within its first attempts and the next
+   * quick failure of either one finds no other running (they fail far shorter than they wait).
+   */
+  const othersRunning = (s: Slot) => slots.some((o) => o !== s && o.proc !== null);
+
   const spawn = (s: Slot) => {
     s.startedAt = performance.now();
     const proc = Bun.spawn(cmd, {
@@ -219,23 +259,29 @@ export function superviseWorkers(config: SentinelConfig): void {
     s.proc = proc;
     void proc.exited.then((code) => {
       s.proc = null;
+      metrics?.retire(proc);
       if (stopping) {
         if (code !== 0) failed = true;
         return finish();
       }
       const upMs = performance.now() - s.startedAt;
-      s.quickFailures = upMs < 2000 ? s.quickFailures + 1 : 0;
-      if (upMs >= 2000) s.backoffMs = 100;
-      if (s.quickFailures >= 5) {
+      s.quickFailures = upMs < STARTED_MS ? s.quickFailures + 1 : 0;
+      if (upMs >= STARTED_MS) s.backoffMs = BACKOFF_FIRST_MS;
+      const fields = { worker: s.index, exit_code: code, signal: proc.signalCode, restart_in_ms: s.backoffMs };
+      if (s.quickFailures < QUICK_FAILURES) log("warn", "worker exited; restarting", fields);
+      else if (othersRunning(s))
+        // Typically the file on disk was made invalid after the last good reload: the others
+        // still serve the config they have, so keep them, and keep trying this one.
+        log("error", "worker keeps failing at start; retrying while the other workers serve", { ...fields, quick_failures: s.quickFailures });
+      else {
         log("error", "worker keeps failing at start; stopping", { worker: s.index, exit_code: code });
         failed = true;
         return stop("SIGTERM");
       }
-      log("warn", "worker exited; restarting", { worker: s.index, exit_code: code, signal: proc.signalCode, restart_in_ms: s.backoffMs });
       setTimeout(() => {
         if (!stopping) spawn(s);
       }, s.backoffMs);
-      s.backoffMs = Math.min(s.backoffMs * 2, 5000);
+      s.backoffMs = Math.min(s.backoffMs * 2, BACKOFF_MAX_MS);
     });
   };
 
@@ -252,21 +298,43 @@ export function superviseWorkers(config: SentinelConfig): void {
 /** Per-worker scrape limit: a worker that does not answer in time is left out of that scrape. */
 const WORKER_SCRAPE_TIMEOUT_MS = 2_000;
 
+/** What the supervisor last scraped from one worker process, and from which scrape. */
+interface Seen {
+  seq: number;
+  metrics: MetricJSON[];
+}
+
 /**
  * The configured metrics listener, in the supervisor: every scrape fetches each running worker's
  * registry (JSON over its Unix socket) and answers with the aggregate. A worker that is
  * restarting or does not answer within 2 s is left out (and counted in
  * sentinel_metrics_workers_missing), so a scrape never hangs on one worker.
+ * When a worker exits (`retire`), the counters and histograms of the last registry scraped from
+ * it are kept and added to every later scrape: a worker's counts cannot be read once it is dead,
+ * and without them the aggregate would go down, which Prometheus reads as a counter reset. What
+ * the worker counted after that last scrape is lost, but never what a scrape already reported.
  */
-function serveAggregatedMetrics(config: SentinelConfig, slots: Slot[]): { dir: string; url: string; close(): void } | null {
+function serveAggregatedMetrics(config: SentinelConfig, slots: Slot[]): { dir: string; url: string; retire(proc: Subprocess): void; close(): void } | null {
   const m = config.observability.metrics;
   if (!m || !m.enabled) return null;
   const dir = mkdtempSync(join(tmpdir(), "sentinel-metrics-"));
-  const scrape = async (s: Slot): Promise<unknown[] | null> => {
-    if (s.proc === null) return null;
+  const startTime = startTimeMetric(Math.round(Date.now() / 1000 - process.uptime()));
+  const seen = new Map<Subprocess, Seen>();
+  let retired: MetricJSON[] = [];
+  let scrapes = 0;
+  const scrape = async (s: Slot): Promise<{ proc: Subprocess; metrics: MetricJSON[] } | null> => {
+    const proc = s.proc;
+    if (proc === null) return null;
+    const seq = ++scrapes;
     try {
       const r = await fetch("http://worker/metrics.json", { unix: metricsSocketPath(dir, s.index), signal: AbortSignal.timeout(WORKER_SCRAPE_TIMEOUT_MS) } as RequestInit);
-      return r.ok ? ((await r.json()) as unknown[]) : null;
+      if (!r.ok) return null;
+      const metrics = (await r.json()) as MetricJSON[];
+      // Exited meanwhile: its counters are in `retired` already, from the scrape before.
+      if (s.proc !== proc) return null;
+      // Concurrent scrapes may answer out of order: keep the latest one asked.
+      if ((seen.get(proc)?.seq ?? 0) < seq) seen.set(proc, { seq, metrics });
+      return { proc, metrics };
     } catch {
       return null;
     }
@@ -276,23 +344,36 @@ function serveAggregatedMetrics(config: SentinelConfig, slots: Slot[]): { dir: s
     server = Bun.serve({
       hostname: m.host,
       port: m.port,
+      // With `development: false` Bun sets SO_REUSEPORT unless told not to: a second instance
+      // would bind the same address beside this one and take half of the scrapes.
+      reusePort: false,
       development: false,
       fetch: async (req) => {
         if (new URL(req.url).pathname !== m.path) return new Response("not found\n", { status: 404 });
         const parts = await Promise.all(slots.map(scrape));
-        const present = parts.filter((p): p is unknown[] => p !== null);
-        const registry = aggregateMetrics(present as never);
+        // Checked again once every answer is in: a worker that exited while another was
+        // scraped is counted through `retired` only, not twice.
+        const present = parts.filter((p) => p !== null && slots.some((s) => s.proc === p.proc)).map((p) => p!.metrics);
+        const registry = aggregateMetrics([...present, retired, startTime]);
         const missing = `# HELP sentinel_metrics_workers_missing Worker processes left out of this scrape (restarting or not answering).\n# TYPE sentinel_metrics_workers_missing gauge\nsentinel_metrics_workers_missing ${slots.length - present.length}\n`;
         return new Response((await registry.metrics()) + "\n" + missing, { headers: { "content-type": registry.contentType, "cache-control": "no-store" } });
       },
       error: () => new Response("internal error\n", { status: 500 }),
     });
   } catch (err) {
-    log("error", "metrics listener failed to bind", { address: m.address, error: String((err as Error)?.message ?? err) });
+    // As in single-process mode (server.ts): an address in use stops start-up, before any worker.
+    process.stderr.write(`sentinel: failed to start: metrics listener ${m.address}: ${(err as Error)?.message ?? err}\n`);
+    rmSync(dir, { recursive: true, force: true });
+    process.exit(1);
   }
   return {
     dir,
     url: server ? `http://${m.host}:${server.port}${m.path}` : "",
+    retire(proc) {
+      const last = seen.get(proc);
+      seen.delete(proc);
+      if (last) retired = retainCounters(retired, last.metrics);
+    },
     close() {
       server?.stop(true);
       rmSync(dir, { recursive: true, force: true });
