@@ -36,6 +36,8 @@ observability { metrics { enabled #true; address "127.0.0.1:0" } }
     expect(readFileSync(pidFile, "utf8").trim()).toBe(String(proxy.proc.pid));
     const s = started();
     expect(new Set(s.map((l) => l.pid)).size).toBe(2);
+    expect(s.map((l) => l.worker).sort()).toEqual([1, 2]); // every worker line names its worker
+    expect(sup.worker).toBeUndefined();
     expect(new Set(s.map((l) => JSON.stringify(l.listeners))).size).toBe(1);
     // The supervisor binds the metrics listener; the workers do not.
     expect(s.filter((l) => l.metrics !== null).length).toBe(0);

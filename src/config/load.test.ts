@@ -115,6 +115,9 @@ describe("helpers", () => {
     expect(parseSize(4096)).toBe(4096);
     expect(parseSize("1.5MB")).toBe(1572864);
     for (const bad of ["", "MB", "10XB", "10 M B", "-1", "10ib", 1.5, true, null]) expect(parseSize(bad as never)).toBeUndefined();
+    // Past 2^53 bytes a size is not exact and no limit in practice: refused, not silently huge.
+    expect(parseSize("8191TB")).toBe(8191 * 1024 ** 4);
+    for (const huge of ["99999999999999999999GB", "9999999999999999999999", 2 ** 60]) expect(parseSize(huge as never)).toBeUndefined();
   });
 
   test("parseHostPort", () => {
@@ -721,7 +724,7 @@ describe("routes", () => {
       "main.kdl:13:68: route 'g' retry-policy: 'max-attempts' must be between 1 and 100, got 0",
       "main.kdl:13:84: route 'g' retry-policy: backoff-base-ms (5000) is larger than backoff-max-ms (2000)",
       "main.kdl:13:120: route 'g' policies: 'timeout-secs' must be >= 1, got 0",
-      'main.kdl:13:136: route \'g\' policies: \'max-body-size\' expects a size such as 1048576, "512KB", "10MB" or "1GiB", got string "lots"',
+      'main.kdl:13:136: route \'g\' policies: \'max-body-size\' expects a size such as 1048576, "512KB", "10MB" or "1GiB" (at most 8 PiB), got string "lots"',
       'main.kdl:13:158: route \'g\' policies: invalid failure-mode "maybe"; valid values: open, fail-open, fail_open, closed, fail-closed, fail_closed',
       "main.kdl:14:88: route 'h' policies request-headers set: value of 'X-A' contains CR, LF or NUL",
       "main.kdl:15:80: not supported yet: route websocket max-message-size-bytes",

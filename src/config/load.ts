@@ -162,14 +162,15 @@ const HEADER_VALUE_BAD_RE = /[\r\n\0]/;
 
 /** Parse "10MB", "1MiB", "512KB", "1024" (bytes). K/M/G/T units are binary (1 MB = 1 MiB = 2^20). */
 export function parseSize(v: KdlValue): number | undefined {
-  if (typeof v === "number") return Number.isInteger(v) && v >= 0 ? v : undefined;
+  if (typeof v === "number") return Number.isInteger(v) && v >= 0 && v <= Number.MAX_SAFE_INTEGER ? v : undefined;
   if (typeof v !== "string") return undefined;
   const m = /^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)(b?)\s*$/i.exec(v);
   if (!m) return undefined;
   if (m[3] && !m[2]) return undefined; // "10ib"
   const mult = { "": 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 }[m[2]!.toLowerCase()]!;
   const n = Number(m[1]) * mult;
-  return Number.isFinite(n) ? Math.round(n) : undefined;
+  // Beyond 2^53 bytes a size is no longer exact (and no limit at all in practice): refused.
+  return Number.isFinite(n) && n <= Number.MAX_SAFE_INTEGER ? Math.round(n) : undefined;
 }
 
 interface HostPort {
@@ -426,7 +427,7 @@ class Reader {
     if (v === undefined) return undefined;
     const b = parseSize(v);
     if (b === undefined) {
-      this.d.error(n, `${where}: '${n.name}' expects a size such as 1048576, "512KB", "10MB" or "1GiB", got ${describe(v)}`);
+      this.d.error(n, `${where}: '${n.name}' expects a size such as 1048576, "512KB", "10MB" or "1GiB" (at most 8 PiB), got ${describe(v)}`);
       return undefined;
     }
     if (b < min) {

@@ -48,13 +48,19 @@ export function setErrorLogSink(sink: ExtraSink | undefined, level: LogLevel = "
   extra = sink ? { sink, threshold: order[level] ?? order.warn } : undefined;
 }
 
+/**
+ * In a worker process (`worker-threads N`, src/proxy/workers.ts), its index on every line, so
+ * that the N copies of a reload's lines can be told apart; undefined in a single process.
+ */
+const WORKER = Number(process.env.SENTINEL_WORKER) > 0 ? Number(process.env.SENTINEL_WORKER) : undefined;
+
 export function log(level: LogLevel, msg: string, fields?: Record<string, unknown>): void {
   const n = order[level];
   const toExtra = extra !== undefined && n >= extra.threshold;
   if (n < threshold && !toExtra) return;
   let line: string;
   try {
-    line = JSON.stringify({ time: new Date().toISOString(), level, msg, ...fields });
+    line = JSON.stringify({ time: new Date().toISOString(), level, msg, ...(WORKER !== undefined ? { worker: WORKER } : undefined), ...fields });
   } catch {
     line = JSON.stringify({ time: new Date().toISOString(), level, msg });
   }
