@@ -387,7 +387,7 @@ class AgentImpl implements Agent {
           permit.release();
           return ABORTED_RESULT;
         }
-        if (error === null && outcome !== ABORTED) return this.answered(outcome, started, permit);
+        if (error === null && outcome !== ABORTED) return this.answered(event, outcome, started, permit);
         const te = error instanceof TransportError ? error : null;
         const kind: AgentFailureKind = te ? te.kind : "protocol";
         const message = error instanceof Error ? error.message : String(error);
@@ -419,8 +419,8 @@ class AgentImpl implements Agent {
    * A call that got an answer: latency and decision metrics, breaker success. An answer the proxy
    * may not apply (replyProblem) is a protocol failure instead, counted as such everywhere.
    */
-  private answered(reply: AgentReply, started: number, permit: { success(): void; failure(): void }): AgentCallResult {
-    const problem = replyProblem(reply);
+  private answered(event: AgentEvent, reply: AgentReply, started: number, permit: { success(): void; failure(): void }): AgentCallResult {
+    const problem = replyProblem(reply, event);
     if (problem !== null) {
       permit.failure();
       return this.fail("protocol", `agent ${this.id}: invalid answer: ${problem}`);
@@ -503,7 +503,7 @@ class AgentImpl implements Agent {
           return ABORTED_RESULT;
         }
         if (error === null && outcome !== ABORTED) {
-          const answer = this.answered(outcome, started, permit);
+          const answer = this.answered(event, outcome, started, permit);
           if (!answer.ok) ep.m!.errors.protocol.inc(); // an answer it may not apply
           return answer;
         }

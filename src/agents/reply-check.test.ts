@@ -1,0 +1,56 @@
+import { describe, expect, test } from "bun:test";
+import { replyProblem } from "./reply-check.ts";
+import type { AgentEvent, AgentReply } from "./types.ts";
+
+const reply = (over: Partial<AgentReply> = {}): AgentReply =>
+  ({
+    correlationId: "c1",
+    decision: { kind: "allow" },
+    requestHeaders: [],
+    responseHeaders: [],
+    routingMetadata: {},
+    audit: { tags: [], ruleIds: [], confidence: null, reasonCodes: [], custom: {} },
+    needsMore: false,
+    requestBodyMutation: null,
+    responseBodyMutation: null,
+    ...over,
+  }) as AgentReply;
+const headers = { type: "request_headers", correlationId: "c1" } as unknown as AgentEvent;
+const chunk = (type: "request_body_chunk" | "response_body_chunk", chunkIndex: number) =>
+  ({ type, correlationId: "c1", data: new Uint8Array(1), isLast: false, totalSize: null, chunkIndex, bytesTransferred: 1 }) as unknown as AgentEvent;
+
+describe("replyProblem", () => {
+  test("a valid allow, with ordinary mutations, passes", () => {
+    expect(replyProblem(reply({ requestHeaders: [{ op: "set", name: "x-user", value: "alice" }], responseHeaders: [{ op: "remove", name: "server" }] }), headers)).toBeNull();
+  });
+
+  test("a mutation of a hop-by-hop or framing header, or an invalid name or value, is refused", () => {
+    for (const op of [
+      { op: "set", name: "te", value: "x" },
+      { op: "remove", name: "Transfer-Encoding" },
+      { op: "set", name: "content-length", value: "1" },
+      { op: "set", name: "host", value: "evil" },
+      { op: "set", name: "x bad", value: "v" },
+      { op: "set", name: "x-ok", value: "a\r\nb" },
+    ] as const) {
+      expect(replyProblem(reply({ requestHeaders: [op] }), headers)).not.toBeNull();
+      expect(replyProblem(reply({ responseHeaders: [op] }), headers)).not.toBeNull();
+    }
+  });
+
+  test("a redirect only to a same-origin path or an http(s) URL", () => {
+    for (const url of ["/login", "https://example.com/x", "http://a/"]) expect(replyProblem(reply({ decision: { kind: "redirect", url, status: 302 } }), headers)).toBeNull();
+    for (const url of ["javascript:alert(1)", "//evil.example", "/\\evil", "data:text/html,x", "not a url"])
+      expect(replyProblem(reply({ decision: { kind: "redirect", url, status: 302 } }), headers)).toContain("unsafe");
+  });
+
+  test("a body replacement must name the chunk it answers; keeping the chunk (data null) names any", () => {
+    const data = new Uint8Array([1]);
+    expect(replyProblem(reply({ requestBodyMutation: { data, chunkIndex: 3 } }), chunk("request_body_chunk", 3))).toBeNull();
+    expect(replyProblem(reply({ requestBodyMutation: { data, chunkIndex: 7 } }), chunk("request_body_chunk", 0))).toContain("chunk 7");
+    expect(replyProblem(reply({ responseBodyMutation: { data, chunkIndex: 0 } }), chunk("response_body_chunk", 2))).toContain("chunk 0");
+    expect(replyProblem(reply({ requestBodyMutation: { data: null, chunkIndex: 9 } }), chunk("request_body_chunk", 1))).toBeNull();
+    // The other direction's mutation is not this answer's business.
+    expect(replyProblem(reply({ responseBodyMutation: { data, chunkIndex: 9 } }), chunk("request_body_chunk", 1))).toBeNull();
+  });
+});
