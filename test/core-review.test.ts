@@ -117,3 +117,13 @@ test("a HEAD answer carries the upstream's Content-Length, not 0 (RFC 9110 §9.3
   expect(length(direct.text)).not.toBe("0");
   expect(length(viaProxy.text)).toBe(length(direct.text));
 });
+
+test("forwarding headers a client could use to claim a scheme, port, prefix or address to a trusting framework are dropped", async () => {
+  const spoof = ["X-Forwarded-Port: 443", "X-Forwarded-Prefix: /admin", "X-Forwarded-Scheme: https", "X-Forwarded-Ssl: on", "X-Forwarded-Server: evil", "X-Client-IP: 6.6.6.6", "True-Client-IP: 6.6.6.6", "X-Cluster-Client-IP: 6.6.6.6"];
+  const r = await send(`GET /spoof HTTP/1.1\r\nHost: t\r\n${spoof.join("\r\n")}\r\nX-Kept: yes\r\nConnection: close\r\n\r\n`);
+  expect(r.status).toBe(200);
+  const rec = up.requests.find((q) => q.path === "/spoof")!;
+  for (const line of spoof) expect(rec.headers[line.split(":")[0]!.toLowerCase()]).toBeUndefined();
+  expect(rec.headers["x-kept"]).toBe("yes");
+  expect(rec.headers["x-forwarded-proto"]).toBe("http");
+});

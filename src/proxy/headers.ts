@@ -30,14 +30,25 @@ export { HOP_BY_HOP, isValidHeaderName, isValidHeaderValue, mutationProblem };
  * Request headers only the proxy sets. A client's value is dropped (X-Forwarded-For is kept as
  * the prior chain the proxy appends to, X-Request-Id becomes the trace id when it is valid);
  * X-Original-URL / X-Rewrite-URL are routing overrides some frameworks honour, never a client's
- * to send.
+ * to send. The other X-Forwarded-* and client-address headers are what frameworks that trust
+ * their proxy read for the scheme, port, path prefix or client (Rails: X-Forwarded-Ssl and
+ * -Scheme; Spring: -Port and -Prefix; others: True-Client-IP, X-Client-IP): a client must not be
+ * able to claim them through us.
  */
 const PROXY_OWNED = new Set([
   "x-forwarded-for",
   "x-forwarded-proto",
   "x-forwarded-host",
+  "x-forwarded-port",
+  "x-forwarded-prefix",
+  "x-forwarded-scheme",
+  "x-forwarded-ssl",
+  "x-forwarded-server",
   "forwarded",
   "x-real-ip",
+  "x-client-ip",
+  "true-client-ip",
+  "x-cluster-client-ip",
   "x-request-id",
   "x-correlation-id",
   "x-trace-id",
