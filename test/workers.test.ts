@@ -4,6 +4,13 @@ import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { startProxy, waitFor, type ProxyProcess } from "./helpers/proxy.ts";
 
+/** Sum of sentinel_requests_total over the series of route "all" in a scrape. */
+function requestsOfRouteAll(text: string): number {
+  let n = 0;
+  for (const m of text.matchAll(/^sentinel_requests_total\{[^}]*route="all"[^}]*\} (\d+)/gm)) n += Number(m[1]);
+  return n;
+}
+
 describe("worker processes", () => {
   const upstream = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response(`pid ${process.pid}`) });
   let proxy: ProxyProcess;
@@ -29,6 +36,7 @@ observability { metrics { enabled #true; address "127.0.0.1:0" } }
   });
 
   const started = () => proxy.logs.filter((l) => l.msg === "sentinel started");
+  const supervisorMetricsUrl = () => String(proxy.logs.find((l) => l.msg === "sentinel supervisor started")!.metrics);
 
   test("a supervisor owns the pid-file and two workers serve the same port", async () => {
     const sup = proxy.logs.find((l) => l.msg === "sentinel supervisor started")!;
@@ -47,12 +55,10 @@ observability { metrics { enabled #true; address "127.0.0.1:0" } }
   });
 
   test("a scrape of the supervisor's metrics listener adds up every worker", async () => {
-    const url = String(proxy.logs.find((l) => l.msg === "sentinel supervisor started")!.metrics);
+    const url = supervisorMetricsUrl();
     const total = async () => {
       const text = await (await fetch(url)).text();
-      let n = 0;
-      for (const m of text.matchAll(/^sentinel_requests_total\{[^}]*route="all"[^}]*\} (\d+)/gm)) n += Number(m[1]);
-      return { n, text };
+      return { n: requestsOfRouteAll(text), text };
     };
     const before = (await total()).n;
     // New connections each, so that the kernel spreads them over both workers (reusePort hashes
@@ -76,7 +82,7 @@ observability { metrics { enabled #true; address "127.0.0.1:0" } }
     // The workers' own configs are adapted (pid-file, metrics listener, ports): they compare the
     // file with what the supervisor started with, not with those.
     expect(proxy.logs.filter((l) => l.msg === "config changes need a restart and were not applied")).toEqual([]);
-    const url = String(proxy.logs.find((l) => l.msg === "sentinel supervisor started")!.metrics);
+    const url = supervisorMetricsUrl();
     expect(await (await fetch(url)).text()).toMatch(/^sentinel_config_restart_pending 0$/m);
   });
 
@@ -87,16 +93,15 @@ observability { metrics { enabled #true; address "127.0.0.1:0" } }
     await waitFor(() => started().length >= 3, 10_000, "a replacement worker");
     expect((await fetch(proxy.url)).status).toBe(200);
     // The replacement serves its metrics on its predecessor's socket path.
-    const url = String(proxy.logs.find((l) => l.msg === "sentinel supervisor started")!.metrics);
+    const url = supervisorMetricsUrl();
     await waitFor(async () => (await (await fetch(url)).text()).includes("sentinel_metrics_workers_missing 0"), 5000, "both workers in the scrape again");
   });
 
   test("aggregated counters and histograms never go down when a worker restarts (a dead worker's last scraped values are kept)", async () => {
-    const url = String(proxy.logs.find((l) => l.msg === "sentinel supervisor started")!.metrics);
+    const url = supervisorMetricsUrl();
     const scrape = async () => {
       const text = await (await fetch(url)).text();
-      let requests = 0;
-      for (const m of text.matchAll(/^sentinel_requests_total\{[^}]*route="all"[^}]*\} (\d+)/gm)) requests += Number(m[1]);
+      const requests = requestsOfRouteAll(text);
       const durations = Number(/^sentinel_request_duration_seconds_count\{route="all"\} (\d+)/m.exec(text)?.[1] ?? 0);
       return { requests, durations, text };
     };
@@ -126,7 +131,7 @@ observability { metrics { enabled #true; address "127.0.0.1:0" } }
   });
 
   test("process metrics in the aggregate: the supervisor's start time, the smallest fd limit", async () => {
-    const url = String(proxy.logs.find((l) => l.msg === "sentinel supervisor started")!.metrics);
+    const url = supervisorMetricsUrl();
     const text = await (await fetch(url)).text();
     const start = Number(/^sentinel_process_start_time_seconds (\d+)/m.exec(text)?.[1]);
     // The supervisor started before its workers, the earliest of which is still up.

@@ -1,20 +1,8 @@
 import { describe, expect, test } from "bun:test";
 import { replyProblem } from "./reply-check.ts";
-import type { AgentEvent, AgentReply } from "./types.ts";
+import { allowReply, type AgentEvent, type AgentReply } from "./types.ts";
 
-const reply = (over: Partial<AgentReply> = {}): AgentReply =>
-  ({
-    correlationId: "c1",
-    decision: { kind: "allow" },
-    requestHeaders: [],
-    responseHeaders: [],
-    routingMetadata: {},
-    audit: { tags: [], ruleIds: [], confidence: null, reasonCodes: [], custom: {} },
-    needsMore: false,
-    requestBodyMutation: null,
-    responseBodyMutation: null,
-    ...over,
-  }) as AgentReply;
+const reply = (over: Partial<AgentReply> = {}): AgentReply => ({ ...allowReply("c1"), ...over });
 const headers = { type: "request_headers", correlationId: "c1" } as unknown as AgentEvent;
 const chunk = (type: "request_body_chunk" | "response_body_chunk", chunkIndex: number) =>
   ({ type, correlationId: "c1", data: new Uint8Array(1), isLast: false, totalSize: null, chunkIndex, bytesTransferred: 1 }) as unknown as AgentEvent;
