@@ -136,6 +136,13 @@ observability {
     expect(got.find((l) => l.status === 414)!.path.length).toBeLessThanOrEqual(1025);
     await waitFor(() => jsonLines(access).some((l) => l.path === "/dead/x"), 3000, "the 502's line");
     expect(jsonLines(access).find((l) => l.path === "/dead/x")).toMatchObject({ status: 502, route: "dead", target: "127.0.0.1:9" });
+    // …and a warn line in the operational log, at most one per target and second.
+    for (let i = 0; i < 5; i++) expect((await fetch(`${proxy.url}/dead/again`)).status).toBe(502);
+    const failed = proxy.logs.filter((l) => l.msg === "upstream request failed");
+    expect(failed.length).toBeGreaterThanOrEqual(1);
+    expect(failed.length).toBeLessThanOrEqual(2);
+    expect(failed[0]).toMatchObject({ level: "warn", status: 502, target: "127.0.0.1:9", upstream: "dead", route: "dead" });
+    expect(String(failed[0]!.error)).toContain("127.0.0.1:9");
   });
 
   test("rotation: rename the file and SIGHUP; new lines go to a new file, none are lost", async () => {

@@ -7,6 +7,7 @@ import type { RequestContext } from "./context.ts";
 import { requestDuration, requestsTotal } from "../observability/metrics.ts";
 import { fastCounterChild, fastHistogramChild } from "../observability/fast-series.ts";
 import type { LineSink } from "../observability/access-log.ts";
+import { log } from "../observability/log.ts";
 
 export interface LogSinks {
   access?: { sink: LineSink; format: "json" | "combined" };
@@ -108,6 +109,37 @@ function combined(ctx: RequestContext, now: Date): string {
 /** Decisions that changed the outcome and so get an audit line. */
 function audited(decision: string): boolean {
   return decision === "block" || decision === "redirect" || decision === "challenge" || decision.startsWith("error:");
+}
+
+/** At most one operational line per upstream target this often; the rest are counted into it. */
+const UPSTREAM_FAILURE_LOG_MS = 1000;
+const upstreamFailures = new Map<string, { loggedAt: number; suppressed: number }>();
+
+/**
+ * An exchange with an upstream that failed (502, 503, 504): a `warn` line in the operational log
+ * (and so in the error log), as nginx writes "connect() failed … while connecting to upstream".
+ * At most one per target and second: an outage must not flood the log; the line says how many
+ * failures it stands for.
+ */
+export function logUpstreamFailure(ctx: RequestContext, status: number, reason: string): void {
+  const key = ctx.targetAddress ?? ctx.plan?.route.upstream ?? "-";
+  const now = performance.now();
+  const seen = upstreamFailures.get(key);
+  if (seen !== undefined && now - seen.loggedAt < UPSTREAM_FAILURE_LOG_MS) {
+    seen.suppressed++;
+    return;
+  }
+  if (upstreamFailures.size > 4096) upstreamFailures.clear(); // bounded: targets come from the config
+  upstreamFailures.set(key, { loggedAt: now, suppressed: 0 });
+  log("warn", "upstream request failed", {
+    status,
+    error: reason,
+    target: ctx.targetAddress ?? null,
+    upstream: ctx.plan?.route.upstream ?? null,
+    route: ctx.plan?.route.id ?? null,
+    trace_id: ctx.traceId,
+    similar_failures_not_logged: seen?.suppressed ?? 0,
+  });
 }
 
 /** Longest raw target or Host written for a refused request (the rest is cut, with "…"). */

@@ -36,7 +36,7 @@ import {
 import { applyPolicyOps } from "./policies.ts";
 import { handleBuiltin } from "./builtin.ts";
 import { proxyWebSocket, isWebSocketUpgrade } from "./websocket.ts";
-import { logRejected, logRequest } from "./logging.ts";
+import { logRejected, logRequest, logUpstreamFailure } from "./logging.ts";
 import { lingeringClose, unreadBody } from "./linger.ts";
 import { realClientIp, trustedProxies } from "./client-ip.ts";
 import { rejectedRequests } from "../observability/metrics.ts";
@@ -501,6 +501,7 @@ export async function handleRequest(req: Request, server: Server<unknown>, liste
         ctx.targetAddress = result.target.address; // for the log: the exchange did reach it
         if (ctx.target === result.target) ctx.target = undefined; // already released
       }
+      if (result.status >= 502) logUpstreamFailure(ctx, result.status, result.reason);
       return end(ctx, state, errorResponse(result.status, ctx.traceId, result.status === 413 ? CLOSE : undefined));
     }
     return finishOnBodyEnd(ctx, state, await responseFilter(ctx, result.response));
