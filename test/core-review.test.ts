@@ -23,6 +23,8 @@ routes {
   route "tilde" { priority "high"; matches { path-prefix "/a%7eb" }; builtin-handler "not-found" }
   route "dots" { priority "high"; matches { path-prefix "/p/../q" }; builtin-handler "not-found" }
   route "space" { priority "high"; matches { path "/a b" }; builtin-handler "not-found" }
+  route "at" { priority "high"; matches { path-prefix "/users/@me" }; builtin-handler "not-found" }
+  route "colon" { priority "high"; matches { path-prefix "/api%3Ainternal" }; builtin-handler "not-found" }
   route "all" { matches { path-prefix "/" }; upstream "u" }
 }
 `);
@@ -37,7 +39,7 @@ const seen = (marker: string) => up.requests.filter((r) => r.path.includes(marke
 
 describe("route patterns are matched in normalised form", () => {
   test("a pattern written with non-ASCII, a lower-case escape, a dot segment or a space matches the requests it names", async () => {
-    for (const target of ["/caf%C3%A9", "/caf%c3%a9/x", "/a~b", "/a%7Eb", "/q/1", "/p/../q", "/a%20b"]) {
+    for (const target of ["/caf%C3%A9", "/caf%c3%a9/x", "/a~b", "/a%7Eb", "/q/1", "/p/../q", "/a%20b", "/users/@me", "/users/%40me/x", "/api:internal", "/api%3ainternal"]) {
       const r = await send(`GET ${target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n`);
       expect({ target, status: r.status }).toEqual({ target, status: 404 });
     }
@@ -93,6 +95,7 @@ describe("requests that cannot be forwarded as sent are refused", () => {
     expect((await send("HEAD /getbody HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello")).status).toBe(400);
     expect(seen("/getbody")).toBe(0);
     expect((await send("GET /getzero HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")).status).toBe(200);
+    expect((await send("GET /getzero HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")).status).toBe(200);
     // Other methods keep their bodies.
     const del = await send("DELETE /x/sha HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello");
     expect(del.status).toBe(200);
@@ -116,6 +119,10 @@ test("a HEAD answer carries the upstream's Content-Length, not 0 (RFC 9110 §9.3
   expect(length(direct.text)).toBeDefined();
   expect(length(direct.text)).not.toBe("0");
   expect(length(viaProxy.text)).toBe(length(direct.text));
+  // An upstream that gives no length (a streamed, chunked answer): no made-up "0" either.
+  const streamed = await rawRequest(proxy.url, "HEAD /x/bytes?n=5 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", { waitClose: true });
+  expect(streamed.status).toBe(200);
+  expect(length(streamed.text)).toBeUndefined();
 });
 
 test("forwarding headers a client could use to claim a scheme, port, prefix or address to a trusting framework are dropped", async () => {

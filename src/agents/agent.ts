@@ -417,12 +417,14 @@ class AgentImpl implements Agent {
 
   /**
    * A call that got an answer: latency and decision metrics, breaker success. An answer the proxy
-   * may not apply (replyProblem) is a protocol failure instead, counted as such everywhere.
+   * may not apply (replyProblem) is a protocol failure instead (metrics, failure mode).
    */
-  private answered(event: AgentEvent, reply: AgentReply, started: number, permit: { success(): void; failure(): void }): AgentCallResult {
+  private answered(event: AgentEvent, reply: AgentReply, started: number, permit: { success(): void; release(): void }): AgentCallResult {
     const problem = replyProblem(reply, event);
     if (problem !== null) {
-      permit.failure();
+      // Neutral for the breaker: a client can make an agent copy invalid bytes into a header,
+      // and must not be able to open the circuit (skipping a fail-open agent for everyone).
+      permit.release();
       return this.fail("protocol", `agent ${this.id}: invalid answer: ${problem}`);
     }
     const latencyMs = performance.now() - started;

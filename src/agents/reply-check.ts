@@ -1,22 +1,28 @@
-// The agent layer's check of an answer it decoded, before the answer counts: every header
-// mutation valid and allowed (src/http/fields.ts), a redirect only to a safe URL. An answer that
-// fails it is an agent error of kind "protocol" for the metrics, the circuit breaker and the
-// failure mode alike, over UDS and gRPC (SECURITY.md, "Agent path", header mutations).
-import { isSafeRedirect, mutationProblem } from "../http/fields.ts";
+// The agent layer's check of an answer it decoded, before the answer counts: an allow's header
+// mutations valid and allowed (src/http/fields.ts), a body replacement for the chunk answered.
+// An answer that fails it is an agent error of kind "protocol" for the metrics and the failure
+// mode alike, over UDS and gRPC (SECURITY.md, "Agent path", header mutations); not for the
+// circuit breaker, since request data an agent copies into a header can make it fail at will.
+import { mutationProblem } from "../http/fields.ts";
 import type { AgentEvent, AgentReply, BodyMutation } from "./types.ts";
 
-/** Why an answer to `event` is refused, or null if it may be applied. */
+/**
+ * Why an answer to `event` is refused, or null if it may be applied. Only an allow can be
+ * refused for its header mutations: a deny (block, redirect, challenge) stands whatever its
+ * operations (the proxy drops the invalid ones, agent-phases.ts), so that an agent's mistake, or
+ * request data it copied into a header, can never turn a deny into an allow under fail-open.
+ */
 export function replyProblem(reply: AgentReply, event: AgentEvent): string | null {
-  for (const op of reply.requestHeaders) {
-    const p = mutationProblem(op);
-    if (p) return p;
+  if (reply.decision.kind === "allow") {
+    for (const op of reply.requestHeaders) {
+      const p = mutationProblem(op);
+      if (p) return p;
+    }
+    for (const op of reply.responseHeaders) {
+      const p = mutationProblem(op);
+      if (p) return p;
+    }
   }
-  for (const op of reply.responseHeaders) {
-    const p = mutationProblem(op);
-    if (p) return p;
-  }
-  const d = reply.decision;
-  if (d.kind === "redirect" && !isSafeRedirect(d.url)) return "redirect to an unsafe or invalid URL";
   if (event.type === "request_body_chunk") return chunkProblem(reply.requestBodyMutation, event.chunkIndex);
   if (event.type === "response_body_chunk") return chunkProblem(reply.responseBodyMutation, event.chunkIndex);
   return null;

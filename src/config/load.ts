@@ -9,7 +9,7 @@
 //  - Everything the hot path needs (RegExp, lower-cased names, ms/bytes) is computed here once.
 
 import { parseCidr } from "../proxy/client-ip.ts";
-import { normalizeRoutePath } from "../routing/normalize.ts";
+import { matchForm, normalizeRoutePath } from "../routing/normalize.ts";
 import { existsSync, readFileSync, realpathSync, statSync } from "node:fs";
 import { dirname, extname, isAbsolute, resolve } from "node:path";
 import { nodePos, parseKdl, type KdlNode, type KdlValue } from "./kdl.ts";
@@ -1238,8 +1238,9 @@ class Converter {
       this.d.error(c, `${mw}: ${what} ${JSON.stringify(v)} can never match: ${n.reason} (requests are matched after normalisation, see SECURITY.md)`);
       return null;
     }
-    if (n.path !== v) this.d.warn(c, `${mw}: ${what} ${JSON.stringify(v)} is matched as ${JSON.stringify(n.path)}, the normalised form of a request for it`);
-    return n.path;
+    const form = matchForm(n.path);
+    if (form !== v) this.d.warn(c, `${mw}: ${what} ${JSON.stringify(v)} is matched as ${JSON.stringify(form)}, the normalised form of a request for it`);
+    return form;
   }
 
   private matches(n: KdlNode, w: string, route: RouteConfig): void {

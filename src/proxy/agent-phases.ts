@@ -21,6 +21,11 @@ type Outcome =
   | { kind: "failed"; status: 503 | 504 | 413; reason: string }
   | { kind: "skipped" };
 
+/** A deny's response header operations: the valid ones (an invalid one must not undo the deny). */
+function applyValidOps(headers: Headers, ops: readonly HeaderOp[]): void {
+  for (const op of ops) if (mutationProblem(op) === null) applyHeaderOps(headers, [op]);
+}
+
 /** Turn a non-allow decision into the client response (bounded, sanitised). */
 function decisionResponse(ctx: RequestContext, reply: AgentReply): Response {
   const d = reply.decision;
@@ -37,13 +42,19 @@ function decisionResponse(ctx: RequestContext, reply: AgentReply): Response {
     let body = typeof d.body === "string" ? d.body : "";
     if (body.length > MAX_BLOCK_BODY) body = body.slice(0, MAX_BLOCK_BODY);
     if (body && !headers.has("content-type")) headers.set("content-type", "text/plain; charset=utf-8");
-    applyHeaderOps(headers, reply.responseHeaders);
+    applyValidOps(headers, reply.responseHeaders);
     return new Response(body || null, { status, headers });
   }
   if (d.kind === "redirect") {
+    // An unsafe target (javascript:, //host, bytes outside Latin-1, perhaps copied from the
+    // request) cannot be sent, but the agent did deny: 403, never the request going through.
+    if (!isSafeRedirect(d.url)) {
+      applyValidOps(headers, reply.responseHeaders);
+      return new Response(null, { status: 403, headers });
+    }
     const status = REDIRECT_STATUSES.has(d.status) ? d.status : 302;
     headers.set("location", d.url);
-    applyHeaderOps(headers, reply.responseHeaders);
+    applyValidOps(headers, reply.responseHeaders);
     return new Response(null, { status, headers });
   }
   if (d.kind === "challenge") {
@@ -57,7 +68,7 @@ function decisionResponse(ctx: RequestContext, reply: AgentReply): Response {
     if (status === 401) headers.set("www-authenticate", www!);
     if (isValidHeaderValue(d.challengeType) && d.challengeType.length <= 128) headers.set("x-sentinel-challenge", d.challengeType);
     headers.set("content-type", "application/json");
-    applyHeaderOps(headers, reply.responseHeaders);
+    applyValidOps(headers, reply.responseHeaders);
     return new Response(JSON.stringify({ challenge: d.challengeType, params }), { status, headers });
   }
   return errorResponse(500, ctx.traceId);

@@ -66,12 +66,18 @@ interface RequestHeadTally extends HeadTally {
   body: boolean;
 }
 
+/** "0", "000", or identical zeros repeated ("0, 0": Bun joins duplicate fields). */
+function allZero(value: string): boolean {
+  for (const part of value.split(",")) if (Number(part) !== 0 || part.trim() === "") return false;
+  return true;
+}
+
 /** countHeader for a request head, which also looks for DEL and a declared body. */
 function countRequestHeader(this: RequestHeadTally, value: string, name: string): void {
   this.count++;
   this.size += name.length + value.length + 4;
   if (value.indexOf("\x7f") >= 0) this.bad = true;
-  if ((name === "content-length" && value !== "0" && Number(value) !== 0) || name === "transfer-encoding") this.body = true;
+  if ((name === "content-length" && value !== "0" && !allZero(value)) || name === "transfer-encoding") this.body = true;
 }
 
 /** Header count and size of a head (`forEach` with this state: no closure per request). */

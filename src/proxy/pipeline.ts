@@ -19,7 +19,7 @@ import {
 } from "./headers.ts";
 import { armConnectionTimer, checkRequestHead, guardRequestBody, guardResponseBody, inFlightIdleSecs, keepAliveIdleSecs } from "./limits.ts";
 import { acceptTraceId, newTraceId } from "./ids.ts";
-import { normalizePath } from "../routing/normalize.ts";
+import { matchForm, normalizePath } from "../routing/normalize.ts";
 import type { HeaderOp } from "../agents/types.ts";
 import type { MatchInput } from "../routing/router.ts";
 import type { Runtime } from "./runtime.ts";
@@ -172,11 +172,12 @@ function receive(req: Request, server: Server<unknown>, listener: ListenerConfig
 /** Phase 2 — route: match on the normalised path; the default route or 404 otherwise. */
 function route(ctx: RequestContext): RouteConfig | undefined {
   const rt = ctx.rt;
+  const path = matchForm(ctx.path); // the path itself unless it holds escapes
   const m: MatchInput = {
     method: ctx.method,
     host: ctx.host,
-    path: ctx.path,
-    pathLower: ctx.path.toLowerCase(),
+    path,
+    pathLower: path.toLowerCase(),
     headers: ctx.req.headers,
     query: rt.router.needsQuery ? new URLSearchParams(ctx.query) : null,
   };
@@ -306,9 +307,11 @@ function oneChunkStream(bytes: Uint8Array): ReadableStream<Uint8Array> {
 
 const DIGITS = /^\d{1,15}$/;
 
-/** A Content-Length value that is one plain number, else null. */
+/** A Content-Length value that is one plain number (identical repeats collapsed), else null. */
 function validLength(v: string | null): string | null {
-  return v !== null && DIGITS.test(v) ? v : null;
+  if (v === null) return null;
+  const one = singleContentLength(v);
+  return one !== null && DIGITS.test(one) ? one : null;
 }
 
 function cancel(body: UpstreamResponse["body"]): void {
@@ -337,8 +340,13 @@ async function responseFilter(ctx: RequestContext, upstream: UpstreamResponse): 
   const bodyless = ctx.method === "HEAD" || upstream.status === 204 || upstream.status === 304 || upstream.body === null;
   if (bodyless) {
     cancel(upstream.body);
-    // HEAD: the length a GET would have had (RFC 9110 §9.3.2), as the upstream said it.
-    if (headLength !== null) headers.set("content-length", headLength);
+    // HEAD: the length a GET would have had (RFC 9110 §9.3.2), as the upstream said it; with no
+    // length from the upstream (chunked, close-delimited), chunked framing, so that Bun does
+    // not claim a length of 0.
+    if (ctx.method === "HEAD") {
+      if (headLength !== null) headers.set("content-length", headLength);
+      else headers.set("transfer-encoding", "chunked");
+    }
     return new Response(null, { status: upstream.status, statusText: upstream.statusText, headers });
   }
   if (upstream.body instanceof Uint8Array) {
@@ -385,9 +393,9 @@ function finish(ctx: RequestContext, state: ProxyState): void {
     ctx.bodyRest.cancel().catch(() => {});
     ctx.bodyRest = undefined;
   }
-  if (state.aborting && (ctx.status === 499 || ctx.error !== undefined)) {
+  if (state.aborting && ctx.status === 499) {
     // Not the client: the proxy closed the connection (logged as unavailable, not as 499).
-    if (ctx.status === 499) ctx.status = 503;
+    ctx.status = 503;
     ctx.error = SHUTDOWN_ABORT;
   }
   const durationMs = performance.now() - ctx.startedAt;
@@ -439,7 +447,10 @@ export async function handleRequest(req: Request, server: Server<unknown>, liste
   const received = receive(req, server, listener, rt);
   if (received instanceof Rejection) {
     rejectedRequests.labels(String(received.status)).inc();
-    logRejected(req, server.requestIP(req)?.address ?? "", received.status, received.traceId, received.reason);
+    const peer = server.requestIP(req)?.address ?? "";
+    const trusted = listener.trustedProxies === undefined ? null : trustedProxies(listener);
+    const clientIp = trusted === null ? peer : realClientIp(peer, req.headers.get("x-forwarded-for"), trusted);
+    logRejected(req, clientIp, received.status, received.traceId, received.reason);
     armConnectionTimer(server, req, keepAliveIdleSecs(listener));
     const res = received.response();
     return carriesBody(req) ? closeAfterBody(req, res) : res;

@@ -123,3 +123,20 @@ export function normalizeRoutePath(pattern: string): NormalizeResult {
   }
   return normalizePath(encoded);
 }
+
+/** Escapes of the reserved characters a path may hold raw: sub-delims but ';', and ':' '@'. */
+const RESERVED_ESCAPE = /%(21|24|26|27|28|29|2A|2B|2C|3D|3A|40)/g;
+
+/**
+ * The form a path is MATCHED in (never forwarded): a normalised path with the escapes of the
+ * reserved characters it may also hold raw decoded (`%40` → `@`, `%3A` → `:`…). Most upstreams
+ * decode them before routing, so `/users/%40me` and `/users/@me` must hit the same route.
+ * (Encoded `/`, `\` and `;` never get this far: normalizePath refuses them.)
+ */
+export function matchForm(normalized: string): string {
+  return normalized.indexOf("%") < 0 ? normalized : normalized.replace(RESERVED_ESCAPE, decodeReserved);
+}
+
+function decodeReserved(_m: string, hex: string): string {
+  return String.fromCharCode(parseInt(hex, 16));
+}
