@@ -1,8 +1,10 @@
 #!/usr/bin/env bun
 // Entry point: `sentinel -c FILE`, `sentinel validate -c FILE` (alias -t/--test), --version, --help.
+import { accessSync, constants, statSync } from "node:fs";
 import { availableParallelism } from "node:os";
+import { dirname, resolve } from "node:path";
 import { loadConfig } from "./config/load.ts";
-import { formatDiagnostic } from "./config/types.ts";
+import { formatDiagnostic, type SentinelConfig } from "./config/types.ts";
 import { startProxy } from "./proxy/server.ts";
 import { adaptWorkerConfig, shareWorkerLimits, superviseWorkers, watchSupervisor, workerIndex, workerRole } from "./proxy/workers.ts";
 import { log, setLogLevel, warnInvalidEnvLogLevel } from "./observability/log.ts";
@@ -43,6 +45,33 @@ export function parseArgs(argv: string[]): Args {
   return args;
 }
 
+/**
+ * What `validate` warns about beyond the file itself (as `nginx -t` opens its log files): the
+ * directories the log files and the pid file will be written in exist and are writable here
+ * (start-up would otherwise fail on a config that validated).
+ */
+function unwritablePlaces(config: SentinelConfig): string[] {
+  const logging = config.observability.logging;
+  const files: [string, string | undefined][] = [
+    ["access-log", logging.accessLog?.enabled ? logging.accessLog.file : undefined],
+    ["audit-log", logging.auditLog?.enabled ? logging.auditLog.file : undefined],
+    ["error-log", logging.errorLog?.enabled ? logging.errorLog.file : undefined],
+    ["pid-file", config.system.pidFile],
+  ];
+  const problems: string[] = [];
+  for (const [what, file] of files) {
+    if (!file || file === "-" || file === "/dev/stdout" || file === "/dev/stderr") continue;
+    const dir = dirname(resolve(file));
+    try {
+      if (!statSync(dir).isDirectory()) throw new Error("not a directory");
+      accessSync(dir, constants.W_OK);
+    } catch (err) {
+      problems.push(`${what} ${JSON.stringify(file)}: directory ${dir} is not writable (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+    }
+  }
+  return problems;
+}
+
 function printDiagnostics(diags: ReturnType<typeof loadConfig>["diagnostics"]): void {
   for (const d of diags) process.stderr.write(formatDiagnostic(d) + "\n");
 }
@@ -74,6 +103,9 @@ async function main(): Promise<number> {
       process.stderr.write(`sentinel: ${args.config}: configuration is invalid\n`);
       return 1;
     }
+    // A warning, not a failure: a config is often validated on another host than it runs on
+    // (CI, an image build), where its log and pid directories need not exist.
+    for (const p of unwritablePlaces(result.config)) process.stderr.write(`sentinel: ${args.config}: warning: ${p}; start-up would fail on this host\n`);
     process.stdout.write(`sentinel: ${args.config}: configuration is valid\n`);
     return 0;
   }

@@ -33,6 +33,21 @@ describe("sentinel validate", () => {
     });
   }
 
+  test("warns (exit 0) when a log or pid-file directory is missing here, naming it", () => {
+    const dir = tempDir();
+    const file = join(dir, "logs.kdl");
+    writeFileSync(
+      file,
+      `system { pid-file "${dir}/nope/sentinel.pid" }\nlisteners { listener "l" { address "127.0.0.1:0" } }\nobservability { logging { access-log { file "${dir}/missing/access.log" } } }\n`,
+    );
+    const r = runBinary(["validate", "-c", file]);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toContain(`warning: access-log "${dir}/missing/access.log": directory ${dir}/missing is not writable (ENOENT)`);
+    expect(r.stderr).toContain(`warning: pid-file "${dir}/nope/sentinel.pid"`);
+    writeFileSync(file, `system { }\nlisteners { listener "l" { address "127.0.0.1:0" } }\nobservability { logging { access-log { file "${dir}/access.log" } } }\n`);
+    expect(runBinary(["validate", "-c", file]).stderr).not.toContain("warning");
+  });
+
   test("-t and --test are aliases", () => {
     expect(runBinary(["-t", "-c", join(ROOT, "examples", "sentinel.kdl")]).code).toBe(0);
     expect(runBinary(["--test", "-c", join(ROOT, "examples", "sentinel.kdl")]).code).toBe(0);
