@@ -75,7 +75,8 @@ function isConnectError(err: unknown): boolean {
   return code === "ConnectionRefused" || code === "ECONNREFUSED" || code === "FailedToOpenSocket" || code === "ENOTFOUND" || code === "EHOSTUNREACH";
 }
 
-function tlsOptions(pool: Pool): Record<string, unknown> | undefined {
+/** fetch()'s (and the WebSocket client's) TLS options for a pool's `tls` block. */
+export function tlsOptions(pool: Pool): Record<string, unknown> | undefined {
   const tls = pool.config.tls;
   if (!tls) return undefined;
   const o: Record<string, unknown> = { rejectUnauthorized: !tls.insecureSkipVerify };
