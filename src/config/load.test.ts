@@ -449,6 +449,8 @@ routes { route "fallback" { priority "low"; builtin-handler "not-found"; }; }
       tls: { certFile: cert, keyFile: key, caFile: ca },
       loc: { file: r.path, line: 3, col: 3 },
     });
+    // ca-file alone verifies nobody (client-auth is not built): said, not silently ignored.
+    expect(r.warnings.some((w: string) => w.includes("ca-file has no effect"))).toBe(true);
   });
 
   test("trusted-proxies (ours): addresses and CIDRs, IPv4 and IPv6; anything else is a located error", () => {

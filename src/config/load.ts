@@ -1081,7 +1081,11 @@ class Converter {
       {
         "cert-file": file((p) => (certFile = p), "cert-file"),
         "key-file": file((p) => (keyFile = p), "key-file"),
-        "ca-file": file((p) => (caFile = p), "ca-file"),
+        "ca-file": (c) => {
+          file((p) => (caFile = p), "ca-file")(c);
+          // Only client-certificate verification reads it, and that (client-auth) is not built.
+          this.d.warn(c, `${w}: ca-file has no effect: it only verifies client certificates, and client-auth is not supported yet (every client is served without one)`);
+        },
         "client-auth": (c) => {
           if (r.bool(c, w) === true) this.d.unsupported(c, "listener tls client-auth");
         },
