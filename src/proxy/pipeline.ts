@@ -502,7 +502,9 @@ export async function handleRequest(req: Request, server: Server<unknown>, liste
       clientIp: ctx.clientIp,
       hashKey: ctx.path,
       signal: ctx.signal,
-      timeoutMs: ctx.plan.upstreamTimeoutMs,
+      // A listener's request-timeout-secs caps the upstream wait of routes that set none themselves.
+      timeoutMs: ctx.plan.routeSetsTimeout ? ctx.plan.upstreamTimeoutMs : Math.min(ctx.plan.upstreamTimeoutMs, ctx.listener.requestTimeoutMs),
+      connectTimeoutMs: ctx.plan.connectTimeoutMs,
       retry: r.retryPolicy,
       tracker: ctx,
     });

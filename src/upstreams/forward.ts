@@ -34,6 +34,8 @@ export interface ForwardInput {
   hashKey: string;
   signal: AbortSignal; // client disconnect
   timeoutMs: number; // until response headers, per attempt
+  /** A new connection not established in this long is a connect failure (retryable). */
+  connectTimeoutMs?: number;
   retry: { maxAttempts: number; timeoutMs?: number; backoffBaseMs: number; backoffMaxMs: number; retryableStatusCodes: number[] };
   /** Told of every attempt as it starts (the request context: `finish` releases `target`). */
   tracker?: AttemptTracker;
@@ -72,7 +74,7 @@ class HeadersTimeout extends Error {
 
 function isConnectError(err: unknown): boolean {
   const code = (err as { code?: string })?.code ?? "";
-  return code === "ConnectionRefused" || code === "ECONNREFUSED" || code === "FailedToOpenSocket" || code === "ENOTFOUND" || code === "EHOSTUNREACH";
+  return code === "ConnectionRefused" || code === "ECONNREFUSED" || code === "FailedToOpenSocket" || code === "ENOTFOUND" || code === "EHOSTUNREACH" || code === "ETIMEDOUT";
 }
 
 /** fetch()'s (and the WebSocket client's) TLS options for a pool's `tls` block. */
@@ -93,7 +95,12 @@ function h1PoolFor(pool: Pool, target: Target): H1Pool {
   let p = h1Pools.get(target);
   if (p === undefined) {
     const c = pool.config.pool;
-    p = new H1Pool(target.config.host, target.config.port, { maxIdle: c.maxIdle, idleTimeoutMs: c.idleTimeoutMs });
+    p = new H1Pool(target.config.host, target.config.port, {
+      maxIdle: c.maxIdle,
+      idleTimeoutMs: c.idleTimeoutMs,
+      maxLifetimeMs: c.maxLifetimeMs,
+      connectTimeoutMs: pool.config.connectTimeoutMs,
+    });
     h1Pools.set(target, p);
   }
   return p;
@@ -103,7 +110,7 @@ function cancelBody(body: UpstreamResponse["body"]): void {
   if (body instanceof ReadableStream) body.cancel().catch(() => {});
 }
 
-async function attemptH1(input: ForwardInput, target: Target, body: ForwardInput["body"]): Promise<ForwardResult> {
+async function attemptH1(input: ForwardInput, target: Target, body: ForwardInput["body"], timeoutMs: number): Promise<ForwardResult> {
   if (input.signal.aborted) return { ok: false, status: 499, reason: "client went away", target };
   target.active++;
   track(input, target);
@@ -115,7 +122,8 @@ async function attemptH1(input: ForwardInput, target: Target, body: ForwardInput
       headers: input.headers,
       body,
       signal: input.signal,
-      timeoutMs: input.timeoutMs,
+      timeoutMs,
+      connectTimeoutMs: input.connectTimeoutMs,
       bodyIdleMs: input.pool.config.readTimeoutMs,
     });
     attemptObserver?.(input.pool, target, (performance.now() - t0) / 1000, null, response.status);
@@ -127,7 +135,7 @@ async function attemptH1(input: ForwardInput, target: Target, body: ForwardInput
     const timedOut = err instanceof H1TimeoutError;
     const bodyLimit = err instanceof BodyLimitError || (err as Error)?.name === "BodyLimitError";
     if (attemptObserver && !bodyLimit) attemptObserver(input.pool, target, (performance.now() - t0) / 1000, timedOut ? "timeout" : isConnectError(err) ? "connect" : "error", 0);
-    if (timedOut) return { ok: false, status: 504, reason: `upstream ${target.address} timed out after ${input.timeoutMs} ms`, target };
+    if (timedOut) return { ok: false, status: 504, reason: `upstream ${target.address} timed out after ${timeoutMs} ms`, target };
     if (bodyLimit) return { ok: false, status: 413, reason: "request body too large", target };
     const detail = (err as { code?: string })?.code ?? (err as Error)?.name ?? "error";
     return { ok: false, status: 502, reason: `upstream ${target.address}: ${detail}`, target, connectFailed: isConnectError(err) };
@@ -159,14 +167,14 @@ function expireFetchAttempt(a: FetchAttempt): void {
   a.abort.abort(new HeadersTimeout());
 }
 
-async function attempt(input: ForwardInput, target: Target, body: ForwardInput["body"]): Promise<ForwardResult> {
-  if (!input.pool.config.tls) return attemptH1(input, target, body);
+async function attempt(input: ForwardInput, target: Target, body: ForwardInput["body"], timeoutMs: number): Promise<ForwardResult> {
+  if (!input.pool.config.tls) return attemptH1(input, target, body, timeoutMs);
   if (input.signal.aborted) return { ok: false, status: 499, reason: "client went away", target };
   const a = new FetchAttempt();
   const abort = a.abort;
   // Listened to for the whole exchange: a client that leaves while the body streams aborts it.
   input.signal.addEventListener("abort", a, { once: true });
-  a.deadline = sharedDeadlines.schedule(input.timeoutMs, expireFetchAttempt, a);
+  a.deadline = sharedDeadlines.schedule(timeoutMs, expireFetchAttempt, a);
   target.active++;
   track(input, target);
   const t0 = performance.now();
@@ -201,7 +209,7 @@ async function attempt(input: ForwardInput, target: Target, body: ForwardInput["
     if (input.signal.aborted) return { ok: false, status: 499, reason: "client went away", target };
     if (attemptObserver && !(err instanceof BodyLimitError || (err as Error)?.name === "BodyLimitError"))
       attemptObserver(input.pool, target, (performance.now() - t0) / 1000, timedOut ? "timeout" : isConnectError(err) ? "connect" : "error", 0);
-    if (timedOut) return { ok: false, status: 504, reason: `upstream ${target.address} timed out after ${input.timeoutMs} ms`, target };
+    if (timedOut) return { ok: false, status: 504, reason: `upstream ${target.address} timed out after ${timeoutMs} ms`, target };
     if (err instanceof BodyLimitError || (err as Error)?.name === "BodyLimitError") return { ok: false, status: 413, reason: "request body too large", target };
     const detail = (err as { code?: string })?.code ?? (err as Error)?.name ?? "error";
     return { ok: false, status: 502, reason: `upstream ${target.address}: ${detail}`, target, connectFailed: isConnectError(err) };
@@ -249,7 +257,9 @@ export async function forward(input: ForwardInput): Promise<ForwardResult> {
       break;
     }
     tried.push(target);
-    const result = await (input.pool.config.tls ? attempt(input, target, input.body) : attemptH1(input, target, input.body));
+    // retry-policy timeout-ms is the budget of all attempts: the last one gets what is left of it.
+    const timeoutMs = policy.timeoutMs === undefined ? input.timeoutMs : Math.max(1, Math.min(input.timeoutMs, policy.timeoutMs - (performance.now() - started)));
+    const result = await (input.pool.config.tls ? attempt(input, target, input.body, timeoutMs) : attemptH1(input, target, input.body, timeoutMs));
     last = result;
     if (result.ok) {
       input.pool.report(target, result.response.status < 500);

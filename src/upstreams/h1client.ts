@@ -46,6 +46,8 @@ export interface H1Request {
   signal?: AbortSignal;
   /** Until the response head has arrived (connect and request write included). */
   timeoutMs: number;
+  /** A new connection for it not established in this long fails as a connect failure (default: the pool's). */
+  connectTimeoutMs?: number;
   /** Idle limit between response body chunks once streaming (default 30 s). */
   bodyIdleMs?: number;
 }
@@ -94,6 +96,10 @@ export interface PoolOptions {
   maxBufferedBody?: number;
   /** Largest response head (default 64 KiB). */
   maxHeadBytes?: number;
+  /** A connection not established in this long fails as a connect failure (default: none). */
+  connectTimeoutMs?: number;
+  /** A connection older than this is closed instead of being reused (default: none). */
+  maxLifetimeMs?: number;
 }
 
 /** A Content-Length value we accept (up to 15 digits: stays an exact number). */
@@ -240,6 +246,10 @@ class Conn {
   idleSince = 0;
   closed = false;
   connectWaiter: { resolve: () => void; reject: (e: Error) => void } | null = null;
+  /** performance.now() when it was opened (connection-pool max-lifetime). */
+  readonly openedAt = performance.now();
+  /** The connect deadline it was opened with (for the error message). */
+  connectTimeoutMs = 0;
 
   constructor(readonly pool: H1Pool) {}
 
@@ -323,6 +333,11 @@ class Conn {
 const socketHandlers: import("bun").SocketHandler<Conn> = {
   open(s) {
     const c = s.data;
+    if (c.closed) {
+      // Its connect timed out (H1Pool.connect) and the caller moved on: not ours to keep.
+      s.end();
+      return;
+    }
     c.socket = s;
     s.setNoDelay(true);
     const w = c.connectWaiter;
@@ -801,12 +816,24 @@ function requestHead(req: H1Request, hostDefault: string, framing: string): stri
   return head + framing + "connection: keep-alive\r\n\r\n";
 }
 
+/** The deadline queue's callback for a connection still connecting at connectTimeoutMs. */
+function expireConnect(c: Conn): void {
+  const w = c.connectWaiter;
+  if (w === null) return; // connected (or failed) in time
+  c.connectWaiter = null;
+  c.closed = true; // socketHandlers.open ends it if it connects after all
+  c.pool.forget(c);
+  w.reject(new H1Error(`connect to ${c.pool.address} timed out after ${c.connectTimeoutMs} ms`, "ETIMEDOUT", true));
+}
+
 export class H1Pool {
   readonly address: string;
   readonly maxIdle: number;
   readonly idleTimeoutMs: number;
   readonly maxBufferedBody: number;
   readonly maxHeadBytes: number;
+  readonly connectTimeoutMs: number;
+  readonly maxLifetimeMs: number;
   private readonly idle: Conn[] = [];
   private readonly all = new Set<Conn>();
   private sweeper: ReturnType<typeof setInterval> | null = null;
@@ -822,6 +849,8 @@ export class H1Pool {
     this.idleTimeoutMs = opts.idleTimeoutMs ?? 60_000;
     this.maxBufferedBody = opts.maxBufferedBody ?? 64 * 1024;
     this.maxHeadBytes = opts.maxHeadBytes ?? 64 * 1024;
+    this.connectTimeoutMs = opts.connectTimeoutMs ?? 0;
+    this.maxLifetimeMs = opts.maxLifetimeMs ?? 0;
   }
 
   /** Connections open (idle + busy). */
@@ -849,6 +878,10 @@ export class H1Pool {
       c.destroy(new H1Error("pool full", "ECONNRESET"));
       return;
     }
+    if (this.maxLifetimeMs > 0 && performance.now() - c.openedAt >= this.maxLifetimeMs) {
+      c.destroy(new H1Error("over max-lifetime", "ECONNRESET"));
+      return;
+    }
     c.reused++;
     c.idleSince = performance.now();
     this.idle.push(c);
@@ -870,11 +903,15 @@ export class H1Pool {
     }
   }
 
-  private connect(): Conn | Promise<Conn> {
+  private connect(timeoutMs = this.connectTimeoutMs): Conn | Promise<Conn> {
     const c = new Conn(this);
     this.all.add(c);
     return new Promise<Conn>((resolve, reject) => {
       c.connectWaiter = { resolve: () => resolve(c), reject };
+      if (timeoutMs > 0) {
+        c.connectTimeoutMs = timeoutMs;
+        sharedDeadlines.schedule(timeoutMs, expireConnect, c);
+      }
       Bun.connect<Conn>({ hostname: this.host, port: this.port, data: c, socket: socketHandlers }).catch((err: Error) => {
         if (c.connectWaiter) {
           c.connectWaiter = null;
@@ -916,7 +953,7 @@ export class H1Pool {
   private start(ex: Exchange, mayRetry: boolean): void {
     const c = this.idle.pop();
     if (c !== undefined) return this.send(c, ex, mayRetry);
-    const pc = this.connect();
+    const pc = this.connect(ex.req.connectTimeoutMs);
     if (pc instanceof Conn) return this.send(pc, ex, false);
     pc.then(
       (conn) => {

@@ -2,6 +2,7 @@
 // healthy/unhealthy thresholds. One timer per pool; probes of a pool run in parallel.
 import type { Pool, Target } from "./pool.ts";
 import { log } from "../observability/log.ts";
+import { tlsOptions } from "./forward.ts";
 
 async function probeHttp(pool: Pool, t: Target, signal: AbortSignal): Promise<boolean> {
   const hc = pool.config.healthCheck!;
@@ -12,7 +13,7 @@ async function probeHttp(pool: Pool, t: Target, signal: AbortSignal): Promise<bo
     headers,
     redirect: "manual",
     decompress: false,
-    tls: pool.config.tls ? { rejectUnauthorized: !pool.config.tls.insecureSkipVerify } : undefined,
+    tls: tlsOptions(pool), // CA, SNI, client certificate, as for the proxied requests
   } as RequestInit);
   await res.body?.cancel().catch(() => {});
   return res.status === hc.expectedStatus;
