@@ -371,6 +371,8 @@ listeners { listener "l" { address "127.0.0.1:1"; }; }
       headerTimeoutMs: 3000,
       idleTimeoutMs: 20000,
     });
+    // Parsed (and validated) but without effect: each is warned at its node.
+    expect(r.warnings.map((w) => w.split(": ")[0])).toEqual(["main.kdl:3:3", "main.kdl:9:3", "main.kdl:10:3"]);
   });
 
   test("server alias, repeated system (last wins, warned), workers alias", () => {
@@ -406,6 +408,108 @@ listeners { listener "l" { address "127.0.0.1:1"; }; }
       "main.kdl:6:3: system: 'auto-reload' expects #true or #false, got string \"yes\"",
       "main.kdl:7:3: system: 'graceful-shutdown-timeout-secs' expects an integer, got number 1.5",
     ]);
+  });
+});
+
+describe("settings accepted without effect are warned at their node, never silently ignored", () => {
+  test("system max-connections, route-cache-size, header-timeout-secs", () => {
+    const r = load(`system {
+  max-connections 10000
+  route-cache-size 1000
+  header-timeout-secs 30
+  idle-timeout-secs 20
+}
+listeners { listener "l" { address "127.0.0.1:1"; }; }
+`);
+    expect(r.errors).toEqual([]);
+    expect(r.warnings).toEqual([
+      "main.kdl:2:3: system: max-connections has no effect: no connection limit is enforced (Bun.serve has no accept hook); bound agent load with each agent's max-concurrent-calls and connections with OS limits (ulimit -n, firewall)",
+      "main.kdl:3:3: system: route-cache-size has no effect: routes are compiled once at load and matched without a cache",
+      "main.kdl:4:3: system: header-timeout-secs has no effect: Bun closes a connection whose request head is incomplete after its own fixed 10 s, which this value can neither shorten nor lengthen",
+    ]);
+    expect(r.cfg.system).toMatchObject({ maxConnections: 10000, routeCacheSize: 1000, headerTimeoutMs: 30000, idleTimeoutMs: 20000 });
+  });
+
+  test("an invalid value is still an error, not a warning", () => {
+    const r = load(`system {
+  max-connections 0
+  header-timeout-secs "x"
+}
+listeners { listener "l" { address "127.0.0.1:1"; }; }
+`);
+    expect(r.errors.map((e) => e.split(": ")[0])).toEqual(["main.kdl:2:3", "main.kdl:3:3"]);
+    expect(r.warnings).toEqual([]);
+  });
+
+  test("upstream timeouts write / write-secs (both spellings); the other timeouts are not warned", () => {
+    const r = load(
+      BASE +
+        `upstreams {
+  upstream "a" { target "127.0.0.1:1"; timeouts { connect 2; request 3; read 4; write 5; }; }
+  upstream "b" { target "127.0.0.1:2"; timeouts { write-secs 6; }; }
+}
+routes { route "a" { priority "low"; upstream "a"; }; route "b" { priority "low"; upstream "b"; }; }
+`,
+    );
+    expect(r.errors).toEqual([]);
+    const why =
+      "has no effect: no write timeout is applied; writing the request body upstream is bounded by the request timeout (timeouts request, or the route's timeout-secs) and the body idle timeout (system idle-timeout-secs)";
+    expect(r.warnings).toEqual([`main.kdl:6:81: upstream 'a' timeouts: 'write' ${why}`, `main.kdl:7:51: upstream 'b' timeouts: 'write-secs' ${why}`]);
+  });
+
+  test("logging buffer-size (access, error, audit), audit-log log-waf-events, error-log without a file", () => {
+    const r = load(
+      BASE +
+        `observability {
+  logging {
+    access-log { file "a.log"; buffer-size 8192; }
+    error-log { level "warn"; buffer-size 8192; }
+    audit-log { file "au.log"; buffer-size 8192; log-waf-events #true; }
+  }
+}
+`,
+    );
+    expect(r.errors).toEqual([]);
+    const buf = "buffer-size has no effect: log buffering is fixed (lines are written out at 64 KiB or after 100 ms, whichever comes first)";
+    expect(r.warnings).toEqual([
+      `main.kdl:7:32: observability logging access-log: ${buf}`,
+      `main.kdl:8:5: observability logging error-log without 'file' writes nothing: operational lines already go to stderr, and the error log is only a copy of them into a file; add file "…" (or remove the block)`,
+      `main.kdl:8:31: observability logging error-log: ${buf}`,
+      `main.kdl:9:32: observability logging audit-log: ${buf}`,
+      "main.kdl:9:50: observability logging audit-log: log-waf-events has no effect: the audit log records every agent decision that changed the outcome, a WAF agent's included, and nothing else (see docs/operations.md)",
+    ]);
+  });
+
+  test("log-waf-events #false is warned too; an error-log with a file, or disabled, is not", () => {
+    const r = load(
+      BASE +
+        `observability {
+  logging {
+    error-log { file "e.log"; }
+    audit-log { log-waf-events #false; }
+  }
+}
+`,
+    );
+    expect(r.errors).toEqual([]);
+    expect(r.warnings.map((w) => w.split(": ").slice(0, 3).join(": "))).toEqual(["main.kdl:8:17: observability logging audit-log: log-waf-events has no effect"]);
+    const off = load(BASE + `observability { logging { error-log { enabled #false; }; }; }\n`);
+    expect(off.errors).toEqual([]);
+    expect(off.warnings).toEqual([]);
+  });
+
+  test("zentinel.kdl still loads its settings, with each of these warned at its line", () => {
+    const r = loadConfig(join(EXAMPLES, "zentinel.kdl"));
+    const w = r.diagnostics.filter((d) => d.severity === "warning").map((d) => formatDiagnostic(d).replace(EXAMPLES + "/", ""));
+    for (const [at, what] of [
+      ["zentinel.kdl:7:5:", "max-connections has no effect"],
+      ["zentinel.kdl:256:13:", "'write-secs' has no effect"],
+      ["zentinel.kdl:434:13:", "access-log: buffer-size has no effect"],
+      ["zentinel.kdl:443:13:", "error-log: buffer-size has no effect"],
+      ["zentinel.kdl:450:13:", "audit-log: buffer-size has no effect"],
+      ["zentinel.kdl:453:13:", "log-waf-events has no effect"],
+    ])
+      expect(w.some((x) => x.startsWith(at) && x.includes(what))).toBe(true);
   });
 });
 

@@ -882,7 +882,12 @@ class Converter {
         },
         "max-connections": (c) => {
           const v = r.int(c, w, 1);
-          if (v !== undefined) s.maxConnections = v;
+          if (v === undefined) return;
+          s.maxConnections = v;
+          this.d.warn(
+            c,
+            "system: max-connections has no effect: no connection limit is enforced (Bun.serve has no accept hook); bound agent load with each agent's max-concurrent-calls and connections with OS limits (ulimit -n, firewall)",
+          );
         },
         "graceful-shutdown-timeout-secs": (c) => {
           const v = r.secs(c, w, 0);
@@ -917,11 +922,18 @@ class Converter {
             return;
           }
           const i = r.checkInt(c, w, v, 1, Number.MAX_SAFE_INTEGER);
-          if (i !== undefined) s.routeCacheSize = i;
+          if (i === undefined) return;
+          s.routeCacheSize = i;
+          this.d.warn(c, "system: route-cache-size has no effect: routes are compiled once at load and matched without a cache");
         },
         "header-timeout-secs": (c) => {
           const v = r.secs(c, w, 1);
-          if (v !== undefined) s.headerTimeoutMs = v;
+          if (v === undefined) return;
+          s.headerTimeoutMs = v;
+          this.d.warn(
+            c,
+            "system: header-timeout-secs has no effect: Bun closes a connection whose request head is incomplete after its own fixed 10 s, which this value can neither shorten nor lengthen",
+          );
         },
         "idle-timeout-secs": (c) => {
           const v = r.secs(c, w, 1);
@@ -1679,7 +1691,7 @@ class Converter {
         timeouts: (c) => {
           const tw = `${w} timeouts`;
           r.blockNode(c, tw);
-          const t = (set: (ms: number) => void) => (cc: KdlNode) => {
+          const t = (set: (ms: number) => void, noEffect = false) => (cc: KdlNode) => {
             const v = r.one(cc, tw);
             if (v === undefined) return;
             if (v === 0) {
@@ -1687,7 +1699,13 @@ class Converter {
               return;
             }
             const s = r.checkInt(cc, tw, v, 1, 86_400);
-            if (s !== undefined) set(s * 1000);
+            if (s === undefined) return;
+            set(s * 1000);
+            if (noEffect)
+              this.d.warn(
+                cc,
+                `${tw}: '${cc.name}' has no effect: no write timeout is applied; writing the request body upstream is bounded by the request timeout (timeouts request, or the route's timeout-secs) and the body idle timeout (system idle-timeout-secs)`,
+              );
           };
           r.block(
             c,
@@ -1699,8 +1717,8 @@ class Converter {
               "request-secs": t((ms) => (up.requestTimeoutMs = ms)),
               read: t((ms) => (up.readTimeoutMs = ms)),
               "read-secs": t((ms) => (up.readTimeoutMs = ms)),
-              write: t((ms) => (up.writeTimeoutMs = ms)),
-              "write-secs": t((ms) => (up.writeTimeoutMs = ms)),
+              write: t((ms) => (up.writeTimeoutMs = ms), true),
+              "write-secs": t((ms) => (up.writeTimeoutMs = ms), true),
             },
             { aliases: { "connect-secs": "connect", "request-secs": "request", "read-secs": "read", "write-secs": "write" } },
           );
@@ -2602,7 +2620,7 @@ class Converter {
                 if (v !== undefined) al.format = v;
               },
               "buffer-size": (x) => {
-                r.int(x, aw, 1);
+                if (r.int(x, aw, 1) !== undefined) this.d.warn(x, `${aw}: buffer-size has no effect: log buffering is fixed (lines are written out at 64 KiB or after 100 ms, whichever comes first)`);
               },
               "include-trace-id": (x) => {
                 const v = r.bool(x, aw);
@@ -2630,9 +2648,14 @@ class Converter {
                 if (v !== undefined) el.level = v;
               },
               "buffer-size": (x) => {
-                r.int(x, ew, 1);
+                if (r.int(x, ew, 1) !== undefined) this.d.warn(x, `${ew}: buffer-size has no effect: log buffering is fixed (lines are written out at 64 KiB or after 100 ms, whichever comes first)`);
               },
             });
+            if (el.enabled && el.file === undefined && !cc.children.some((x) => x.name === "file"))
+              this.d.warn(
+                cc,
+                `${ew} without 'file' writes nothing: operational lines already go to stderr, and the error log is only a copy of them into a file; add file "…" (or remove the block)`,
+              );
             o.logging.errorLog = el;
           },
           "audit-log": (cc) => {
@@ -2652,12 +2675,16 @@ class Converter {
                 if (v !== undefined) al.file = this.resolvePath(x, v);
               },
               "buffer-size": (x) => {
-                r.int(x, aw, 1);
+                if (r.int(x, aw, 1) !== undefined) this.d.warn(x, `${aw}: buffer-size has no effect: log buffering is fixed (lines are written out at 64 KiB or after 100 ms, whichever comes first)`);
               },
               "log-blocked": onlyTrue,
               "log-agent-decisions": onlyTrue,
               "log-waf-events": (x) => {
-                r.bool(x, aw);
+                if (r.bool(x, aw) !== undefined)
+                  this.d.warn(
+                    x,
+                    `${aw}: log-waf-events has no effect: the audit log records every agent decision that changed the outcome, a WAF agent's included, and nothing else (see docs/operations.md)`,
+                  );
               },
             });
             o.logging.auditLog = al;
