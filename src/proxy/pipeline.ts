@@ -502,8 +502,7 @@ export async function handleRequest(req: Request, server: Server<unknown>, liste
       clientIp: ctx.clientIp,
       hashKey: ctx.path,
       signal: ctx.signal,
-      // A listener's request-timeout-secs caps the upstream wait of routes that set none themselves.
-      timeoutMs: ctx.plan.routeSetsTimeout ? ctx.plan.upstreamTimeoutMs : Math.min(ctx.plan.upstreamTimeoutMs, ctx.listener.requestTimeoutMs),
+      timeoutMs: ctx.plan.upstreamTimeoutMs,
       connectTimeoutMs: ctx.plan.connectTimeoutMs,
       retry: r.retryPolicy,
       tracker: ctx,

@@ -28,8 +28,6 @@ export interface RoutePlan {
   responseHeaderOps: HeaderOpConfig[];
   /** Deadline for the upstream response headers. */
   upstreamTimeoutMs: number;
-  /** Set by the route itself (policies timeout-secs, a timeout filter): a listener's request-timeout-secs does not cap it. */
-  routeSetsTimeout: boolean;
   /** Deadline for a new upstream connection (the upstream's `timeouts connect`, or a timeout filter's). */
   connectTimeoutMs: number;
   readTimeoutMs: number;
@@ -57,7 +55,6 @@ function plan(route: RouteConfig, config: SentinelConfig, pools: Map<string, Poo
   const pool = route.upstream ? pools.get(route.upstream) : undefined;
   let upstreamTimeoutMs = route.timeoutMs ?? pool?.config.requestTimeoutMs ?? 60_000;
   let connectTimeoutMs = pool?.config.connectTimeoutMs ?? 10_000;
-  let routeSetsTimeout = route.timeoutMs !== undefined;
   for (const filterId of route.filters) {
     const f = config.filters.get(filterId);
     if (!f) continue;
@@ -70,7 +67,6 @@ function plan(route: RouteConfig, config: SentinelConfig, pools: Map<string, Poo
     } else if (f.type === "timeout") {
       upstreamTimeoutMs = f.upstreamTimeoutMs ?? f.requestTimeoutMs ?? upstreamTimeoutMs;
       connectTimeoutMs = f.connectTimeoutMs ?? connectTimeoutMs;
-      if (f.upstreamTimeoutMs !== undefined || f.requestTimeoutMs !== undefined) routeSetsTimeout = true;
     }
   }
   const by = (e: Parameters<Agent["subscribes"]>[0]) => steps.filter((s) => s.agent.subscribes(e));
@@ -87,7 +83,6 @@ function plan(route: RouteConfig, config: SentinelConfig, pools: Map<string, Poo
     requestHeaderOps,
     responseHeaderOps,
     upstreamTimeoutMs,
-    routeSetsTimeout,
     connectTimeoutMs,
     readTimeoutMs: pool?.config.readTimeoutMs ?? 30_000,
     maxBodySize: route.maxBodySize ?? config.limits.maxBodySize,
