@@ -945,6 +945,7 @@ ${R("a")}${R("b")}${R("c")}`);
     expect(a.healthCheck).toEqual({ type: "http", path: "/ready", expectedStatus: 204, host: "api.internal", intervalMs: 3000, timeoutMs: 2000, healthyThreshold: 4, unhealthyThreshold: 5 });
     expect([a.connectTimeoutMs, a.requestTimeoutMs, a.readTimeoutMs, a.writeTimeoutMs]).toEqual([1000, 2000, 3000, 4000]);
     expect(a.pool).toEqual({ maxConnections: 7, maxIdle: 3, idleTimeoutMs: 9000, maxLifetimeMs: 99000 });
+    expect(r.warnings.filter((w: string) => w.includes("max-connections has no effect: no per-target connection limit"))).toHaveLength(1);
     expect(a.tls).toEqual({ sni: "api.internal", caCert: ca, insecureSkipVerify: false });
     expect([a.passiveFailureThreshold, a.passiveEjectMs]).toEqual([9, 12000]);
     const b = r.cfg.upstreams.get("b")!;

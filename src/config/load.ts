@@ -1663,6 +1663,8 @@ class Converter {
               "max-connections": (cc) => {
                 const v = r.int(cc, pw, 1);
                 if (v !== undefined) up.pool.maxConnections = v;
+                // Refusing (or queueing) requests past a per-target connection count is not built.
+                this.d.warn(cc, `${pw}: max-connections has no effect: no per-target connection limit is enforced (idle connections are bounded by max-idle and idle-timeout)`);
               },
               "max-idle": (cc) => {
                 const v = r.int(cc, pw, 0);
