@@ -2,8 +2,8 @@
 // the connect timeout (upstream and timeout filter), connection-pool max-lifetime, the retry
 // policy's overall timeout-ms, and HTTP health checks of a TLS upstream with its own CA.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { join } from "node:path";
-import { startProxy, tempDir, waitFor, type ProxyProcess } from "./helpers/proxy.ts";
+import { startProxy, waitFor, type ProxyProcess } from "./helpers/proxy.ts";
+import { selfSignedCert } from "./helpers/tls.ts";
 
 const hasPython = Bun.spawnSync(["python3", "-c", "pass"]).exitCode === 0;
 
@@ -49,14 +49,7 @@ let secure: ReturnType<typeof Bun.serve>;
 
 beforeAll(async () => {
   if (hasPython) hole = await blackhole();
-  const dir = tempDir();
-  const cert = join(dir, "cert.pem");
-  const key = join(dir, "key.pem");
-  const gen = Bun.spawnSync(
-    ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-    { stderr: "ignore" },
-  );
-  if (gen.exitCode !== 0) throw new Error("openssl failed");
+  const { cert, key } = selfSignedCert();
   secure = Bun.serve({ hostname: "127.0.0.1", port: 0, tls: { cert: Bun.file(cert), key: Bun.file(key) }, fetch: () => new Response("secure") });
   proxy = await startProxy(`
 system { }

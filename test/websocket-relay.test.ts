@@ -4,8 +4,8 @@
 // without a close frame is not reported to the client as a normal closure (1000).
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { connect } from "node:net";
-import { join } from "node:path";
-import { startProxy, tempDir, waitFor, type ProxyProcess } from "./helpers/proxy.ts";
+import { startProxy, waitFor, type ProxyProcess } from "./helpers/proxy.ts";
+import { selfSignedCert } from "./helpers/tls.ts";
 
 const MiB = 1024 * 1024;
 type Up = { firehose?: number; sent: number };
@@ -44,14 +44,7 @@ let secure: ReturnType<typeof wsUpstream>;
 let proxy: ProxyProcess;
 
 beforeAll(async () => {
-  const dir = tempDir();
-  const cert = join(dir, "cert.pem");
-  const key = join(dir, "key.pem");
-  const gen = Bun.spawnSync(
-    ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-    { stderr: "ignore" },
-  );
-  if (gen.exitCode !== 0) throw new Error("openssl failed");
+  const { cert, key } = selfSignedCert();
   plain = wsUpstream();
   secure = wsUpstream({ cert, key });
   proxy = await startProxy(`
