@@ -21,9 +21,11 @@ type Outcome =
   | { kind: "failed"; status: 503 | 504 | 413; reason: string }
   | { kind: "skipped" };
 
+const isValidOp = (op: HeaderOp): boolean => mutationProblem(op) === null;
+
 /** A deny's response header operations: the valid ones (an invalid one must not undo the deny). */
 function applyValidOps(headers: Headers, ops: readonly HeaderOp[]): void {
-  for (const op of ops) if (mutationProblem(op) === null) applyHeaderOps(headers, [op]);
+  applyHeaderOps(headers, ops.filter(isValidOp));
 }
 
 /** Turn a non-allow decision into the client response (bounded, sanitised). */
