@@ -553,8 +553,8 @@ routes { route "fallback" { priority "low"; builtin-handler "not-found"; }; }
       tls: { certFile: cert, keyFile: key, caFile: ca },
       loc: { file: r.path, line: 3, col: 3 },
     });
-    // ca-file alone verifies nobody (client-auth is not built): said, not silently ignored.
-    expect(r.warnings.some((w: string) => w.includes("ca-file has no effect"))).toBe(true);
+    // ca-file alone verifies nobody (client-auth is off): said, not silently ignored.
+    expect(r.warnings.some((w: string) => w.includes("ca-file has no effect without client-auth #true"))).toBe(true);
   });
 
   test("trusted-proxies (ours): addresses and CIDRs, IPv4 and IPv6; anything else is a located error", () => {
@@ -613,7 +613,7 @@ listeners {
       "main.kdl:12:98: listener 'h' tls: key-file '/nonexistent/k.pem' does not exist",
       'main.kdl:12:129: not supported yet: listener tls min-version "1.3"',
       "main.kdl:12:148: not supported yet: listener tls cipher-suites",
-      "main.kdl:12:174: not supported yet: listener tls client-auth",
+      "main.kdl:12:174: listener 'h' tls: client-auth #true needs ca-file, the CA bundle that client certificates must chain to",
       "main.kdl:12:193: not supported yet: listener tls acme",
     ]);
     expect(r.warnings).toContain("main.kdl:9:69: listener 'g': max-concurrent-streams has no effect (HTTP/2 is not served); ignored");

@@ -1079,6 +1079,9 @@ class Converter {
     let certFile: string | undefined;
     let keyFile: string | undefined;
     let caFile: string | undefined;
+    let caNode: KdlNode | undefined;
+    let clientAuth = false;
+    let clientAuthNode: KdlNode | undefined;
     let hasAcme = false;
     const file = (set: (p: string) => void, what: string) => (c: KdlNode) => {
       const v = r.str(c, w);
@@ -1094,12 +1097,12 @@ class Converter {
         "cert-file": file((p) => (certFile = p), "cert-file"),
         "key-file": file((p) => (keyFile = p), "key-file"),
         "ca-file": (c) => {
+          caNode = c;
           file((p) => (caFile = p), "ca-file")(c);
-          // Only client-certificate verification reads it, and that (client-auth) is not built.
-          this.d.warn(c, `${w}: ca-file has no effect: it only verifies client certificates, and client-auth is not supported yet (every client is served without one)`);
         },
         "client-auth": (c) => {
-          if (r.bool(c, w) === true) this.d.unsupported(c, "listener tls client-auth");
+          clientAuthNode = c;
+          clientAuth = r.bool(c, w) === true;
         },
         "min-version": (c) => {
           const v = r.str(c, w);
@@ -1138,7 +1141,13 @@ class Converter {
       this.d.error(n, `${w}: requires either 'cert-file' and 'key-file', or an 'acme' block (missing ${missing})`);
       return undefined;
     }
+    if (clientAuth && caFile === undefined && clientAuthNode !== undefined) {
+      this.d.error(clientAuthNode, `${w}: client-auth #true needs ca-file, the CA bundle that client certificates must chain to`);
+    } else if (!clientAuth && caNode !== undefined) {
+      this.d.warn(caNode, `${w}: ca-file has no effect without client-auth #true (no client certificate is requested)`);
+    }
     if (certFile === undefined || keyFile === undefined) return undefined;
+    if (clientAuth && caFile !== undefined) return { certFile, keyFile, caFile, clientAuth: true };
     return caFile ? { certFile, keyFile, caFile } : { certFile, keyFile };
   }
 

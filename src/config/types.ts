@@ -27,7 +27,10 @@ export interface SystemConfig {
 export interface TlsServerConfig {
   certFile: string;
   keyFile: string;
+  /** With clientAuth: the CA bundle that client certificates must chain to. */
   caFile?: string;
+  /** `client-auth #true`: request a client certificate and refuse the handshake without a valid one. */
+  clientAuth?: boolean;
 }
 
 export interface ListenerConfig {

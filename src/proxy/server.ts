@@ -11,7 +11,7 @@
 import type { Server } from "bun";
 import { lstatSync, readlinkSync, watch, writeFileSync, unlinkSync, type FSWatcher } from "node:fs";
 import { basename, dirname, isAbsolute, join, resolve } from "node:path";
-import type { ListenerConfig, SentinelConfig } from "../config/types.ts";
+import type { ListenerConfig, SentinelConfig, TlsServerConfig } from "../config/types.ts";
 import { formatDiagnostic } from "../config/types.ts";
 import { loadConfig } from "../config/load.ts";
 import { log, setErrorLogSink, setLogLevel } from "../observability/log.ts";
@@ -113,8 +113,15 @@ function bindOrThrow<T>(what: string, bind: () => T): T {
   }
 }
 
+/** Bun's TLS options for a listener; with client-auth, a handshake without a certificate from `ca` fails. */
+function listenerTls(t: TlsServerConfig) {
+  const base = { cert: Bun.file(t.certFile), key: Bun.file(t.keyFile) };
+  if (!t.clientAuth || t.caFile === undefined) return base;
+  return { ...base, ca: Bun.file(t.caFile), requestCert: true, rejectUnauthorized: true };
+}
+
 function listen(l: ListenerConfig, config: SentinelConfig, state: ProxyState): Server<unknown> {
-  const tls = l.tls ? { cert: Bun.file(l.tls.certFile), key: Bun.file(l.tls.keyFile), ca: l.tls.caFile ? Bun.file(l.tls.caFile) : undefined } : undefined;
+  const tls = l.tls ? listenerTls(l.tls) : undefined;
   return bindOrThrow(`listener "${l.id}" ${l.address}`, () =>
     Bun.serve({
       hostname: l.host,
