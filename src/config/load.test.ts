@@ -470,14 +470,22 @@ routes { route "a" { priority "low"; upstream "a"; }; route "b" { priority "low"
 `,
     );
     expect(r.errors).toEqual([]);
-    const buf = "buffer-size has no effect: log buffering is fixed (lines are written out at 64 KiB or after 100 ms, whichever comes first)";
+    expect(r.cfg.observability.logging.accessLog?.bufferSize).toBe(8192);
+    expect(r.cfg.observability.logging.errorLog?.bufferSize).toBe(8192);
+    expect(r.cfg.observability.logging.auditLog?.bufferSize).toBe(8192);
     expect(r.warnings).toEqual([
-      `main.kdl:7:32: observability logging access-log: ${buf}`,
       `main.kdl:8:5: observability logging error-log without 'file' writes nothing: operational lines already go to stderr, and the error log is only a copy of them into a file; add file "…" (or remove the block)`,
-      `main.kdl:8:31: observability logging error-log: ${buf}`,
-      `main.kdl:9:32: observability logging audit-log: ${buf}`,
       "main.kdl:9:50: observability logging audit-log: log-waf-events has no effect: the audit log records every agent decision that changed the outcome, a WAF agent's included, and nothing else (see docs/operations.md)",
     ]);
+  });
+
+  test("logging buffer-size is 1 byte to 1 MiB (the log's pending bound); outside that, a located error", () => {
+    const r = load(BASE + `observability { logging { access-log { buffer-size 0; }; audit-log { buffer-size 1048577; }; }; }\n`);
+    expect(r.errors.map((e) => e.split(": ").slice(0, 2).join(": "))).toEqual([
+      "main.kdl:5:40: observability logging access-log",
+      "main.kdl:5:70: observability logging audit-log",
+    ]);
+    expect(load(BASE + `observability { logging { access-log { buffer-size 1; }; audit-log { buffer-size 1048576; }; }; }\n`).errors).toEqual([]);
   });
 
   test("log-waf-events #false is warned too; an error-log with a file, or disabled, is not", () => {
@@ -504,9 +512,6 @@ routes { route "a" { priority "low"; upstream "a"; }; route "b" { priority "low"
     for (const [at, what] of [
       ["zentinel.kdl:7:5:", "max-connections has no effect"],
       ["zentinel.kdl:256:13:", "'write-secs' has no effect"],
-      ["zentinel.kdl:434:13:", "access-log: buffer-size has no effect"],
-      ["zentinel.kdl:443:13:", "error-log: buffer-size has no effect"],
-      ["zentinel.kdl:450:13:", "audit-log: buffer-size has no effect"],
       ["zentinel.kdl:453:13:", "log-waf-events has no effect"],
     ])
       expect(w.some((x) => x.startsWith(at) && x.includes(what))).toBe(true);
@@ -1351,7 +1356,7 @@ describe("limits, observability, unsupported top-level blocks", () => {
       metrics: { enabled: true, address: "127.0.0.1:9191", host: "127.0.0.1", port: 9191, path: "/m" },
       logging: {
         level: "debug",
-        accessLog: { enabled: true, file: join(dir, "logs/access.log"), format: "combined" },
+        accessLog: { enabled: true, file: join(dir, "logs/access.log"), format: "combined", bufferSize: 8192 },
         errorLog: { enabled: true, file: "/var/log/e.log", level: "error" },
         auditLog: { enabled: true, file: "/var/log/a.log" },
       },
@@ -1670,9 +1675,9 @@ describe("Zentinel sample configs (../shared/examples)", () => {
     expect(c.agents.get("rate-limit-agent")!.type).toBe("rate-limit");
     expect(c.observability.logging).toEqual({
       level: "info",
-      accessLog: { enabled: true, file: "/var/log/zentinel/access.log", format: "json" },
-      errorLog: { enabled: true, file: "/var/log/zentinel/error.log", level: "warn" },
-      auditLog: { enabled: true, file: "/var/log/zentinel/audit.log" },
+      accessLog: { enabled: true, file: "/var/log/zentinel/access.log", format: "json", bufferSize: 8192 },
+      errorLog: { enabled: true, file: "/var/log/zentinel/error.log", level: "warn", bufferSize: 8192 },
+      auditLog: { enabled: true, file: "/var/log/zentinel/audit.log", bufferSize: 8192 },
     });
     // the AND'ed double path is flagged
     expect(get("zentinel.kdl").diagnostics.map(formatDiagnostic)).toContain(

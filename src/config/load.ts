@@ -2564,6 +2564,8 @@ class Converter {
     r.blockNode(n, w);
     const level = (c: KdlNode, ww: string) =>
       r.enumOf(c, ww, { debug: "debug", info: "info", warn: "warn", warning: "warn", error: "error" } as const, { caseInsensitive: true });
+    // Bytes a log holds before writing them out; at most the sink's 1 MiB pending bound.
+    const logBufferSize = (c: KdlNode, ww: string) => r.int(c, ww, 1, 1024 * 1024);
     r.block(n, w, {
       metrics: (c) => {
         const mw = `${w} metrics`;
@@ -2631,7 +2633,8 @@ class Converter {
                 if (v !== undefined) al.format = v;
               },
               "buffer-size": (x) => {
-                if (r.int(x, aw, 1) !== undefined) this.d.warn(x, `${aw}: buffer-size has no effect: log buffering is fixed (lines are written out at 64 KiB or after 100 ms, whichever comes first)`);
+                const v = logBufferSize(x, aw);
+                if (v !== undefined) al.bufferSize = v;
               },
               "include-trace-id": (x) => {
                 const v = r.bool(x, aw);
@@ -2659,7 +2662,8 @@ class Converter {
                 if (v !== undefined) el.level = v;
               },
               "buffer-size": (x) => {
-                if (r.int(x, ew, 1) !== undefined) this.d.warn(x, `${ew}: buffer-size has no effect: log buffering is fixed (lines are written out at 64 KiB or after 100 ms, whichever comes first)`);
+                const v = logBufferSize(x, ew);
+                if (v !== undefined) el.bufferSize = v;
               },
             });
             if (el.enabled && el.file === undefined && !cc.children.some((x) => x.name === "file"))
@@ -2686,7 +2690,8 @@ class Converter {
                 if (v !== undefined) al.file = this.resolvePath(x, v);
               },
               "buffer-size": (x) => {
-                if (r.int(x, aw, 1) !== undefined) this.d.warn(x, `${aw}: buffer-size has no effect: log buffering is fixed (lines are written out at 64 KiB or after 100 ms, whichever comes first)`);
+                const v = logBufferSize(x, aw);
+                if (v !== undefined) al.bufferSize = v;
               },
               "log-blocked": onlyTrue,
               "log-agent-decisions": onlyTrue,

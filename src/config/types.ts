@@ -231,9 +231,10 @@ export interface ObservabilityConfig {
   metrics?: { enabled: boolean; address: string; host: string; port: number; path: string };
   logging: {
     level: "debug" | "info" | "warn" | "error";
-    accessLog?: { enabled: boolean; file?: string; format: "json" | "combined" };
-    errorLog?: { enabled: boolean; file?: string; level: "debug" | "info" | "warn" | "error" };
-    auditLog?: { enabled: boolean; file?: string };
+    /** bufferSize: bytes buffered before a write (buffer-size); absent = 64 KiB. Lines also go out 100 ms after the first. */
+    accessLog?: { enabled: boolean; file?: string; format: "json" | "combined"; bufferSize?: number };
+    errorLog?: { enabled: boolean; file?: string; level: "debug" | "info" | "warn" | "error"; bufferSize?: number };
+    auditLog?: { enabled: boolean; file?: string; bufferSize?: number };
   };
 }
 

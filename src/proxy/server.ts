@@ -65,16 +65,16 @@ const sinkError = (name: string) => (err: unknown) => log("error", "log write fa
 function openLogs(config: SentinelConfig): OpenLogs {
   const logging = config.observability.logging;
   const opened: LineSink[] = [];
-  const open = (name: string, file?: string) => {
-    const s = createSink(name, file, { onError: sinkError(name) });
+  const open = (name: string, file: string | undefined, flushBytes: number | undefined) => {
+    const s = createSink(name, file, { onError: sinkError(name), flushBytes });
     opened.push(s);
     return s;
   };
   try {
     const out: OpenLogs = {};
-    if (logging.accessLog?.enabled) out.access = { sink: open("access", logging.accessLog.file), format: logging.accessLog.format };
-    if (logging.auditLog?.enabled) out.audit = open("audit", logging.auditLog.file);
-    if (logging.errorLog?.enabled && logging.errorLog.file) out.error = { sink: open("error", logging.errorLog.file), level: logging.errorLog.level };
+    if (logging.accessLog?.enabled) out.access = { sink: open("access", logging.accessLog.file, logging.accessLog.bufferSize), format: logging.accessLog.format };
+    if (logging.auditLog?.enabled) out.audit = open("audit", logging.auditLog.file, logging.auditLog.bufferSize);
+    if (logging.errorLog?.enabled && logging.errorLog.file) out.error = { sink: open("error", logging.errorLog.file, logging.errorLog.bufferSize), level: logging.errorLog.level };
     return out;
   } catch (err) {
     for (const s of opened) void s.close();
