@@ -1,8 +1,13 @@
 // Upstream knobs that an audit found accepted but without effect, through the compiled binary:
 // the connect timeout (upstream and timeout filter), connection-pool max-lifetime, the retry
-// policy's overall timeout-ms, and HTTP health checks of a TLS upstream with its own CA.
+// policy's overall timeout-ms, HTTP health checks of a TLS upstream with its own CA, and the
+// upstream write timeout (plain and TLS).
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { readFileSync } from "node:fs";
+import { createServer as createNetServer, type AddressInfo, type Server as NetServer } from "node:net";
+import { createServer as createTlsServer } from "node:tls";
 import { startProxy, waitFor, type ProxyProcess } from "./helpers/proxy.ts";
+import { upload } from "./helpers/raw.ts";
 import { selfSignedCert } from "./helpers/tls.ts";
 
 const hasPython = Bun.spawnSync(["python3", "-c", "pass"]).exitCode === 0;
@@ -43,14 +48,27 @@ const recorder = Bun.serve({
   },
 });
 
+/** A server that accepts (and, with TLS, completes the handshake) but never reads a byte. */
+async function stalled(tls?: { cert: string; key: string }): Promise<NetServer> {
+  const hold = (s: { pause(): void }) => s.pause();
+  const srv = tls ? createTlsServer({ cert: readFileSync(tls.cert), key: readFileSync(tls.key) }, hold) : createNetServer(hold);
+  await new Promise<void>((resolve) => srv.listen(0, "127.0.0.1", resolve));
+  return srv;
+}
+const portOf = (s: NetServer) => (s.address() as AddressInfo).port;
+
 let proxy: ProxyProcess;
 let hole: { port: number; stop(): void } | undefined;
 let secure: ReturnType<typeof Bun.serve>;
+let sink: NetServer;
+let tlsSink: NetServer;
 
 beforeAll(async () => {
   if (hasPython) hole = await blackhole();
   const { cert, key } = selfSignedCert();
   secure = Bun.serve({ hostname: "127.0.0.1", port: 0, tls: { cert: Bun.file(cert), key: Bun.file(key) }, fetch: () => new Response("secure") });
+  sink = await stalled();
+  tlsSink = await stalled({ cert, key });
   proxy = await startProxy(`
 system { }
 listeners {
@@ -65,6 +83,8 @@ upstreams {
     tls { sni "localhost"; ca-cert "${cert}" }
     health-check { type "http" { path "/health"; expected-status 200 }; interval-secs 1; timeout-secs 1; healthy-threshold 1; unhealthy-threshold 1 }
   }
+  upstream "sink" { target "127.0.0.1:${portOf(sink)}"; timeouts { write 1; request 20 } }
+  upstream "tls-sink" { target "127.0.0.1:${portOf(tlsSink)}"; tls { sni "localhost"; ca-cert "${cert}" }; timeouts { write 1; request 20 } }
 }
 filters { filter "ct" { type "timeout"; connect-timeout-secs 1 } }
 routes {
@@ -72,6 +92,8 @@ routes {
   route "ct" { matches { path-prefix "/ct" }; upstream "hole-slow-connect"; filters "ct" }
   route "budget" { matches { path-prefix "/budget" }; upstream "rec"; retry-policy { max-attempts 1; timeout-ms 1500 } }
   route "tls" { matches { path-prefix "/tls" }; upstream "tls" }
+  route "sink" { matches { path-prefix "/sink" }; upstream "sink"; policies { max-body-size "1GB" } }
+  route "tls-sink" { matches { path-prefix "/tsink" }; upstream "tls-sink"; policies { max-body-size "1GB" } }
   route "rec" { priority "low"; upstream "rec" }
 }
 `);
@@ -81,6 +103,8 @@ afterAll(async () => {
   hole?.stop();
   recorder.stop(true);
   secure?.stop(true);
+  sink?.close();
+  tlsSink?.close();
 });
 
 const timed = async (url: string) => {
@@ -120,4 +144,17 @@ describe("upstream knobs", () => {
     await Bun.sleep(2500); // two health-check rounds; the route must still be served
     expect(await (await fetch(`${proxy.url}/tls/x`)).text()).toBe("secure");
   });
+
+  test("timeouts { write }: an upstream that stops taking the request body gets 504 at the write timeout, not the request timeout (plain and TLS)", async () => {
+    const size = 256 * 1024 * 1024; // far beyond every socket buffer on the way
+    for (const path of ["/sink/up", "/tsink/up"]) {
+      const head = `POST ${path} HTTP/1.1\r\nHost: t\r\nContent-Length: ${size}\r\n\r\n`;
+      const r = await upload(proxy.url, head, { bodyBytes: size, timeoutMs: 15_000 });
+      expect({ path, status: r.status }).toEqual({ path, status: 504 });
+      expect(r.closedMs).toBeLessThan(8_000); // the request timeout is 20 s
+    }
+    const log = proxy.logs.filter((l) => typeof l.msg === "string" && String(l.error ?? l.reason ?? "").includes("write timeout"));
+    expect(log.length).toBeGreaterThan(0);
+  });
 });
+

@@ -1702,7 +1702,7 @@ class Converter {
         timeouts: (c) => {
           const tw = `${w} timeouts`;
           r.blockNode(c, tw);
-          const t = (set: (ms: number) => void, noEffect = false) => (cc: KdlNode) => {
+          const t = (set: (ms: number) => void) => (cc: KdlNode) => {
             const v = r.one(cc, tw);
             if (v === undefined) return;
             if (v === 0) {
@@ -1712,11 +1712,6 @@ class Converter {
             const s = r.checkInt(cc, tw, v, 1, 86_400);
             if (s === undefined) return;
             set(s * 1000);
-            if (noEffect)
-              this.d.warn(
-                cc,
-                `${tw}: '${cc.name}' has no effect: no write timeout is applied; writing the request body upstream is bounded by the request timeout (timeouts request, or the route's timeout-secs) and the body idle timeout (system idle-timeout-secs)`,
-              );
           };
           r.block(
             c,
@@ -1728,8 +1723,8 @@ class Converter {
               "request-secs": t((ms) => (up.requestTimeoutMs = ms)),
               read: t((ms) => (up.readTimeoutMs = ms)),
               "read-secs": t((ms) => (up.readTimeoutMs = ms)),
-              write: t((ms) => (up.writeTimeoutMs = ms), true),
-              "write-secs": t((ms) => (up.writeTimeoutMs = ms), true),
+              write: t((ms) => (up.writeTimeoutMs = ms)),
+              "write-secs": t((ms) => (up.writeTimeoutMs = ms)),
             },
             { aliases: { "connect-secs": "connect", "request-secs": "request", "read-secs": "read", "write-secs": "write" } },
           );

@@ -87,6 +87,14 @@ export class H1TimeoutError extends Error {
   }
 }
 
+/** The upstream took no request byte for the pool's writeTimeoutMs while some were waiting (upstream `timeouts { write }`). */
+export class H1WriteTimeoutError extends Error {
+  constructor(readonly ms: number) {
+    super(`upstream accepted no request bytes for ${ms} ms`);
+    this.name = "WriteTimeout";
+  }
+}
+
 export interface PoolOptions {
   /** Idle connections kept per target once idle for a second (default 256; see release()). */
   maxIdle?: number;
@@ -100,6 +108,8 @@ export interface PoolOptions {
   connectTimeoutMs?: number;
   /** A connection older than this is closed instead of being reused (default: none). */
   maxLifetimeMs?: number;
+  /** Request bytes the upstream does not take for this long fail the exchange (default: none). */
+  writeTimeoutMs?: number;
 }
 
 /** A Content-Length value we accept (up to 15 digits: stays an exact number). */
@@ -242,6 +252,8 @@ class Conn {
   pending: Uint8Array[] = [];
   pendingOffset = 0;
   drainWaiter: (() => void) | null = null;
+  /** Armed while request bytes wait for the upstream to take them (pool.writeTimeoutMs). */
+  writeDeadline: DeadlineHandle | null = null;
   reused = 0;
   idleSince = 0;
   closed = false;
@@ -270,19 +282,37 @@ class Conn {
       const buf = typeof data === "string" ? Buffer.from(data, "latin1") : data;
       this.pending.push(buf);
       this.pendingOffset = w;
+      this.armWrite();
     }
+  }
+
+  /** (Re)start the write timeout: from the last progress, like nginx's proxy_send_timeout. */
+  private armWrite(): void {
+    const ms = this.pool.writeTimeoutMs;
+    if (ms <= 0) return;
+    this.writeDeadline?.cancel();
+    this.writeDeadline = sharedDeadlines.schedule(ms, expireWrite, this);
   }
 
   flush(): void {
     const s = this.socket;
+    let progress = false;
     while (s && this.pending.length > 0) {
       const buf = this.pending[0]!;
       const w = s.write(buf, this.pendingOffset, buf.byteLength - this.pendingOffset);
       if (w < 0) return this.destroy(new H1Error("write to upstream failed", "ECONNRESET"));
+      if (w > 0) progress = true;
       this.pendingOffset += w;
-      if (this.pendingOffset < buf.byteLength) return;
+      if (this.pendingOffset < buf.byteLength) {
+        if (progress) this.armWrite();
+        return;
+      }
       this.pending.shift();
       this.pendingOffset = 0;
+    }
+    if (this.writeDeadline !== null && this.pending.length === 0) {
+      this.writeDeadline.cancel();
+      this.writeDeadline = null;
     }
     if (this.pending.length === 0 && this.drainWaiter) {
       const w = this.drainWaiter;
@@ -301,6 +331,10 @@ class Conn {
   destroy(err: Error, peerClosed = false): void {
     if (this.closed) return;
     this.closed = true;
+    if (this.writeDeadline !== null) {
+      this.writeDeadline.cancel();
+      this.writeDeadline = null;
+    }
     const s = this.socket;
     this.socket = null;
     this.pool.forget(this);
@@ -816,6 +850,12 @@ function requestHead(req: H1Request, hostDefault: string, framing: string): stri
   return head + framing + "connection: keep-alive\r\n\r\n";
 }
 
+/** The deadline queue's callback for request bytes the upstream has not taken within writeTimeoutMs. */
+function expireWrite(c: Conn): void {
+  c.writeDeadline = null;
+  if (c.pending.length > 0) c.destroy(new H1WriteTimeoutError(c.pool.writeTimeoutMs));
+}
+
 /** The deadline queue's callback for a connection still connecting at connectTimeoutMs. */
 function expireConnect(c: Conn): void {
   const w = c.connectWaiter;
@@ -834,6 +874,7 @@ export class H1Pool {
   readonly maxHeadBytes: number;
   readonly connectTimeoutMs: number;
   readonly maxLifetimeMs: number;
+  readonly writeTimeoutMs: number;
   private readonly idle: Conn[] = [];
   private readonly all = new Set<Conn>();
   private sweeper: ReturnType<typeof setInterval> | null = null;
@@ -851,6 +892,7 @@ export class H1Pool {
     this.maxHeadBytes = opts.maxHeadBytes ?? 64 * 1024;
     this.connectTimeoutMs = opts.connectTimeoutMs ?? 0;
     this.maxLifetimeMs = opts.maxLifetimeMs ?? 0;
+    this.writeTimeoutMs = opts.writeTimeoutMs ?? 0;
   }
 
   /** Connections open (idle + busy). */
