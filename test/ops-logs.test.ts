@@ -159,6 +159,32 @@ observability {
     const old = lines(access + ".1");
     expect(old.filter((l) => l.includes("/app/between-")).length).toBe(10);
   });
+
+  test("audit-log log-waf-events: an allow that reports rule ids (detection only) is audited only when it is on", async () => {
+    const access = join(dir, "logs-access.jsonl");
+    const audit = join(dir, "logs-audit.jsonl");
+    const detect = async (path: string) => {
+      const r = await fetch(`${proxy.url}${path}`, { headers: { "x-want": "detect" } });
+      expect(r.status).toBe(200);
+      await r.text();
+    };
+    await detect("/guarded/detect-off");
+    await waitFor(() => jsonLines(access).some((l) => l.path === "/guarded/detect-off"), 3000, "access line");
+    // The access line carries the rules either way; the audit log has no line while the setting is off.
+    expect(jsonLines(access).find((l) => l.path === "/guarded/detect-off")!.agents[0]).toMatchObject({ decision: "allow", ruleIds: ["D-1"], tags: ["detect-only"] });
+    const reloads = () => proxy.logs.filter((l) => l.msg === "config reloaded").length;
+    const before = reloads();
+    const cfg = join(dir, "sentinel.kdl");
+    writeFileSync(cfg, readFileSync(cfg, "utf8").replace('audit-log { file "logs-audit.jsonl" }', 'audit-log { file "logs-audit.jsonl"; log-waf-events #true }'));
+    proxy.proc.kill("SIGHUP");
+    await waitFor(() => reloads() > before, 5000, "reload");
+    await detect("/guarded/detect-on");
+    await (await fetch(`${proxy.url}/guarded/plain-allow`)).text();
+    await waitFor(() => jsonLines(audit).some((l) => l.path === "/guarded/detect-on"), 3000, "audit line of the detection");
+    await waitFor(() => jsonLines(access).some((l) => l.path === "/guarded/plain-allow"), 3000, "access line of the plain allow");
+    expect(jsonLines(audit).find((l) => l.path === "/guarded/detect-on")).toMatchObject({ agent: "sdk", decision: "allow", rule_ids: ["D-1"], tags: ["detect-only"], status: 200 });
+    expect(jsonLines(audit).some((l) => l.path === "/guarded/detect-off" || l.path === "/guarded/plain-allow")).toBe(false);
+  });
 });
 
 describe("combined format, operational logs and levels", () => {

@@ -473,9 +473,9 @@ routes { route "a" { priority "low"; upstream "a"; }; route "b" { priority "low"
     expect(r.cfg.observability.logging.accessLog?.bufferSize).toBe(8192);
     expect(r.cfg.observability.logging.errorLog?.bufferSize).toBe(8192);
     expect(r.cfg.observability.logging.auditLog?.bufferSize).toBe(8192);
+    expect(r.cfg.observability.logging.auditLog?.wafEvents).toBe(true);
     expect(r.warnings).toEqual([
       `main.kdl:8:5: observability logging error-log without 'file' writes nothing: operational lines already go to stderr, and the error log is only a copy of them into a file; add file "…" (or remove the block)`,
-      "main.kdl:9:50: observability logging audit-log: log-waf-events has no effect: the audit log records every agent decision that changed the outcome, a WAF agent's included, and nothing else (see docs/operations.md)",
     ]);
   });
 
@@ -488,7 +488,7 @@ routes { route "a" { priority "low"; upstream "a"; }; route "b" { priority "low"
     expect(load(BASE + `observability { logging { access-log { buffer-size 1; }; audit-log { buffer-size 1048576; }; }; }\n`).errors).toEqual([]);
   });
 
-  test("log-waf-events #false is warned too; an error-log with a file, or disabled, is not", () => {
+  test("log-waf-events #false is taken without a warning; an error-log with a file, or disabled, is not warned", () => {
     const r = load(
       BASE +
         `observability {
@@ -500,7 +500,8 @@ routes { route "a" { priority "low"; upstream "a"; }; route "b" { priority "low"
 `,
     );
     expect(r.errors).toEqual([]);
-    expect(r.warnings.map((w) => w.split(": ").slice(0, 3).join(": "))).toEqual(["main.kdl:8:17: observability logging audit-log: log-waf-events has no effect"]);
+    expect(r.warnings).toEqual([]);
+    expect(r.cfg.observability.logging.auditLog?.wafEvents).toBe(false);
     const off = load(BASE + `observability { logging { error-log { enabled #false; }; }; }\n`);
     expect(off.errors).toEqual([]);
     expect(off.warnings).toEqual([]);
@@ -511,7 +512,6 @@ routes { route "a" { priority "low"; upstream "a"; }; route "b" { priority "low"
     const w = r.diagnostics.filter((d) => d.severity === "warning").map((d) => formatDiagnostic(d).replace(EXAMPLES + "/", ""));
     for (const [at, what] of [
       ["zentinel.kdl:7:5:", "max-connections has no effect"],
-      ["zentinel.kdl:453:13:", "log-waf-events has no effect"],
     ])
       expect(w.some((x) => x.startsWith(at) && x.includes(what))).toBe(true);
   });
@@ -1357,7 +1357,7 @@ describe("limits, observability, unsupported top-level blocks", () => {
         level: "debug",
         accessLog: { enabled: true, file: join(dir, "logs/access.log"), format: "combined", bufferSize: 8192 },
         errorLog: { enabled: true, file: "/var/log/e.log", level: "error" },
-        auditLog: { enabled: true, file: "/var/log/a.log" },
+        auditLog: { enabled: true, file: "/var/log/a.log", wafEvents: true },
       },
     });
   });
@@ -1676,7 +1676,7 @@ describe("Zentinel sample configs (../shared/examples)", () => {
       level: "info",
       accessLog: { enabled: true, file: "/var/log/zentinel/access.log", format: "json", bufferSize: 8192 },
       errorLog: { enabled: true, file: "/var/log/zentinel/error.log", level: "warn", bufferSize: 8192 },
-      auditLog: { enabled: true, file: "/var/log/zentinel/audit.log", bufferSize: 8192 },
+      auditLog: { enabled: true, file: "/var/log/zentinel/audit.log", bufferSize: 8192, wafEvents: true },
     });
     // the AND'ed double path is flagged
     expect(get("zentinel.kdl").diagnostics.map(formatDiagnostic)).toContain(

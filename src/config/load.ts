@@ -2691,11 +2691,8 @@ class Converter {
               "log-blocked": onlyTrue,
               "log-agent-decisions": onlyTrue,
               "log-waf-events": (x) => {
-                if (r.bool(x, aw) !== undefined)
-                  this.d.warn(
-                    x,
-                    `${aw}: log-waf-events has no effect: the audit log records every agent decision that changed the outcome, a WAF agent's included, and nothing else (see docs/operations.md)`,
-                  );
+                const v = r.bool(x, aw);
+                if (v !== undefined) al.wafEvents = v;
               },
             });
             o.logging.auditLog = al;

@@ -234,7 +234,8 @@ export interface ObservabilityConfig {
     /** bufferSize: bytes buffered before a write (buffer-size); absent = 64 KiB. Lines also go out 100 ms after the first. */
     accessLog?: { enabled: boolean; file?: string; format: "json" | "combined"; bufferSize?: number };
     errorLog?: { enabled: boolean; file?: string; level: "debug" | "info" | "warn" | "error"; bufferSize?: number };
-    auditLog?: { enabled: boolean; file?: string; bufferSize?: number };
+    /** wafEvents (log-waf-events, default off): also audit allow answers that report rule ids (detection-only WAF agents). */
+    auditLog?: { enabled: boolean; file?: string; bufferSize?: number; wafEvents?: boolean };
   };
 }
 

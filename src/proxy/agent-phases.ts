@@ -90,7 +90,8 @@ function judge(ctx: RequestContext, step: AgentStep, result: AgentCallResult): O
   if (!result.ok) return failure(ctx, step, result); // an answer it may not apply included (agents/reply-check.ts)
   const d = result.reply.decision;
   const trace: AgentTrace = { agent: step.agent.id, decision: d.kind, latencyMs: Math.round(result.latencyMs * 1000) / 1000 };
-  if (d.kind !== "allow") {
+  // A deny carries its audit metadata; an allow only when it reports rules (a detection-only WAF event).
+  if (d.kind !== "allow" || result.reply.audit.ruleIds.length > 0) {
     trace.ruleIds = result.reply.audit.ruleIds;
     trace.tags = result.reply.audit.tags;
   }

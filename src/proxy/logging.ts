@@ -12,6 +12,8 @@ import { log } from "../observability/log.ts";
 export interface LogSinks {
   access?: { sink: LineSink; format: "json" | "combined" };
   audit?: LineSink;
+  /** audit-log log-waf-events: also audit allow answers that report rule ids. */
+  auditWafEvents?: boolean;
 }
 
 let sinks: LogSinks = {};
@@ -223,7 +225,7 @@ export function logRequest(ctx: RequestContext, durationMs: number): void {
   }
   if (audit && ctx.agentTrace.length > 0) {
     for (const a of ctx.agentTrace) {
-      if (!audited(a.decision)) continue;
+      if (!audited(a.decision) && !(sinks.auditWafEvents === true && a.ruleIds !== undefined && a.ruleIds.length > 0)) continue;
       audit.write(
         JSON.stringify({
           time: now.toISOString(),

@@ -89,7 +89,7 @@ function applyLogs(config: SentinelConfig, next: OpenLogs): () => Promise<void> 
   const prev = getLogSinks();
   const prevError = currentErrorLog;
   setLogLevel(config.observability.logging.level);
-  setLogSinks({ access: next.access, audit: next.audit });
+  setLogSinks({ access: next.access, audit: next.audit, auditWafEvents: config.observability.logging.auditLog?.wafEvents === true });
   currentErrorLog = next.error?.sink;
   setErrorLogSink(next.error?.sink, next.error?.level);
   return async () => {

@@ -2,7 +2,8 @@
 //   bun test/helpers/sdk-agent.ts (--socket PATH | --grpc HOST:PORT) [--log FILE]
 // Prints "READY <address>" on stdout. Each received event is appended to --log as a JSON line.
 // What it answers to request headers is chosen by the request header `x-want`:
-//   block | redirect | challenge | redirect-bad | mutate-crlf | mutate-host | (default) allow
+//   block | redirect | challenge | redirect-bad | mutate-crlf | mutate-host | detect (allow with
+//   audit rule ids) | (default) allow
 // plus `x-delay-ms: N` to answer late. Request bodies containing "EVIL" are blocked (403);
 // "REPLACE" in a body is replaced by "REPLACED". Response headers get `x-agent-saw-status`.
 import { appendFileSync } from "node:fs";
@@ -42,6 +43,8 @@ const handler: AgentHandler = {
         return redirect("javascript:alert(1)");
       case "mutate-crlf":
         return allow({ requestHeaders: [setHeader("x-bad", "v\r\nx-injected: 1")] });
+      case "detect":
+        return allow({ audit: { ruleIds: ["D-1"], tags: ["detect-only"] } });
       case "mutate-host":
         return allow({ requestHeaders: [setHeader("Host", "evil.example")] });
     }
