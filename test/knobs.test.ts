@@ -57,6 +57,23 @@ async function stalled(tls?: { cert: string; key: string }): Promise<NetServer> 
 }
 const portOf = (s: NetServer) => (s.address() as AddressInfo).port;
 
+/** An upstream that answers after ?ms=N and records the most requests it ever had in flight at once. */
+let inFlight = 0;
+let peak = 0;
+const counting = Bun.serve({
+  hostname: "127.0.0.1",
+  port: 0,
+  async fetch(req) {
+    peak = Math.max(peak, ++inFlight);
+    try {
+      await Bun.sleep(Number(new URL(req.url).searchParams.get("ms") ?? 0));
+      return new Response("counted");
+    } finally {
+      inFlight--;
+    }
+  },
+});
+
 let proxy: ProxyProcess;
 let hole: { port: number; stop(): void } | undefined;
 let secure: ReturnType<typeof Bun.serve>;
@@ -83,6 +100,8 @@ upstreams {
     tls { sni "localhost"; ca-cert "${cert}" }
     health-check { type "http" { path "/health"; expected-status 200 }; interval-secs 1; timeout-secs 1; healthy-threshold 1; unhealthy-threshold 1 }
   }
+  upstream "capped" { target "127.0.0.1:${counting.port}"; connection-pool { max-connections 2 } }
+  upstream "one" { target "127.0.0.1:${counting.port}"; connection-pool { max-connections 1 }; timeouts { request 1 } }
   upstream "sink" { target "127.0.0.1:${portOf(sink)}"; timeouts { write 1; request 20 } }
   upstream "tls-sink" { target "127.0.0.1:${portOf(tlsSink)}"; tls { sni "localhost"; ca-cert "${cert}" }; timeouts { write 1; request 20 } }
 }
@@ -92,6 +111,9 @@ routes {
   route "ct" { matches { path-prefix "/ct" }; upstream "hole-slow-connect"; filters "ct" }
   route "budget" { matches { path-prefix "/budget" }; upstream "rec"; retry-policy { max-attempts 1; timeout-ms 1500 } }
   route "tls" { matches { path-prefix "/tls" }; upstream "tls" }
+  route "capped" { matches { path-prefix "/capped" }; upstream "capped" }
+  route "one" { matches { path-prefix "/one" }; upstream "one" }
+  route "one-long" { matches { path-prefix "/long" }; upstream "one"; policies { timeout-secs 3 } }
   route "sink" { matches { path-prefix "/sink" }; upstream "sink"; policies { max-body-size "1GB" } }
   route "tls-sink" { matches { path-prefix "/tsink" }; upstream "tls-sink"; policies { max-body-size "1GB" } }
   route "rec" { priority "low"; upstream "rec" }
@@ -104,6 +126,7 @@ afterAll(async () => {
   recorder.stop(true);
   secure?.stop(true);
   sink?.close();
+  counting.stop(true);
   tlsSink?.close();
 });
 
@@ -155,6 +178,23 @@ describe("upstream knobs", () => {
     }
     const log = proxy.logs.filter((l) => typeof l.msg === "string" && String(l.error ?? l.reason ?? "").includes("write timeout"));
     expect(log.length).toBeGreaterThan(0);
+  });
+
+  test("connection-pool max-connections: past it, requests wait for a free connection (never more in flight) within their timeout", async () => {
+    peak = 0;
+    const t0 = performance.now();
+    const all = await Promise.all(Array.from({ length: 6 }, () => timed(`${proxy.url}/capped/x?ms=300`)));
+    expect(all.map((r) => r.status)).toEqual([200, 200, 200, 200, 200, 200]);
+    expect(peak).toBe(2);
+    expect(performance.now() - t0).toBeGreaterThan(850); // three rounds of two
+    // A wait that outlasts the request's upstream timeout (1 s) is a 503: nothing was sent. The holder (3 s) is served.
+    const [holder, waiter] = await Promise.all([timed(`${proxy.url}/long/x?ms=2000`), (async () => (await Bun.sleep(100), timed(`${proxy.url}/one/y`)))()]);
+    expect(holder.status).toBe(200);
+    expect(waiter.status).toBe(503);
+    expect(waiter.ms).toBeGreaterThan(900);
+    expect(waiter.ms).toBeLessThan(1900);
+    // …and the limit holds nothing once they are done.
+    expect((await timed(`${proxy.url}/one/z`)).status).toBe(200);
   });
 });
 

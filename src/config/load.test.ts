@@ -887,7 +887,7 @@ ${R("a")}${R("b")}`);
       requestTimeoutMs: 60000,
       readTimeoutMs: 30000,
       writeTimeoutMs: 30000,
-      pool: { maxConnections: 100, maxIdle: 20, idleTimeoutMs: 60000, maxLifetimeMs: 0 },
+      pool: { maxConnections: 0, maxIdle: 20, idleTimeoutMs: 60000, maxLifetimeMs: 0 },
       loc: { file: r.path, line: 13, col: 3 },
     });
   });
@@ -949,13 +949,13 @@ ${R("a")}${R("b")}${R("c")}`);
     expect(a.healthCheck).toEqual({ type: "http", path: "/ready", expectedStatus: 204, host: "api.internal", intervalMs: 3000, timeoutMs: 2000, healthyThreshold: 4, unhealthyThreshold: 5 });
     expect([a.connectTimeoutMs, a.requestTimeoutMs, a.readTimeoutMs, a.writeTimeoutMs]).toEqual([1000, 2000, 3000, 4000]);
     expect(a.pool).toEqual({ maxConnections: 7, maxIdle: 3, idleTimeoutMs: 9000, maxLifetimeMs: 99000 });
-    expect(r.warnings.filter((w: string) => w.includes("max-connections has no effect: no per-target connection limit"))).toHaveLength(1);
+    expect(r.warnings.filter((w: string) => w.includes("max-connections"))).toHaveLength(0); // enforced per target (slots.ts)
     expect(a.tls).toEqual({ sni: "api.internal", caCert: ca, insecureSkipVerify: false });
     expect([a.passiveFailureThreshold, a.passiveEjectMs]).toEqual([9, 12000]);
     const b = r.cfg.upstreams.get("b")!;
     expect(b.healthCheck).toMatchObject({ type: "http", path: "/health", expectedStatus: 503 });
     expect([b.connectTimeoutMs, b.requestTimeoutMs, b.readTimeoutMs, b.writeTimeoutMs]).toEqual([5000, 6000, 7000, 8000]);
-    expect(b.pool).toEqual({ maxConnections: 100, maxIdle: 20, idleTimeoutMs: 11000, maxLifetimeMs: 300000 });
+    expect(b.pool).toEqual({ maxConnections: 0, maxIdle: 20, idleTimeoutMs: 11000, maxLifetimeMs: 300000 }); // no limit unless set
     expect(r.cfg.upstreams.get("c")!.healthCheck).toEqual({ type: "tcp", path: "/health", expectedStatus: 200, intervalMs: 1000, timeoutMs: 5000, healthyThreshold: 2, unhealthyThreshold: 3 });
   });
 

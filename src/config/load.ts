@@ -1569,7 +1569,7 @@ class Converter {
       requestTimeoutMs: 60_000,
       readTimeoutMs: 30_000,
       writeTimeoutMs: 30_000,
-      pool: { maxConnections: 100, maxIdle: 20, idleTimeoutMs: 60_000, maxLifetimeMs: 0 },
+      pool: { maxConnections: 0, maxIdle: 20, idleTimeoutMs: 60_000, maxLifetimeMs: 0 },
       loc: locOf(n),
     };
     let targetCount = 0;
@@ -1671,9 +1671,8 @@ class Converter {
             {
               "max-connections": (cc) => {
                 const v = r.int(cc, pw, 1);
+                // Per target: past it, requests wait for a free connection (src/upstreams/slots.ts).
                 if (v !== undefined) up.pool.maxConnections = v;
-                // Refusing (or queueing) requests past a per-target connection count is not built.
-                this.d.warn(cc, `${pw}: max-connections has no effect: no per-target connection limit is enforced (idle connections are bounded by max-idle and idle-timeout)`);
               },
               "max-idle": (cc) => {
                 const v = r.int(cc, pw, 0);

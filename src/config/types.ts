@@ -126,6 +126,7 @@ export interface UpstreamConfig {
   requestTimeoutMs: number; // timeouts.request / request-secs (default 60 s)
   readTimeoutMs: number; // timeouts.read / read-secs: body idle (default 30 s)
   writeTimeoutMs: number; // default 30 s
+  /** maxConnections: per target, 0 = no limit (the default; Zentinel documents 100 but does not enforce it). */
   pool: { maxConnections: number; maxIdle: number; idleTimeoutMs: number; maxLifetimeMs: number };
   tls?: { sni?: string; caCert?: string; clientCert?: string; clientKey?: string; insecureSkipVerify: boolean };
   loc: SourceLoc;

@@ -11,6 +11,7 @@ import type { RequestContext } from "./context.ts";
 import { errorResponse } from "./errors.ts";
 import { eachHeader } from "../http/header-list.ts";
 import { tlsOptions } from "../upstreams/forward.ts";
+import { takeSlot } from "../upstreams/slots.ts";
 
 const HANDSHAKE_HEADERS = ["sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol", "content-length"];
 const MAX_PENDING = 1024; // messages from upstream waiting for the client socket to open
@@ -83,8 +84,16 @@ export async function proxyWebSocket(ctx: RequestContext, done: () => void): Pro
     done();
     return errorResponse(503, ctx.traceId);
   }
-  ctx.target = target;
-  target.active++;
+  // connection-pool max-connections counts WebSocket connections too (src/upstreams/slots.ts).
+  const slot = takeSlot(target, ctx.plan!.upstreamTimeoutMs, ctx.signal);
+  const got = slot === "ok" ? slot : await slot;
+  if (got !== "ok") {
+    ctx.targetAddress = target.address;
+    ctx.error = `upstream ${target.address}: max-connections (${target.maxConnections}) in use${got === "full" ? " and the wait queue is full" : got === "timeout" ? "; none free in time" : "; client went away while waiting"}`;
+    done();
+    return errorResponse(503, ctx.traceId);
+  }
+  ctx.target = target; // holds the slot; released when the request finishes
   ctx.attempts = 1;
   const headers: Record<string, string> = {};
   eachHeader(ctx.upstreamHeaders!.list, (v, k) => {

@@ -7,6 +7,7 @@ import { BodyLimitError } from "./body.ts";
 import { H1Pool, H1TimeoutError, H1WriteTimeoutError } from "./h1client.ts";
 import { listToHeaders, type HeaderList } from "../http/header-list.ts";
 import { sharedDeadlines, type DeadlineHandle } from "../agents/deadline.ts";
+import { releaseSlot, takeSlot, type SlotOutcome } from "./slots.ts";
 
 /** What the pipeline gets back: a fetch() Response fits, and so does an h1client answer. */
 export interface UpstreamResponse {
@@ -52,6 +53,26 @@ function track(input: ForwardInput, target: Target): void {
   if (t === undefined) return;
   t.attempts++;
   t.target = target;
+}
+
+/** An attempt that holds no slot any more: the tracker must not release it again. */
+function untrack(input: ForwardInput, target: Target): void {
+  const t = input.tracker;
+  if (t !== undefined && t.target === target) t.target = undefined;
+}
+
+/** An upstream switching protocols unasked: a failed attempt (never relayed outside the WebSocket path). */
+function unsolicited101(input: ForwardInput, target: Target): ForwardResult {
+  releaseSlot(target);
+  untrack(input, target);
+  return { ok: false, status: 502, reason: "unsolicited 101 from upstream", target };
+}
+
+/** A slot wait that did not end in a slot (src/upstreams/slots.ts). */
+function slotFailure(o: Exclude<SlotOutcome, "ok">, target: Target, waitedMs: number): ForwardResult {
+  if (o === "aborted") return { ok: false, status: 499, reason: "client went away", target };
+  if (o === "full") return { ok: false, status: 503, reason: `upstream ${target.address}: max-connections (${target.maxConnections}) in use and the wait queue is full`, target };
+  return { ok: false, status: 503, reason: `upstream ${target.address}: max-connections (${target.maxConnections}) in use; none free within ${Math.round(waitedMs)} ms`, target };
 }
 
 /** Outcome of one upstream attempt, for metrics: null on an answer (any status), else the failure kind. */
@@ -112,9 +133,11 @@ function cancelBody(body: UpstreamResponse["body"]): void {
 }
 
 async function attemptH1(input: ForwardInput, target: Target, body: ForwardInput["body"], timeoutMs: number): Promise<ForwardResult> {
-  if (input.signal.aborted) return { ok: false, status: 499, reason: "client went away", target };
-  target.active++;
-  track(input, target);
+  if (input.signal.aborted) {
+    releaseSlot(target);
+    untrack(input, target);
+    return { ok: false, status: 499, reason: "client went away", target };
+  }
   const t0 = performance.now();
   try {
     const response = await h1PoolFor(input.pool, target).request({
@@ -128,10 +151,11 @@ async function attemptH1(input: ForwardInput, target: Target, body: ForwardInput
       bodyIdleMs: input.pool.config.readTimeoutMs,
     });
     attemptObserver?.(input.pool, target, (performance.now() - t0) / 1000, null, response.status);
-    if (response.status === 101) return { ok: false, status: 502, reason: "unsolicited 101 from upstream", target };
+    if (response.status === 101) return unsolicited101(input, target);
     return { ok: true, response, target };
   } catch (err) {
-    target.active--;
+    releaseSlot(target);
+    untrack(input, target);
     if (input.signal.aborted) return { ok: false, status: 499, reason: "client went away", target };
     const writeTimedOut = err instanceof H1WriteTimeoutError;
     const timedOut = writeTimedOut || err instanceof H1TimeoutError;
@@ -214,14 +238,16 @@ function watchWrites(body: ReadableStream<Uint8Array>, ms: number, a: FetchAttem
 
 async function attempt(input: ForwardInput, target: Target, body: ForwardInput["body"], timeoutMs: number): Promise<ForwardResult> {
   if (!input.pool.config.tls) return attemptH1(input, target, body, timeoutMs);
-  if (input.signal.aborted) return { ok: false, status: 499, reason: "client went away", target };
+  if (input.signal.aborted) {
+    releaseSlot(target);
+    untrack(input, target);
+    return { ok: false, status: 499, reason: "client went away", target };
+  }
   const a = new FetchAttempt();
   const abort = a.abort;
   // Listened to for the whole exchange: a client that leaves while the body streams aborts it.
   input.signal.addEventListener("abort", a, { once: true });
   a.deadline = sharedDeadlines.schedule(timeoutMs, expireFetchAttempt, a);
-  target.active++;
-  track(input, target);
   const writeMs = input.pool.config.writeTimeoutMs;
   const t0 = performance.now();
   try {
@@ -244,14 +270,15 @@ async function attempt(input: ForwardInput, target: Target, body: ForwardInput["
       // Unsolicited protocol switch: never relayed outside the WebSocket path.
       response.body?.cancel().catch(() => {});
       abort.abort();
-      return { ok: false, status: 502, reason: "unsolicited 101 from upstream", target };
+      return unsolicited101(input, target);
     }
     return { ok: true, response, target };
   } catch (err) {
     a.settled();
     a.stopWriteWatch();
     const timedOut = a.timedOut || a.writeTimedOut;
-    target.active--;
+    releaseSlot(target);
+    untrack(input, target);
     input.signal.removeEventListener("abort", a);
     if (input.signal.aborted) return { ok: false, status: 499, reason: "client went away", target };
     if (attemptObserver && !(err instanceof BodyLimitError || (err as Error)?.name === "BodyLimitError"))
@@ -266,7 +293,7 @@ async function attempt(input: ForwardInput, target: Target, body: ForwardInput["
 
 /** Release per-attempt bookkeeping when the response body is finished (or abandoned). */
 export function releaseTarget(target: Target): void {
-  if (target.active > 0) target.active--;
+  releaseSlot(target);
 }
 
 function sleep(ms: number, signal: AbortSignal): Promise<void> {
@@ -306,7 +333,22 @@ export async function forward(input: ForwardInput): Promise<ForwardResult> {
     }
     tried.push(target);
     // retry-policy timeout-ms is the budget of all attempts: the last one gets what is left of it.
-    const timeoutMs = policy.timeoutMs === undefined ? input.timeoutMs : Math.max(1, Math.min(input.timeoutMs, policy.timeoutMs - (performance.now() - started)));
+    let timeoutMs = policy.timeoutMs === undefined ? input.timeoutMs : Math.max(1, Math.min(input.timeoutMs, policy.timeoutMs - (performance.now() - started)));
+    // connection-pool max-connections: a slot on the target first (waiting counts against the timeout).
+    const slot = takeSlot(target, timeoutMs, input.signal);
+    if (slot !== "ok") {
+      const waitStart = performance.now();
+      const o = await slot;
+      const waited = performance.now() - waitStart;
+      if (o !== "ok") {
+        last = slotFailure(o, target, waited);
+        // Nothing was sent: a full queue may try another target; a wait that used the time up may not.
+        if (o === "full" && tried.length < input.pool.targets.length) continue;
+        return last;
+      }
+      timeoutMs = Math.max(1, timeoutMs - waited);
+    }
+    track(input, target);
     const result = await (input.pool.config.tls ? attempt(input, target, input.body, timeoutMs) : attemptH1(input, target, input.body, timeoutMs));
     last = result;
     if (result.ok) {
@@ -315,6 +357,7 @@ export async function forward(input: ForwardInput): Promise<ForwardResult> {
       if (!retryable || n + 1 >= policy.maxAttempts) return result;
       cancelBody(result.response.body);
       releaseTarget(target);
+      untrack(input, target);
       continue;
     }
     if (result.status === 499 || result.status === 413) return result;

@@ -13,6 +13,10 @@ export interface Target {
   failures: number;
   ejectedUntil: number;
   active: number; // requests in flight
+  /** connection-pool max-connections: the most `active` may reach (0 = no limit; src/upstreams/slots.ts). */
+  readonly maxConnections: number;
+  /** Requests waiting for a slot (slots.ts owns it). */
+  waiters?: unknown[];
   currentWeight: number; // smooth weighted round robin state
   consecutiveOk: number;
   consecutiveFail: number;
@@ -58,7 +62,7 @@ function rendezvous(candidates: Target[], key: string): Target {
   return best;
 }
 
-export function createTarget(config: TargetConfig, tls: boolean): Target {
+export function createTarget(config: TargetConfig, tls: boolean, maxConnections = 0): Target {
   const host = config.host.includes(":") && !config.host.startsWith("[") ? `[${config.host}]` : config.host;
   return {
     config,
@@ -69,6 +73,7 @@ export function createTarget(config: TargetConfig, tls: boolean): Target {
     failures: 0,
     ejectedUntil: 0,
     active: 0,
+    maxConnections,
     currentWeight: 0,
     consecutiveOk: 0,
     consecutiveFail: 0,
@@ -79,7 +84,7 @@ export function createPool(config: UpstreamConfig, previous?: Pool): Pool {
   // Keep health state across reloads for targets that did not change.
   const old = new Map(previous?.targets.map((t) => [t.address, t]));
   const targets = config.targets.map((tc) => {
-    const t = createTarget(tc, !!config.tls);
+    const t = createTarget(tc, !!config.tls, config.pool.maxConnections);
     const prev = old.get(tc.address);
     if (prev) {
       t.healthy = prev.healthy;
