@@ -92,3 +92,20 @@ test("validate: client-auth without ca-file is a located error; ca-file without 
   expect(w.code).toBe(0);
   expect(w.stderr + w.stdout).toContain("ca-file has no effect without client-auth #true");
 });
+
+test("validate names a ca-file that is not a certificate, and a key-file that does not match cert-file", async () => {
+  const server = selfSignedCert();
+  const other = selfSignedCert();
+  const garbage = join(dir, "garbage.pem");
+  await Bun.write(garbage, "this is not a pem\n");
+  const cfg = join(dir, "garbage.kdl");
+  await Bun.write(
+    cfg,
+    `system { }\nlisteners {\n  listener "m" { address "127.0.0.1:0"; protocol "https"; tls { cert-file "${server.cert}"; key-file "${server.key}"; ca-file "${garbage}"; client-auth #true } }\n  listener "n" { address "127.0.0.1:0"; protocol "https"; tls { cert-file "${server.cert}"; key-file "${other.key}" } }\n}\nupstreams { upstream "u" { target "127.0.0.1:1" } }\nroutes { route "all" { priority "low"; upstream "u" } }\n`,
+  );
+  const r = runBinary(["validate", "-c", cfg]);
+  expect(r.code).not.toBe(0);
+  expect(r.stderr).toMatch(/garbage\.kdl:3:\d+: listener 'm' tls: ca-file '.*garbage\.pem': no PEM certificate/);
+  expect(r.stderr).toMatch(/garbage\.kdl:4:\d+: listener 'n' tls: key-file '.*' and cert-file '.*' do not match/);
+});
+

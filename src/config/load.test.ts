@@ -1,10 +1,17 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { selfSignedCert } from "../../test/helpers/tls.ts";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { nodePos, parseKdl } from "./kdl.ts";
 import { compileRustRegex, hasNestedQuantifier, kdlToJson, loadConfig, parseHostPort, parseSize, suggest } from "./load.ts";
 import { formatDiagnostic, type AgentConfig, type LoadResult, type MatchCondition, type RouteConfig, type SentinelConfig } from "./types.ts";
+
+/** A real certificate and key: TLS files are parsed at load (src/config/pem.ts). */
+const PEM = (() => {
+  const f = selfSignedCert();
+  return { cert: readFileSync(f.cert, "utf8"), key: readFileSync(f.key, "utf8") };
+})();
 
 const REPO = resolve(import.meta.dir, "../..");
 const EXAMPLES = resolve(REPO, "../shared/examples");
@@ -457,6 +464,14 @@ routes { route "a" { priority "low"; upstream "a"; }; route "b" { priority "low"
     expect([...r.cfg.upstreams.values()].map((u) => u.writeTimeoutMs)).toEqual([5000, 6000, 30000]);
   });
 
+  test("upstream timeouts write on a TLS upstream is warned: fetch() shows no write progress", () => {
+    const r = load(BASE + `upstreams { upstream "t" { target "127.0.0.1:1"; tls { insecure-skip-verify #true; }; timeouts { write 5; }; }; }\nroutes { route "t" { priority "low"; upstream "t"; }; }\n`);
+    expect(r.errors).toEqual([]);
+    expect(r.warnings.filter((w) => w.includes("write"))).toEqual([
+      "main.kdl:5:98: upstream 't' timeouts: 'write' has no effect on a TLS upstream: the write timeout applies to plain-HTTP upstreams; here an upload that stalls is bounded by the request timeout",
+    ]);
+  });
+
   test("logging buffer-size (access, error, audit), audit-log log-waf-events, error-log without a file", () => {
     const r = load(
       BASE +
@@ -521,9 +536,9 @@ routes { route "a" { priority "low"; upstream "a"; }; route "b" { priority "low"
 
 describe("listeners", () => {
   test("https with tls files, timeouts, default-route", () => {
-    const cert = write("tls/cert.pem", "x");
-    const key = write("tls/key.pem", "x");
-    const ca = write("tls/ca.pem", "x");
+    const cert = write("tls/cert.pem", PEM.cert);
+    const key = write("tls/key.pem", PEM.key);
+    const ca = write("tls/ca.pem", PEM.cert);
     const r = load(`system {}
 listeners {
   listener "https" {
@@ -919,7 +934,7 @@ ${R("a")}${R("b")}`);
   });
 
   test("health checks, timeouts (both spellings), pool, tls, circuit-breaker → passive ejection", () => {
-    const ca = write("up/ca.pem", "x");
+    const ca = write("up/ca.pem", PEM.cert);
     const r = load(`${BASE}upstreams {
   upstream "a" {
     target "127.0.0.1:1"
@@ -1151,7 +1166,7 @@ describe("agents", () => {
     request-body-mode "hybrid"
   }
   agent "waf" type="waf" { grpc "http://waf-service:50051"; timeout-ms 200; failure-mode "open"; }
-  agent "g2" { grpc address="https://g2.internal:443" { ca-cert "${write("g/ca.pem", "x")}"; }; failure-mode "open"; }
+  agent "g2" { grpc address="https://g2.internal:443" { ca-cert "${write("g/ca.pem", PEM.cert)}"; }; failure-mode "open"; }
   agent "g3" { grpc "http://g3:1" { tls; tls-insecure; }; failure-mode "open"; }`);
     expect(r.errors).toEqual([]);
     const auth = A(r, "auth");
@@ -1172,7 +1187,7 @@ describe("agents", () => {
   });
 
   test("§8.3 transport-block style and a type child", () => {
-    const ca = write("t/ca.pem", "x");
+    const ca = write("t/ca.pem", PEM.cert);
     const r = agents(`  agent "waf-agent" {
     type "waf"
     transport { unix-socket "${dir}/waf-agent.sock"; }

@@ -13,6 +13,7 @@ import { matchForm, normalizeRoutePath } from "../routing/normalize.ts";
 import { existsSync, readFileSync, realpathSync, statSync } from "node:fs";
 import { dirname, extname, isAbsolute, resolve } from "node:path";
 import { nodePos, parseKdl, type KdlNode, type KdlValue } from "./kdl.ts";
+import { PEM_KINDS, keyMismatch, pemProblem } from "./pem.ts";
 import type {
   AgentConfig,
   AgentEventName,
@@ -1066,6 +1067,13 @@ class Converter {
   private checkFile(c: KdlNode, where: string, path: string, what: string): void {
     if (!existsSync(path)) this.d.error(c, `${where}: ${what} '${path}' does not exist`);
     else if (!statSync(path).isFile()) this.d.error(c, `${where}: ${what} '${path}' is not a file`);
+    else {
+      // Certificates and keys are parsed now, so that validate names a bad file (the TLS stack
+      // at start-up only says it could not create the server).
+      const kind = PEM_KINDS[what];
+      const problem = kind === undefined ? null : pemProblem(readFileSync(path, "utf8"), kind);
+      if (problem !== null) this.d.error(c, `${where}: ${what} '${path}': ${problem}`);
+    }
   }
 
   private resolvePath(c: KdlNode, p: string): string {
@@ -1147,6 +1155,10 @@ class Converter {
       this.d.warn(caNode, `${w}: ca-file has no effect without client-auth #true (no client certificate is requested)`);
     }
     if (certFile === undefined || keyFile === undefined) return undefined;
+    if (existsSync(certFile) && existsSync(keyFile) && statSync(certFile).isFile() && statSync(keyFile).isFile()) {
+      const mismatch = keyMismatch(readFileSync(certFile, "utf8"), readFileSync(keyFile, "utf8"));
+      if (mismatch !== null) this.d.error(n, `${w}: key-file '${keyFile}' and cert-file '${certFile}' do not match: ${mismatch}`);
+    }
     if (clientAuth && caFile !== undefined) return { certFile, keyFile, caFile, clientAuth: true };
     return caFile ? { certFile, keyFile, caFile } : { certFile, keyFile };
   }
@@ -1574,6 +1586,7 @@ class Converter {
     };
     let targetCount = 0;
     let serverNode: KdlNode | undefined;
+    let writeNode: KdlNode | undefined;
     const addTarget = (c: KdlNode, addr: KdlValue | undefined, weight: KdlValue | undefined) => {
       targetCount++;
       const idx = targetCount;
@@ -1722,8 +1735,14 @@ class Converter {
               "request-secs": t((ms) => (up.requestTimeoutMs = ms)),
               read: t((ms) => (up.readTimeoutMs = ms)),
               "read-secs": t((ms) => (up.readTimeoutMs = ms)),
-              write: t((ms) => (up.writeTimeoutMs = ms)),
-              "write-secs": t((ms) => (up.writeTimeoutMs = ms)),
+              write: (cc) => {
+                writeNode = cc;
+                t((ms) => (up.writeTimeoutMs = ms))(cc);
+              },
+              "write-secs": (cc) => {
+                writeNode = cc;
+                t((ms) => (up.writeTimeoutMs = ms))(cc);
+              },
             },
             { aliases: { "connect-secs": "connect", "request-secs": "request", "read-secs": "read", "write-secs": "write" } },
           );
@@ -1762,6 +1781,13 @@ class Converter {
     if (up.loadBalancing === "weighted" && up.targets.length && up.targets.every((t) => t.weight === 1)) {
       // harmless, but usually a sign that weights were forgotten
       this.d.warn(n, `${w}: load-balancing "weighted" but every target has weight 1`);
+    }
+    if (up.tls && writeNode) {
+      // TLS targets go through fetch(), which shows no upstream write progress to time.
+      this.d.warn(
+        writeNode,
+        `${w} timeouts: '${writeNode.name}' has no effect on a TLS upstream: the write timeout applies to plain-HTTP upstreams; here an upload that stalls is bounded by the request timeout`,
+      );
     }
     this.cfg.upstreams.set(id, up);
   }

@@ -22,3 +22,12 @@ test("flushBytes (the logs' buffer-size) writes once that many bytes are buffere
   await sink.close();
   expect(readFileSync(file, "utf8")).toBe("abc\ndefghijkl\nx\n");
 });
+
+test("the largest flushBytes (1 MiB) loses nothing to a burst that fills it within the 100 ms", async () => {
+  const file = join(mkdtempSync(join(tmpdir(), "sink-")), "b.log");
+  const sink = createSink("test", file, { flushBytes: 1024 * 1024 });
+  const line = "x".repeat(999);
+  for (let i = 0; i < 1500; i++) sink.write(line); // 1.5 MB at once
+  await sink.close();
+  expect(readFileSync(file, "utf8").split("\n").filter(Boolean).length).toBe(1500);
+});

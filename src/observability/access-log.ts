@@ -3,10 +3,11 @@
 //
 // write() only appends the line to an in-memory buffer. The buffer is handed to the kernel with
 // an asynchronous fs.write (the runtime's I/O thread pool, not the event loop) once it holds
-// FLUSH_BYTES or FLUSH_MS after the first buffered line; one write is in flight at a time. While
-// the disk is slow, lines keep accumulating up to MAX_BUFFER; beyond that they are dropped and
-// counted (sentinel_log_lines_dropped_total{log}) instead of growing memory. So at most
-// MAX_BUFFER (pending) + MAX_BUFFER (in flight) bytes are ever held.
+// flushBytes (buffer-size; FLUSH_BYTES by default) or FLUSH_MS after the oldest buffered line;
+// one write is in flight at a time. While the disk is slow, lines keep accumulating up to
+// max(MAX_BUFFER, 2 × flushBytes); beyond that they are dropped and counted
+// (sentinel_log_lines_dropped_total{log}) instead of growing memory. So at most that bound
+// twice (pending + in flight), 4 MiB with the largest buffer-size, is ever held.
 //
 // A file is opened once, in append mode (O_APPEND: safe with several writers and with
 // logrotate's copytruncate); a reload opens it again, which is how rotation by rename works:
@@ -56,8 +57,9 @@ export interface SinkOptions {
  * no file, to stdout.
  */
 export function createSink(name: string, file?: string, opts: SinkOptions = {}): LineSink {
-  const maxBuffer = opts.maxBuffer ?? MAX_BUFFER;
   const flushBytes = opts.flushBytes ?? FLUSH_BYTES;
+  // Room for a full buffer plus what arrives while it is written, whatever buffer-size says.
+  const maxBuffer = Math.max(opts.maxBuffer ?? MAX_BUFFER, 2 * flushBytes);
   const flushMs = opts.flushMs ?? FLUSH_MS;
   const fd = file ? openSync(file, "a", 0o640) : 1;
   const mDropped = dropped.labels(name);
@@ -66,6 +68,8 @@ export function createSink(name: string, file?: string, opts: SinkOptions = {}):
 
   let pending: string[] = [];
   let size = 0;
+  /** When the oldest pending line was logged (it goes out flushMs after that at the latest). */
+  let oldestAt = 0;
   let writing = false;
   let closed = false;
   let timer: ReturnType<typeof setTimeout> | undefined;
@@ -90,7 +94,7 @@ export function createSink(name: string, file?: string, opts: SinkOptions = {}):
       }
     }
     if (pending.length === 0) return settle();
-    if (size >= flushBytes || idle.length > 0) kick();
+    if (size >= flushBytes || idle.length > 0 || performance.now() - oldestAt >= flushMs) kick();
     else arm();
   };
 
@@ -118,7 +122,7 @@ export function createSink(name: string, file?: string, opts: SinkOptions = {}):
 
   function arm(): void {
     if (timer !== undefined || writing) return;
-    timer = setTimeout(kick, flushMs);
+    timer = setTimeout(kick, Math.max(0, flushMs - (performance.now() - oldestAt)));
     (timer as { unref?: () => void }).unref?.();
   }
 
@@ -130,6 +134,7 @@ export function createSink(name: string, file?: string, opts: SinkOptions = {}):
         mDropped.inc();
         return;
       }
+      if (pending.length === 0) oldestAt = performance.now();
       pending.push(line);
       size += line.length + 1;
       mWritten.inc();

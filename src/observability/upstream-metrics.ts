@@ -7,7 +7,7 @@ import { upstreamDuration, upstreamErrors } from "./metrics.ts";
 import { fastHistogramChild } from "./fast-series.ts";
 
 type Kind = AttemptFailure | "status_5xx";
-const KINDS: Kind[] = ["connect", "timeout", "error", "status_5xx"];
+const KINDS: Kind[] = ["connect", "timeout", "write_timeout", "error", "status_5xx"];
 
 interface Series {
   key: string;

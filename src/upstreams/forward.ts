@@ -76,7 +76,7 @@ function slotFailure(o: Exclude<SlotOutcome, "ok">, target: Target, waitedMs: nu
 }
 
 /** Outcome of one upstream attempt, for metrics: null on an answer (any status), else the failure kind. */
-export type AttemptFailure = "connect" | "timeout" | "error";
+export type AttemptFailure = "connect" | "timeout" | "write_timeout" | "error";
 export type AttemptObserver = (pool: Pool, target: Target, seconds: number, failure: AttemptFailure | null, status: number) => void;
 let attemptObserver: AttemptObserver | undefined;
 /** Install the observer of every upstream attempt (set once by the server; keep it cheap). */
@@ -160,7 +160,8 @@ async function attemptH1(input: ForwardInput, target: Target, body: ForwardInput
     const writeTimedOut = err instanceof H1WriteTimeoutError;
     const timedOut = writeTimedOut || err instanceof H1TimeoutError;
     const bodyLimit = err instanceof BodyLimitError || (err as Error)?.name === "BodyLimitError";
-    if (attemptObserver && !bodyLimit) attemptObserver(input.pool, target, (performance.now() - t0) / 1000, timedOut ? "timeout" : isConnectError(err) ? "connect" : "error", 0);
+    if (attemptObserver && !bodyLimit)
+      attemptObserver(input.pool, target, (performance.now() - t0) / 1000, writeTimedOut ? "write_timeout" : timedOut ? "timeout" : isConnectError(err) ? "connect" : "error", 0);
     if (writeTimedOut) return { ok: false, status: 504, reason: writeTimeoutReason(target, err.ms), target };
     if (timedOut) return { ok: false, status: 504, reason: `upstream ${target.address} timed out after ${timeoutMs} ms`, target };
     if (bodyLimit) return { ok: false, status: 413, reason: "request body too large", target };
@@ -172,17 +173,13 @@ async function attemptH1(input: ForwardInput, target: Target, body: ForwardInput
 const writeTimeoutReason = (target: Target, ms: number) => `upstream ${target.address} accepted no request bytes for ${ms} ms (write timeout)`;
 
 /**
- * One fetch() attempt's abort: the client going away (it is the signal's EventListener), the
- * response head's deadline or the write timeout, on the shared deadline queue (no timer, no
- * closure per attempt).
+ * One fetch() attempt's abort: the client going away (it is the signal's EventListener) or the
+ * response head's deadline, on the shared deadline queue (no timer, no closure per attempt).
  */
 class FetchAttempt {
   readonly abort = new AbortController();
   timedOut = false;
   deadline: DeadlineHandle | null = null;
-  /** Armed while fetch() holds a body chunk it has not finished writing (see watchWrites). */
-  writeWatch: DeadlineHandle | null = null;
-  writeTimedOut = false;
 
   handleEvent(): void {
     this.abort.abort(new DOMException("client went away", "AbortError"));
@@ -192,48 +189,12 @@ class FetchAttempt {
     this.deadline?.cancel();
     this.deadline = null;
   }
-
-  stopWriteWatch(): void {
-    this.writeWatch?.cancel();
-    this.writeWatch = null;
-  }
 }
 
 function expireFetchAttempt(a: FetchAttempt): void {
   a.deadline = null;
   a.timedOut = true;
   a.abort.abort(new HeadersTimeout());
-}
-
-function expireFetchWrite(a: FetchAttempt): void {
-  a.writeWatch = null;
-  a.writeTimedOut = true;
-  a.abort.abort(new DOMException("write timeout", "TimeoutError"));
-}
-
-/**
- * The upstream write timeout for fetch(): it pulls the next body chunk only once it wrote the
- * last one (it applies backpressure), so no pull within `ms` of handing it a chunk means the
- * upstream stopped taking bytes. Waiting for the client's next chunk is not counted.
- */
-function watchWrites(body: ReadableStream<Uint8Array>, ms: number, a: FetchAttempt): ReadableStream<Uint8Array> {
-  const reader = body.getReader();
-  return new ReadableStream<Uint8Array>(
-    {
-      async pull(ctrl) {
-        a.stopWriteWatch();
-        const { done, value } = await reader.read();
-        if (done) return ctrl.close();
-        ctrl.enqueue(value);
-        if (!a.abort.signal.aborted) a.writeWatch = sharedDeadlines.schedule(ms, expireFetchWrite, a);
-      },
-      cancel(reason) {
-        a.stopWriteWatch();
-        return reader.cancel(reason);
-      },
-    },
-    { highWaterMark: 0 },
-  );
 }
 
 async function attempt(input: ForwardInput, target: Target, body: ForwardInput["body"], timeoutMs: number): Promise<ForwardResult> {
@@ -248,13 +209,12 @@ async function attempt(input: ForwardInput, target: Target, body: ForwardInput["
   // Listened to for the whole exchange: a client that leaves while the body streams aborts it.
   input.signal.addEventListener("abort", a, { once: true });
   a.deadline = sharedDeadlines.schedule(timeoutMs, expireFetchAttempt, a);
-  const writeMs = input.pool.config.writeTimeoutMs;
   const t0 = performance.now();
   try {
     const init: RequestInit & Record<string, unknown> = {
       method: input.method,
       headers: Array.isArray(input.headers) ? listToHeaders(input.headers) : input.headers,
-      body: body instanceof ReadableStream && writeMs > 0 ? watchWrites(body, writeMs, a) : body,
+      body,
       redirect: "manual",
       decompress: false,
       signal: abort.signal,
@@ -275,15 +235,13 @@ async function attempt(input: ForwardInput, target: Target, body: ForwardInput["
     return { ok: true, response, target };
   } catch (err) {
     a.settled();
-    a.stopWriteWatch();
-    const timedOut = a.timedOut || a.writeTimedOut;
+    const timedOut = a.timedOut;
     releaseSlot(target);
     untrack(input, target);
     input.signal.removeEventListener("abort", a);
     if (input.signal.aborted) return { ok: false, status: 499, reason: "client went away", target };
     if (attemptObserver && !(err instanceof BodyLimitError || (err as Error)?.name === "BodyLimitError"))
       attemptObserver(input.pool, target, (performance.now() - t0) / 1000, timedOut ? "timeout" : isConnectError(err) ? "connect" : "error", 0);
-    if (a.writeTimedOut) return { ok: false, status: 504, reason: writeTimeoutReason(target, writeMs), target };
     if (timedOut) return { ok: false, status: 504, reason: `upstream ${target.address} timed out after ${timeoutMs} ms`, target };
     if (err instanceof BodyLimitError || (err as Error)?.name === "BodyLimitError") return { ok: false, status: 413, reason: "request body too large", target };
     const detail = (err as { code?: string })?.code ?? (err as Error)?.name ?? "error";

@@ -294,18 +294,22 @@ class Conn {
     this.writeDeadline = sharedDeadlines.schedule(ms, expireWrite, this);
   }
 
-  flush(): void {
+  /** Hand queued bytes to the kernel; true when it took any. */
+  flush(): boolean {
     const s = this.socket;
     let progress = false;
     while (s && this.pending.length > 0) {
       const buf = this.pending[0]!;
       const w = s.write(buf, this.pendingOffset, buf.byteLength - this.pendingOffset);
-      if (w < 0) return this.destroy(new H1Error("write to upstream failed", "ECONNRESET"));
+      if (w < 0) {
+        this.destroy(new H1Error("write to upstream failed", "ECONNRESET"));
+        return progress;
+      }
       if (w > 0) progress = true;
       this.pendingOffset += w;
       if (this.pendingOffset < buf.byteLength) {
         if (progress) this.armWrite();
-        return;
+        return progress;
       }
       this.pending.shift();
       this.pendingOffset = 0;
@@ -319,6 +323,7 @@ class Conn {
       this.drainWaiter = null;
       w();
     }
+    return progress;
   }
 
   /** Resolves when every queued byte has been handed to the kernel. */
@@ -853,7 +858,13 @@ function requestHead(req: H1Request, hostDefault: string, framing: string): stri
 /** The deadline queue's callback for request bytes the upstream has not taken within writeTimeoutMs. */
 function expireWrite(c: Conn): void {
   c.writeDeadline = null;
-  if (c.pending.length > 0) c.destroy(new H1WriteTimeoutError(c.pool.writeTimeoutMs));
+  if (c.pending.length === 0) return;
+  // The kernel's send buffer was full at the last short write; if it takes bytes now, the
+  // upstream read some since (its wake-up for writability comes only once much has drained).
+  if (c.flush() || c.closed) return; // flush() re-armed the timeout, or it is all written
+  // Once the upstream has answered, its response's own timeouts govern, not the rest of the request.
+  if (c.ex !== null && c.ex.state !== S_HEAD) return;
+  c.destroy(new H1WriteTimeoutError(c.pool.writeTimeoutMs));
 }
 
 /** The deadline queue's callback for a connection still connecting at connectTimeoutMs. */
