@@ -158,7 +158,8 @@ upstreams {
     health-check { type "http" { path "/health"; expected-status 200 }; interval-secs 1; timeout-secs 1; healthy-threshold 1; unhealthy-threshold 1 }
   }
   upstream "capped" { target "127.0.0.1:${counting.port}"; connection-pool { max-connections 2 } }
-  upstream "one" { target "127.0.0.1:${counting.port}"; connection-pool { max-connections 1 }; timeouts { request 1 } }
+  upstream "one" { target "127.0.0.1:${counting.port}"; connection-pool { max-connections 1 }; timeouts { connect 2; request 1 } }
+  upstream "pair" { target "127.0.0.1:${counting.port}"; target "127.0.0.1:${recorder.port}"; connection-pool { max-connections 1 } }
   upstream "sink" { target "127.0.0.1:${portOf(sink)}"; timeouts { write 1; request 20 } }
   upstream "early" { target "127.0.0.1:${portOf(early)}"; timeouts { write 1; request 20 } }
   upstream "slow" { target "127.0.0.1:${slowPort}"; timeouts { write 1; request 20 } }
@@ -172,6 +173,7 @@ routes {
   route "capped" { matches { path-prefix "/capped" }; upstream "capped" }
   route "one" { matches { path-prefix "/one" }; upstream "one" }
   route "one-long" { matches { path-prefix "/long" }; upstream "one"; policies { timeout-secs 3 } }
+  route "pair" { matches { path-prefix "/pair" }; upstream "pair" }
   route "sink" { matches { path-prefix "/sink" }; upstream "sink"; policies { max-body-size "1GB" } }
   route "early" { matches { path-prefix "/early" }; upstream "early"; policies { max-body-size "1GB" } }
   route "slow" { matches { path-prefix "/slow" }; upstream "slow"; policies { max-body-size "1GB" } }
@@ -257,21 +259,37 @@ describe("upstream knobs", () => {
     expect(slow!.received()).toBeGreaterThan(200_000);
   });
 
-  test("connection-pool max-connections: past it, requests wait for a free connection (never more in flight) within their timeout", async () => {
+  test("connection-pool max-connections: past it, requests wait for a free connection (never more in flight), a wait bounded like a connect", async () => {
     peak = 0;
     const t0 = performance.now();
     const all = await Promise.all(Array.from({ length: 6 }, () => timed(`${proxy.url}/capped/x?ms=300`)));
     expect(all.map((r) => r.status)).toEqual([200, 200, 200, 200, 200, 200]);
     expect(peak).toBe(2);
     expect(performance.now() - t0).toBeGreaterThan(850); // three rounds of two
-    // A wait that outlasts the request's upstream timeout (1 s) is a 503: nothing was sent. The holder (3 s) is served.
-    const [holder, waiter] = await Promise.all([timed(`${proxy.url}/long/x?ms=2000`), (async () => (await Bun.sleep(100), timed(`${proxy.url}/one/y`)))()]);
+    // The wait is bounded like a connect (2 s here): past it, 503, and nothing was sent. The holder (3 s route timeout) is served.
+    const later = async (ms: number, url: string) => (await Bun.sleep(ms), timed(url)); // spacing the requests is the point
+    const [holder, waiter] = await Promise.all([timed(`${proxy.url}/long/x?ms=2800`), later(100, `${proxy.url}/one/y`)]);
     expect(holder.status).toBe(200);
     expect(waiter.status).toBe(503);
-    expect(waiter.ms).toBeGreaterThan(900);
-    expect(waiter.ms).toBeLessThan(1900);
+    expect(waiter.ms).toBeGreaterThan(1900);
+    expect(waiter.ms).toBeLessThan(2700);
+    // A request that waited for its slot still has its whole upstream timeout (1 s) for the exchange.
+    const [first, second] = await Promise.all([timed(`${proxy.url}/long/a?ms=700`), later(100, `${proxy.url}/one/b?ms=700`)]);
+    expect([first.status, second.status]).toEqual([200, 200]);
+    expect(second.ms).toBeGreaterThan(1200); // waited ~600 ms, then 700 ms upstream: more than its 1 s timeout in all
     // …and the limit holds nothing once they are done.
     expect((await timed(`${proxy.url}/one/z`)).status).toBe(200);
+  });
+
+  test("connection-pool max-connections: a balancer's choice with no free slot yields to a target that has one", async () => {
+    const busy = timed(`${proxy.url}/pair/busy?ms=1500`);
+    await Bun.sleep(100); // the long request holds one target's only slot: the point of the test
+    for (let i = 0; i < 4; i++) {
+      const r = await timed(`${proxy.url}/pair/quick-${i}`);
+      expect(r.status).toBe(200);
+      expect(r.ms).toBeLessThan(700); // never queued behind the 1.5 s request
+    }
+    expect((await busy).status).toBe(200);
   });
 });
 

@@ -6,8 +6,8 @@ import type { AttemptFailure } from "../upstreams/forward.ts";
 import { upstreamDuration, upstreamErrors } from "./metrics.ts";
 import { fastHistogramChild } from "./fast-series.ts";
 
-type Kind = AttemptFailure | "status_5xx";
-const KINDS: Kind[] = ["connect", "timeout", "write_timeout", "error", "status_5xx"];
+type Kind = AttemptFailure | "status_5xx" | "max_connections";
+const KINDS: Kind[] = ["connect", "timeout", "write_timeout", "error", "status_5xx", "max_connections"];
 
 interface Series {
   key: string;
@@ -48,6 +48,12 @@ export function observeUpstreamAttempt(pool: Pool, target: Target, seconds: numb
   s.duration.observe(seconds);
   if (failure !== null) s.errors[failure].inc();
   else if (status >= 500) s.errors.status_5xx.inc();
+}
+
+/** The forward module's observer of requests refused by a target's max-connections (no attempt was made). */
+export function observeSlotRefused(pool: Pool, target: Target): void {
+  const s = seriesFor(pool, target);
+  if (!s.dead) s.errors.max_connections.inc();
 }
 
 /** Pre-create the series of every configured target (so errors start at 0) and drop the series of targets no longer configured. */

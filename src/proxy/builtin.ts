@@ -5,6 +5,7 @@ import type { RequestContext } from "./context.ts";
 import type { ProxyState } from "./pipeline.ts";
 import { registry } from "../observability/metrics.ts";
 import { errorResponse } from "./errors.ts";
+import { waitingFor } from "../upstreams/slots.ts";
 
 const json = (body: unknown, status = 200) =>
   new Response(JSON.stringify(body), { status, headers: { "content-type": "application/json", "cache-control": "no-store" } });
@@ -69,6 +70,7 @@ export function upstreamsReport(state: ProxyState): unknown {
           healthy: t.healthy,
           ejected: t.ejectedUntil > now,
           active_requests: t.active,
+          waiting: waitingFor(t),
         })),
       },
     ]),

@@ -19,8 +19,8 @@ import { configLastReloadSuccess, configReloads, configRestartPending, registry,
 import { createSink, type LineSink } from "../observability/access-log.ts";
 import { collectProcessMetrics } from "../observability/process.ts";
 import { countConnections } from "../observability/connections.ts";
-import { observeUpstreamAttempt, syncUpstreamSeries } from "../observability/upstream-metrics.ts";
-import { setAttemptObserver } from "../upstreams/forward.ts";
+import { observeSlotRefused, observeUpstreamAttempt, syncUpstreamSeries } from "../observability/upstream-metrics.ts";
+import { setAttemptObserver, setSlotRefusedObserver } from "../upstreams/forward.ts";
 import { sameAgentConfig, DEFAULT_RELOAD_GRACE_MS, type AgentRegistry } from "../agents/registry.ts";
 import type { Agent } from "../agents/agent.ts";
 import { errorResponse } from "./errors.ts";
@@ -328,6 +328,7 @@ export async function startProxy(config: SentinelConfig): Promise<RunningProxy> 
   writePidFile(config.system.pidFile);
 
   setAttemptObserver(observeUpstreamAttempt);
+  setSlotRefusedObserver(observeSlotRefused);
   syncUpstreamSeries(rt.pools.values());
   syncRouteSeries(config.routes.map((r) => r.id));
   configReloads.labels("success").inc(0);

@@ -84,12 +84,19 @@ export async function proxyWebSocket(ctx: RequestContext, done: () => void): Pro
     done();
     return errorResponse(503, ctx.traceId);
   }
-  // connection-pool max-connections counts WebSocket connections too (src/upstreams/slots.ts).
-  const slot = takeSlot(target, ctx.plan!.upstreamTimeoutMs, ctx.signal);
+  // connection-pool max-connections counts WebSocket connections too (src/upstreams/slots.ts);
+  // the wait is bounded like a connect, as for HTTP (forward.ts).
+  const waitStart = performance.now();
+  const slot = takeSlot(target, ctx.plan!.connectTimeoutMs, ctx.signal);
   const got = slot === "ok" ? slot : await slot;
   if (got !== "ok") {
     ctx.targetAddress = target.address;
-    ctx.error = `upstream ${target.address}: max-connections (${target.maxConnections}) in use${got === "full" ? " and the wait queue is full" : got === "timeout" ? "; none free in time" : "; client went away while waiting"}`;
+    ctx.status = got === "aborted" ? 499 : 503;
+    const waited = Math.round(performance.now() - waitStart);
+    ctx.error =
+      got === "aborted"
+        ? "client went away"
+        : `upstream ${target.address}: max-connections (${target.maxConnections}) in use${got === "full" ? " and the wait queue is full" : `; none free within ${waited} ms`}`;
     done();
     return errorResponse(503, ctx.traceId);
   }

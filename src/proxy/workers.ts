@@ -35,6 +35,7 @@ import type { SentinelConfig } from "../config/types.ts";
 import { log } from "../observability/log.ts";
 import { aggregateMetrics, retainCounters, startTimeMetric, type MetricJSON } from "../observability/aggregate.ts";
 import { shareAgentConcurrency } from "../agents/agent.ts";
+import { perProcessConnections, shareUpstreamConnections } from "../upstreams/pool.ts";
 
 const ENV_WORKER = "SENTINEL_WORKER";
 const ENV_PORTS = "SENTINEL_WORKER_PORTS";
@@ -121,7 +122,18 @@ export function adaptWorkerConfig(config: SentinelConfig): void {
  * says how each agent's limit is split when it is not exact (agent.ts).
  */
 export function shareWorkerLimits(config: SentinelConfig): void {
-  shareAgentConcurrency(workerCount(config), workerIndex() === 1); // the supervisor's N (adaptWorkerConfig)
+  const n = workerCount(config); // the supervisor's N (adaptWorkerConfig)
+  shareAgentConcurrency(n, workerIndex() === 1);
+  // connection-pool max-connections is per target too: floor(N / workers) each, at least 1.
+  shareUpstreamConnections(n);
+  if (workerIndex() !== 1) return;
+  for (const up of config.upstreams.values()) {
+    const max = up.pool.maxConnections;
+    if (max <= 0 || max % n === 0) continue;
+    const fields = { upstream: up.id, max_connections: max, workers: n, per_worker: perProcessConnections(max) };
+    if (max < n) log("warn", "upstream max-connections is below the number of worker processes: each worker holds 1 per target", fields);
+    else log("info", "upstream max-connections shared among worker processes, rounded down", fields);
+  }
 }
 
 /** How often a worker checks that its supervisor is still its parent. */

@@ -7,7 +7,7 @@ import { BodyLimitError } from "./body.ts";
 import { H1Pool, H1TimeoutError, H1WriteTimeoutError } from "./h1client.ts";
 import { listToHeaders, type HeaderList } from "../http/header-list.ts";
 import { sharedDeadlines, type DeadlineHandle } from "../agents/deadline.ts";
-import { releaseSlot, takeSlot, type SlotOutcome } from "./slots.ts";
+import { hasRoom, releaseSlot, takeSlot, waitingFor, type SlotOutcome } from "./slots.ts";
 
 /** What the pipeline gets back: a fetch() Response fits, and so does an h1client answer. */
 export interface UpstreamResponse {
@@ -68,6 +68,32 @@ function unsolicited101(input: ForwardInput, target: Target): ForwardResult {
   return { ok: false, status: 502, reason: "unsolicited 101 from upstream", target };
 }
 
+/** What is left of retry-policy timeout-ms (Infinity without one). */
+function budgetLeft(policy: ForwardInput["retry"], started: number): number {
+  return policy.timeoutMs === undefined ? Infinity : policy.timeoutMs - (performance.now() - started);
+}
+
+const HASHED = new Set(["ip_hash", "consistent_hash"]);
+
+/**
+ * max-connections: the balancer chose a target with no free slot. Outside the hash policies
+ * (whose point is the same target), another with a free slot is taken, or else the one with the
+ * shortest wait queue, as nginx's max_conns skips a full server.
+ */
+function roomier(input: ForwardInput, chosen: Target, tried: Target[]): Target {
+  if (HASHED.has(input.pool.config.loadBalancing)) return chosen;
+  const skip = [...tried, chosen];
+  let best = chosen;
+  while (skip.length < input.pool.targets.length) {
+    const t = input.pool.select({ clientIp: input.clientIp, hashKey: input.hashKey, exclude: skip });
+    if (t === undefined || skip.includes(t)) break;
+    if (hasRoom(t)) return t;
+    if (waitingFor(t) < waitingFor(best)) best = t;
+    skip.push(t);
+  }
+  return best;
+}
+
 /** A slot wait that did not end in a slot (src/upstreams/slots.ts). */
 function slotFailure(o: Exclude<SlotOutcome, "ok">, target: Target, waitedMs: number): ForwardResult {
   if (o === "aborted") return { ok: false, status: 499, reason: "client went away", target };
@@ -82,6 +108,13 @@ let attemptObserver: AttemptObserver | undefined;
 /** Install the observer of every upstream attempt (set once by the server; keep it cheap). */
 export function setAttemptObserver(fn: AttemptObserver | undefined): void {
   attemptObserver = fn;
+}
+
+/** Told of every request refused by a target's max-connections (queue full, or no slot in time). */
+export type SlotRefusedObserver = (pool: Pool, target: Target) => void;
+let slotRefusedObserver: SlotRefusedObserver | undefined;
+export function setSlotRefusedObserver(fn: SlotRefusedObserver | undefined): void {
+  slotRefusedObserver = fn;
 }
 
 const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"]);
@@ -284,28 +317,26 @@ export async function forward(input: ForwardInput): Promise<ForwardResult> {
       await sleep(backoff, input.signal);
       if (input.signal.aborted) break;
     }
-    const target = input.pool.select({ clientIp: input.clientIp, hashKey: input.hashKey, exclude: tried.length < input.pool.targets.length ? tried : undefined });
-    if (!target) {
+    const chosen = input.pool.select({ clientIp: input.clientIp, hashKey: input.hashKey, exclude: tried.length < input.pool.targets.length ? tried : undefined });
+    if (!chosen) {
       last = { ok: false, status: 503, reason: `no healthy target in upstream ${input.pool.id}` };
       break;
     }
+    const target = hasRoom(chosen) ? chosen : roomier(input, chosen, tried);
     tried.push(target);
-    // retry-policy timeout-ms is the budget of all attempts: the last one gets what is left of it.
-    let timeoutMs = policy.timeoutMs === undefined ? input.timeoutMs : Math.max(1, Math.min(input.timeoutMs, policy.timeoutMs - (performance.now() - started)));
-    // connection-pool max-connections: a slot on the target first (waiting counts against the timeout).
-    const slot = takeSlot(target, timeoutMs, input.signal);
+    // connection-pool max-connections: a slot on the target first. Waiting for one is bounded like
+    // a connect (the connect timeout, within the retry budget); the exchange then has its whole timeout.
+    const slot = takeSlot(target, Math.max(1, Math.min(input.connectTimeoutMs ?? input.pool.config.connectTimeoutMs, budgetLeft(policy, started))), input.signal);
     if (slot !== "ok") {
       const waitStart = performance.now();
       const o = await slot;
-      const waited = performance.now() - waitStart;
       if (o !== "ok") {
-        last = slotFailure(o, target, waited);
-        // Nothing was sent: a full queue may try another target; a wait that used the time up may not.
-        if (o === "full" && tried.length < input.pool.targets.length) continue;
-        return last;
+        slotRefusedObserver?.(input.pool, target);
+        return slotFailure(o, target, performance.now() - waitStart);
       }
-      timeoutMs = Math.max(1, timeoutMs - waited);
     }
+    // retry-policy timeout-ms is the budget of all attempts: the last one gets what is left of it.
+    const timeoutMs = policy.timeoutMs === undefined ? input.timeoutMs : Math.max(1, Math.round(Math.min(input.timeoutMs, budgetLeft(policy, started))));
     track(input, target);
     const result = await (input.pool.config.tls ? attempt(input, target, input.body, timeoutMs) : attemptH1(input, target, input.body, timeoutMs));
     last = result;

@@ -62,6 +62,17 @@ function rendezvous(candidates: Target[], key: string): Target {
   return best;
 }
 
+/** Worker processes sharing each target's max-connections (workers.ts): each takes floor(N / workers), at least 1. */
+let connectionShare = 1;
+export function shareUpstreamConnections(workers: number): void {
+  connectionShare = Math.max(1, Math.floor(workers));
+}
+
+/** What one process may hold of a target's max-connections (0 = no limit). */
+export function perProcessConnections(maxConnections: number): number {
+  return maxConnections <= 0 ? 0 : Math.max(1, Math.floor(maxConnections / connectionShare));
+}
+
 export function createTarget(config: TargetConfig, tls: boolean, maxConnections = 0): Target {
   const host = config.host.includes(":") && !config.host.startsWith("[") ? `[${config.host}]` : config.host;
   return {
@@ -84,7 +95,7 @@ export function createPool(config: UpstreamConfig, previous?: Pool): Pool {
   // Keep health state across reloads for targets that did not change.
   const old = new Map(previous?.targets.map((t) => [t.address, t]));
   const targets = config.targets.map((tc) => {
-    const t = createTarget(tc, !!config.tls, config.pool.maxConnections);
+    const t = createTarget(tc, !!config.tls, perProcessConnections(config.pool.maxConnections));
     const prev = old.get(tc.address);
     if (prev) {
       t.healthy = prev.healthy;

@@ -1,6 +1,6 @@
 import { expect, test } from "bun:test";
-import { createTarget } from "./pool.ts";
-import { MAX_WAITERS, releaseSlot, takeSlot, waitingFor } from "./slots.ts";
+import { createTarget, perProcessConnections, shareUpstreamConnections } from "./pool.ts";
+import { MAX_WAITERS, hasRoom, releaseSlot, takeSlot, waitingFor } from "./slots.ts";
 
 const target = (max: number) => createTarget({ address: "127.0.0.1:1", host: "127.0.0.1", port: 1, weight: 1 } as never, false, max);
 
@@ -52,4 +52,29 @@ test("the wait queue is bounded", () => {
   expect(takeSlot(t, 60_000, signal)).toBe("full");
   for (let i = 0; i <= MAX_WAITERS; i++) releaseSlot(t); // drain (timers cancelled)
   expect(waitingFor(t)).toBe(0);
+});
+
+test("hasRoom: a free slot with nobody queued", async () => {
+  const t = target(1);
+  const signal = new AbortController().signal;
+  expect(hasRoom(t)).toBe(true);
+  expect(takeSlot(t, 1000, signal)).toBe("ok");
+  expect(hasRoom(t)).toBe(false);
+  const w = takeSlot(t, 1000, signal) as Promise<string>;
+  releaseSlot(t); // handed to the waiter: still no room for a newcomer
+  expect(hasRoom(t)).toBe(false);
+  expect(await w).toBe("ok");
+  releaseSlot(t);
+  expect(hasRoom(t)).toBe(true);
+  expect(hasRoom(target(0))).toBe(true);
+});
+
+test("worker processes share a target's max-connections: floor(N / workers), at least 1; no limit stays none", () => {
+  shareUpstreamConnections(3);
+  try {
+    expect([perProcessConnections(0), perProcessConnections(1), perProcessConnections(7), perProcessConnections(9)]).toEqual([0, 1, 2, 3]);
+  } finally {
+    shareUpstreamConnections(1);
+  }
+  expect(perProcessConnections(7)).toBe(7);
 });

@@ -82,6 +82,12 @@ export function releaseSlot(target: Target): void {
   }
 }
 
+/** A slot is free on `target` now, with nobody ahead in its queue. */
+export function hasRoom(target: Target): boolean {
+  const max = target.maxConnections;
+  return max <= 0 || (target.active < max && waitingFor(target) === 0);
+}
+
 /** Requests waiting for a slot on `target`. */
 export function waitingFor(target: Target): number {
   return target.waiters?.length ?? 0;
