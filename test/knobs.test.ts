@@ -159,6 +159,8 @@ upstreams {
   }
   upstream "capped" { target "127.0.0.1:${counting.port}"; connection-pool { max-connections 2 } }
   upstream "one" { target "127.0.0.1:${counting.port}"; connection-pool { max-connections 1 }; timeouts { connect 2; request 1 } }
+  upstream "ej" { target "127.0.0.1:${counting.port}"; target "127.0.0.1:9"; connection-pool { max-connections 1 }; circuit-breaker { failure-threshold 1; timeout-seconds 60 }; timeouts { connect 1; request 5 } }
+  upstream "cb" { target "127.0.0.1:${counting.port}"; connection-pool { max-connections 1 }; circuit-breaker { failure-threshold 1; timeout-seconds 60 }; timeouts { connect 2; request 5 } }
   upstream "pair" { target "127.0.0.1:${counting.port}"; target "127.0.0.1:${recorder.port}"; connection-pool { max-connections 1 } }
   upstream "sink" { target "127.0.0.1:${portOf(sink)}"; timeouts { write 1; request 20 } }
   upstream "early" { target "127.0.0.1:${portOf(early)}"; timeouts { write 1; request 20 } }
@@ -174,6 +176,10 @@ routes {
   route "one" { matches { path-prefix "/one" }; upstream "one" }
   route "one-long" { matches { path-prefix "/long" }; upstream "one"; policies { timeout-secs 3 } }
   route "pair" { matches { path-prefix "/pair" }; upstream "pair" }
+  route "ej" { matches { path-prefix "/ej" }; upstream "ej" }
+  route "cb" { matches { path-prefix "/cb/" }; upstream "cb"; retry-policy { max-attempts 1; timeout-ms 500 } }
+  route "cbx" { matches { path-prefix "/cbx/" }; upstream "cb" }
+  route "ups" { matches { path "/-/upstreams" }; builtin-handler "upstreams" }
   route "sink" { matches { path-prefix "/sink" }; upstream "sink"; policies { max-body-size "1GB" } }
   route "early" { matches { path-prefix "/early" }; upstream "early"; policies { max-body-size "1GB" } }
   route "slow" { matches { path-prefix "/slow" }; upstream "slow"; policies { max-body-size "1GB" } }
@@ -290,6 +296,29 @@ describe("upstream knobs", () => {
       expect(r.ms).toBeLessThan(700); // never queued behind the 1.5 s request
     }
     expect((await busy).status).toBe(200);
+  });
+
+  test("connection-pool max-connections: yielding from a full target never picks an ejected one", async () => {
+    // Eject the dead target (port 9): one of two requests goes there and fails.
+    await Promise.all([timed(`${proxy.url}/ej/p0`), timed(`${proxy.url}/ej/p1`)]);
+    const ups = async () => ((await (await fetch(`${proxy.url}/-/upstreams`)).json()) as Record<string, { targets: Array<{ address: string; ejected: boolean }> }>);
+    expect((await ups()).ej!.targets.find((t) => t.address === "127.0.0.1:9")!.ejected).toBe(true);
+    const hold = timed(`${proxy.url}/ej/hold?ms=800`);
+    await Bun.sleep(100); // the live target's only slot is held: the point of the test
+    const r = await timed(`${proxy.url}/ej/s`);
+    expect(r.status).toBe(200); // waited for the live target, never sent to the ejected one (502)
+    expect(r.ms).toBeGreaterThan(500);
+    expect((await hold).status).toBe(200);
+  });
+
+  test("connection-pool max-connections: a timeout cut short by the retry budget after queueing does not eject the target", async () => {
+    const hold = timed(`${proxy.url}/cbx/h?ms=450`);
+    await Bun.sleep(20); // queued behind the holder: the point of the test
+    const r = await timed(`${proxy.url}/cb/b?ms=100`); // budget 500 ms: ~430 waited, ~70 left for 100 ms of work
+    expect(r.status).toBe(504);
+    expect((await hold).status).toBe(200);
+    const ups = (await (await fetch(`${proxy.url}/-/upstreams`)).json()) as Record<string, { targets: Array<{ ejected: boolean; active_requests: number; waiting: number }> }>;
+    expect(ups.cb!.targets[0]).toMatchObject({ ejected: false, active_requests: 0, waiting: 0 });
   });
 });
 

@@ -10,7 +10,7 @@ import type { ServerWebSocket, WebSocketHandler } from "bun";
 import type { RequestContext } from "./context.ts";
 import { errorResponse } from "./errors.ts";
 import { eachHeader } from "../http/header-list.ts";
-import { tlsOptions } from "../upstreams/forward.ts";
+import { chooseTarget, noteSlotRefused, tlsOptions } from "../upstreams/forward.ts";
 import { takeSlot } from "../upstreams/slots.ts";
 
 const HANDSHAKE_HEADERS = ["sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol", "content-length"];
@@ -79,7 +79,7 @@ function toClient(data: WsData, msg: string | ArrayBuffer): void {
 
 export async function proxyWebSocket(ctx: RequestContext, done: () => void): Promise<Response | undefined> {
   const pool = ctx.plan!.pool;
-  const target = pool?.select({ clientIp: ctx.clientIp, hashKey: ctx.path });
+  const target = pool ? chooseTarget(pool, ctx.clientIp, ctx.path, []) : undefined;
   if (!pool || !target) {
     done();
     return errorResponse(503, ctx.traceId);
@@ -90,6 +90,7 @@ export async function proxyWebSocket(ctx: RequestContext, done: () => void): Pro
   const slot = takeSlot(target, ctx.plan!.connectTimeoutMs, ctx.signal);
   const got = slot === "ok" ? slot : await slot;
   if (got !== "ok") {
+    if (got !== "aborted") noteSlotRefused(pool, target);
     ctx.targetAddress = target.address;
     ctx.status = got === "aborted" ? 499 : 503;
     const waited = Math.round(performance.now() - waitStart);

@@ -76,22 +76,32 @@ function budgetLeft(policy: ForwardInput["retry"], started: number): number {
 const HASHED = new Set(["ip_hash", "consistent_hash"]);
 
 /**
- * max-connections: the balancer chose a target with no free slot. Outside the hash policies
- * (whose point is the same target), another with a free slot is taken, or else the one with the
- * shortest wait queue, as nginx's max_conns skips a full server.
+ * The balancer's choice of target (not one of `tried` while others remain), except that under
+ * max-connections a choice with no free slot yields, outside the hash policies (whose point is
+ * the same target), to a healthy one with a free slot, or else to the one with the shortest
+ * wait queue, as nginx's max_conns skips a full server. Also used by the WebSocket path.
  */
-function roomier(input: ForwardInput, chosen: Target, tried: Target[]): Target {
-  if (HASHED.has(input.pool.config.loadBalancing)) return chosen;
+export function chooseTarget(pool: Pool, clientIp: string, hashKey: string, tried: Target[]): Target | undefined {
+  const chosen = pool.select({ clientIp, hashKey, exclude: tried.length < pool.targets.length ? tried : undefined });
+  if (chosen === undefined || hasRoom(chosen) || HASHED.has(pool.config.loadBalancing)) return chosen;
   const skip = [...tried, chosen];
   let best = chosen;
-  while (skip.length < input.pool.targets.length) {
-    const t = input.pool.select({ clientIp: input.clientIp, hashKey: input.hashKey, exclude: skip });
+  const now = Date.now();
+  while (skip.length < pool.targets.length) {
+    const t = pool.select({ clientIp, hashKey, exclude: skip });
     if (t === undefined || skip.includes(t)) break;
+    skip.push(t);
+    // select() falls back to ejected targets when nothing else is left (panic mode): never here.
+    if (!t.healthy || t.ejectedUntil > now) continue;
     if (hasRoom(t)) return t;
     if (waitingFor(t) < waitingFor(best)) best = t;
-    skip.push(t);
   }
   return best;
+}
+
+/** A request refused by `target`'s max-connections (queue full, or no slot in time), for the metrics. */
+export function noteSlotRefused(pool: Pool, target: Target): void {
+  slotRefusedObserver?.(pool, target);
 }
 
 /** A slot wait that did not end in a slot (src/upstreams/slots.ts). */
@@ -317,12 +327,11 @@ export async function forward(input: ForwardInput): Promise<ForwardResult> {
       await sleep(backoff, input.signal);
       if (input.signal.aborted) break;
     }
-    const chosen = input.pool.select({ clientIp: input.clientIp, hashKey: input.hashKey, exclude: tried.length < input.pool.targets.length ? tried : undefined });
-    if (!chosen) {
+    const target = chooseTarget(input.pool, input.clientIp, input.hashKey, tried);
+    if (!target) {
       last = { ok: false, status: 503, reason: `no healthy target in upstream ${input.pool.id}` };
       break;
     }
-    const target = hasRoom(chosen) ? chosen : roomier(input, chosen, tried);
     tried.push(target);
     // connection-pool max-connections: a slot on the target first. Waiting for one is bounded like
     // a connect (the connect timeout, within the retry budget); the exchange then has its whole timeout.
@@ -331,12 +340,14 @@ export async function forward(input: ForwardInput): Promise<ForwardResult> {
       const waitStart = performance.now();
       const o = await slot;
       if (o !== "ok") {
-        slotRefusedObserver?.(input.pool, target);
+        if (o !== "aborted") noteSlotRefused(input.pool, target);
         return slotFailure(o, target, performance.now() - waitStart);
       }
     }
     // retry-policy timeout-ms is the budget of all attempts: the last one gets what is left of it.
     const timeoutMs = policy.timeoutMs === undefined ? input.timeoutMs : Math.max(1, Math.round(Math.min(input.timeoutMs, budgetLeft(policy, started))));
+    /** A timeout set by what was left of the budget says nothing about the target's health. */
+    const cutByBudget = timeoutMs < input.timeoutMs;
     track(input, target);
     const result = await (input.pool.config.tls ? attempt(input, target, input.body, timeoutMs) : attemptH1(input, target, input.body, timeoutMs));
     last = result;
@@ -350,7 +361,7 @@ export async function forward(input: ForwardInput): Promise<ForwardResult> {
       continue;
     }
     if (result.status === 499 || result.status === 413) return result;
-    input.pool.report(target, false);
+    if (!(result.status === 504 && cutByBudget)) input.pool.report(target, false);
     // Connection failures (nothing was sent) are safe to retry when the body can be replayed;
     // other failures only for idempotent requests.
     const safe = replayable && (result.connectFailed === true || idempotent);
