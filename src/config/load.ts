@@ -2584,7 +2584,7 @@ class Converter {
     r.blockNode(n, w);
     const level = (c: KdlNode, ww: string) =>
       r.enumOf(c, ww, { debug: "debug", info: "info", warn: "warn", warning: "warn", error: "error" } as const, { caseInsensitive: true });
-    // Bytes a log holds before writing them out; at most the sink's 1 MiB pending bound.
+    // Bytes a log holds before writing them out, 1 B to 1 MiB (the sink keeps room for twice that).
     const logBufferSize = (c: KdlNode, ww: string) => r.int(c, ww, 1, 1024 * 1024);
     r.block(n, w, {
       metrics: (c) => {

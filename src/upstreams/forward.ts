@@ -346,7 +346,7 @@ export async function forward(input: ForwardInput): Promise<ForwardResult> {
     }
     // retry-policy timeout-ms is the budget of all attempts: the last one gets what is left of it.
     const timeoutMs = policy.timeoutMs === undefined ? input.timeoutMs : Math.max(1, Math.round(Math.min(input.timeoutMs, budgetLeft(policy, started))));
-    /** A timeout set by what was left of the budget says nothing about the target's health. */
+    // A timeout set by what was left of the budget says nothing about the target's health.
     const cutByBudget = timeoutMs < input.timeoutMs;
     track(input, target);
     const result = await (input.pool.config.tls ? attempt(input, target, input.body, timeoutMs) : attemptH1(input, target, input.body, timeoutMs));

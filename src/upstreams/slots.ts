@@ -1,8 +1,9 @@
 // connection-pool max-connections: at most that many exchanges (HTTP and WebSocket) in flight to
 // one target, hence at most that many connections to it. A request past the limit waits, first
-// come first served, for a slot: until its own upstream deadline, the client's abort, or at once
-// when MAX_WAITERS already wait (every queue has a bound). A freed slot is handed straight to the
-// first waiter (target.active is counted for it), so a newcomer cannot overtake the queue.
+// come first served, for a slot: until the wait bound its caller gives (forward.ts: the connect
+// timeout), the client's abort, or at once when MAX_WAITERS already wait (every queue has a
+// bound). A freed slot is handed straight to the first waiter (target.active is counted for it),
+// so a newcomer cannot overtake the queue.
 //
 // Without the setting (maxConnections 0) takeSlot is one comparison and a count.
 import { sharedDeadlines, type DeadlineHandle } from "../agents/deadline.ts";
