@@ -1,10 +1,13 @@
 // WebSocket relay limits through the compiled binary: a wss:// upstream uses the pool's TLS
 // settings; a client that reads slower than the upstream writes is closed with 1008 once the
 // bound is reached, never left open with messages silently dropped; an upstream that vanishes
-// without a close frame is not reported to the client as a normal closure (1000).
+// without a close frame is not reported to the client as a normal closure (1000). Under
+// connection-pool max-connections, WebSocket connections are capped, logged and counted like HTTP.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { existsSync, readFileSync } from "node:fs";
 import { connect } from "node:net";
-import { startProxy, waitFor, type ProxyProcess } from "./helpers/proxy.ts";
+import { join } from "node:path";
+import { startProxy, tempDir, waitFor, type ProxyProcess } from "./helpers/proxy.ts";
 import { selfSignedCert } from "./helpers/tls.ts";
 
 const MiB = 1024 * 1024;
@@ -40,29 +43,46 @@ function wsUpstream(tls?: { cert: string; key: string }) {
 }
 
 let plain: ReturnType<typeof wsUpstream>;
+let plain2: ReturnType<typeof wsUpstream>;
 let secure: ReturnType<typeof wsUpstream>;
 let proxy: ProxyProcess;
+let dir: string;
 
 beforeAll(async () => {
   const { cert, key } = selfSignedCert();
   plain = wsUpstream();
+  plain2 = wsUpstream();
   secure = wsUpstream({ cert, key });
-  proxy = await startProxy(`
+  dir = tempDir();
+  proxy = await startProxy(
+    `
 system { }
 listeners { listener "main" { address "127.0.0.1:0" } }
 upstreams {
   upstream "plain" { target "127.0.0.1:${plain.port}" }
   upstream "secure" { target "127.0.0.1:${secure.port}"; tls { sni "localhost"; ca-cert "${cert}" } }
+  upstream "capped" { target "127.0.0.1:${plain.port}"; connection-pool { max-connections 1 }; timeouts { connect 1 } }
+  upstream "pair" { target "127.0.0.1:${plain.port}"; target "127.0.0.1:${plain2.port}"; connection-pool { max-connections 1 }; timeouts { connect 1 } }
 }
 routes {
   route "tls" { matches { path-prefix "/tls" }; upstream "secure"; websocket #true }
+  route "capped" { matches { path-prefix "/cap" }; upstream "capped"; websocket #true }
+  route "pair" { matches { path-prefix "/pair" }; upstream "pair"; websocket #true }
+  route "ups" { matches { path "/-/upstreams" }; builtin-handler "upstreams" }
   route "ws" { priority "low"; upstream "plain"; websocket #true }
 }
-`);
+observability {
+  metrics { address "127.0.0.1:0" }
+  logging { access-log { file "ws-access.jsonl"; buffer-size 1 } }
+}
+`,
+    { dir },
+  );
 });
 afterAll(async () => {
   await proxy?.stop("SIGKILL");
   plain?.stop(true);
+  plain2?.stop(true);
   secure?.stop(true);
 });
 
@@ -159,3 +179,54 @@ describe("WebSocket relay", () => {
     }
   }, 30_000);
 });
+
+describe("WebSocket and connection-pool max-connections", () => {
+  const access = () => (existsSync(join(dir, "ws-access.jsonl")) ? readFileSync(join(dir, "ws-access.jsonl"), "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>) : []);
+  const refusals = async (upstream: string) => {
+    const text = await (await fetch(proxy.metricsUrl!)).text();
+    const line = text.split("\n").find((l) => l.startsWith("sentinel_upstream_errors_total{") && l.includes(`upstream="${upstream}"`) && l.includes('kind="max_connections"'));
+    return Number(line?.split(" ").pop() ?? NaN);
+  };
+  const ups = async () => (await (await fetch(`${proxy.url}/-/upstreams`)).json()) as Record<string, { targets: Array<{ address: string; active_requests: number; waiting: number }> }>;
+
+  test("a WebSocket past the cap is refused with 503, logged as 503 and counted; one whose client leaves while queued is logged 499 and not counted", async () => {
+    const holder = client("/cap/hold");
+    await holder.opened;
+    const refused = client("/cap/refused");
+    await expect(refused.opened).rejects.toThrow();
+    await waitFor(() => access().some((l) => l.path === "/cap/refused"), 5000, "the refused line");
+    expect(access().find((l) => l.path === "/cap/refused")).toMatchObject({ status: 503 });
+    expect(await refusals("capped")).toBe(1);
+    // A client that gives up while queued: 499, and not a refusal by the cap.
+    const leaver = client("/cap/leaver");
+    leaver.opened.catch(() => {});
+    await waitFor(async () => (await ups()).capped!.targets[0]!.waiting === 1, 5000, "the leaver queued");
+    leaver.ws.close();
+    await waitFor(() => access().some((l) => l.path === "/cap/leaver"), 5000, "the leaver's line");
+    expect(access().find((l) => l.path === "/cap/leaver")).toMatchObject({ status: 499 });
+    expect(await refusals("capped")).toBe(1);
+    holder.ws.close(1000, "done");
+    await holder.closed;
+    await waitFor(async () => (await ups()).capped!.targets[0]!.active_requests === 0, 5000, "the holder's slot released");
+  });
+
+  test("a WebSocket whose balancer choice is full goes to the target with a free slot", async () => {
+    const a = client("/pair/a");
+    await a.opened;
+    const b = client("/pair/b"); // round robin: the other target
+    await b.opened;
+    b.ws.close(1000, "done");
+    await b.closed;
+    await waitFor(async () => (await ups()).pair!.targets.filter((t) => t.active_requests === 1).length === 1, 5000, "b's slot released");
+    // Round robin now points at a's target, whose only slot a holds: c must take the free one at once.
+    const t0 = performance.now();
+    const c = client("/pair/c");
+    await c.opened;
+    expect(performance.now() - t0).toBeLessThan(700); // not the 1 s wait for a's slot (then 503)
+    c.ws.send("hi");
+    await waitFor(() => c.got.length > 0, 5000, "the echo");
+    for (const x of [a, c]) x.ws.close(1000, "done");
+    await Promise.all([a.closed, c.closed]);
+  });
+});
+
