@@ -185,6 +185,7 @@ routes {
   route "slow" { matches { path-prefix "/slow" }; upstream "slow"; policies { max-body-size "1GB" } }
   route "rec" { priority "low"; upstream "rec" }
 }
+observability { metrics { address "127.0.0.1:0" } }
 `);
 });
 afterAll(async () => {
@@ -319,6 +320,29 @@ describe("upstream knobs", () => {
     expect((await hold).status).toBe(200);
     const ups = (await (await fetch(`${proxy.url}/-/upstreams`)).json()) as Record<string, { targets: Array<{ ejected: boolean; active_requests: number; waiting: number }> }>;
     expect(ups.cb!.targets[0]).toMatchObject({ ejected: false, active_requests: 0, waiting: 0 });
+  });
+
+  test("connection-pool max-connections: a refusal is counted in kind=max_connections; a client that leaves the queue is not", async () => {
+    const refusals = async () => {
+      const text = await (await fetch(proxy.metricsUrl!)).text();
+      const line = text.split("\n").find((l) => l.startsWith("sentinel_upstream_errors_total{") && l.includes('upstream="one"') && l.includes('kind="max_connections"'));
+      return Number(line?.split(" ").pop() ?? NaN);
+    };
+    const waiting = async () => ((await (await fetch(`${proxy.url}/-/upstreams`)).json()) as Record<string, { targets: Array<{ waiting: number }> }>).one!.targets[0]!.waiting;
+    const before = await refusals();
+    const hold = timed(`${proxy.url}/long/hold?ms=2800`); // the route's timeout is 3 s
+    await waitFor(async () => (await (await fetch(`${proxy.url}/-/upstreams`)).json() as Record<string, { targets: Array<{ active_requests: number }> }>).one!.targets[0]!.active_requests === 1, 5000, "the holder");
+    const ac = new AbortController();
+    const left = fetch(`${proxy.url}/one/leaver`, { signal: ac.signal }).catch(() => "aborted");
+    await waitFor(async () => (await waiting()) === 1, 5000, "the leaver queued");
+    ac.abort();
+    expect(await left).toBe("aborted");
+    await waitFor(async () => (await waiting()) === 0, 5000, "the leaver gone from the queue");
+    expect(await refusals()).toBe(before);
+    const refused = await timed(`${proxy.url}/one/refused`); // waits the 2 s connect timeout while the holder runs on
+    expect(refused.status).toBe(503);
+    expect(await refusals()).toBe(before + 1);
+    expect((await hold).status).toBe(200);
   });
 });
 
