@@ -104,6 +104,12 @@ class Rejection {
   }
 }
 
+/** The client's address: the peer's, or behind trusted proxies the first untrusted X-Forwarded-For hop. */
+function clientIpFor(peerIp: string, req: Request, listener: ListenerConfig): string {
+  const trusted = listener.trustedProxies === undefined ? null : trustedProxies(listener);
+  return trusted === null ? peerIp : realClientIp(peerIp, req.headers.get("x-forwarded-for"), trusted);
+}
+
 /** Phase 1 — receive: validate the request line and head, normalise, identify. */
 function receive(req: Request, server: Server<unknown>, listener: ListenerConfig, rt: Runtime): RequestContext | Rejection {
   const limits = rt.config.limits;
@@ -140,8 +146,7 @@ function receive(req: Request, server: Server<unknown>, listener: ListenerConfig
 
   const addr = server.requestIP(req);
   const peerIp = addr?.address ?? "";
-  const trusted = listener.trustedProxies === undefined ? null : trustedProxies(listener);
-  const clientIp = trusted === null ? peerIp : realClientIp(peerIp, incoming.get("x-forwarded-for"), trusted);
+  const clientIp = clientIpFor(peerIp, req, listener);
   return {
     rt,
     req,
@@ -448,8 +453,7 @@ export async function handleRequest(req: Request, server: Server<unknown>, liste
   if (received instanceof Rejection) {
     rejectedRequests.labels(String(received.status)).inc();
     const peer = server.requestIP(req)?.address ?? "";
-    const trusted = listener.trustedProxies === undefined ? null : trustedProxies(listener);
-    const clientIp = trusted === null ? peer : realClientIp(peer, req.headers.get("x-forwarded-for"), trusted);
+    const clientIp = clientIpFor(peer, req, listener);
     logRejected(req, clientIp, received.status, received.traceId, received.reason);
     armConnectionTimer(server, req, keepAliveIdleSecs(listener));
     const res = received.response();
