@@ -4,7 +4,7 @@
 // mode alike, over UDS and gRPC (SECURITY.md, "Agent path", header mutations); not for the
 // circuit breaker, since request data an agent copies into a header can make it fail at will.
 import { mutationProblem } from "../http/fields.ts";
-import type { AgentEvent, AgentReply, BodyMutation } from "./types.ts";
+import type { AgentEvent, AgentReply, BodyMutation, HeaderOp } from "./types.ts";
 
 /**
  * Why an answer to `event` is refused, or null if it may be applied. Only an allow can be
@@ -14,17 +14,20 @@ import type { AgentEvent, AgentReply, BodyMutation } from "./types.ts";
  */
 export function replyProblem(reply: AgentReply, event: AgentEvent): string | null {
   if (reply.decision.kind === "allow") {
-    for (const op of reply.requestHeaders) {
-      const p = mutationProblem(op);
-      if (p) return p;
-    }
-    for (const op of reply.responseHeaders) {
-      const p = mutationProblem(op);
-      if (p) return p;
-    }
+    const p = opsProblem(reply.requestHeaders) ?? opsProblem(reply.responseHeaders);
+    if (p !== null) return p;
   }
   if (event.type === "request_body_chunk") return chunkProblem(reply.requestBodyMutation, event.chunkIndex);
   if (event.type === "response_body_chunk") return chunkProblem(reply.responseBodyMutation, event.chunkIndex);
+  return null;
+}
+
+/** The first invalid or forbidden header operation's problem, or null. */
+function opsProblem(ops: readonly HeaderOp[]): string | null {
+  for (const op of ops) {
+    const p = mutationProblem(op);
+    if (p) return p;
+  }
   return null;
 }
 
